@@ -1,0 +1,46 @@
+"""Collector service: validates feedback against the logged inference, stores it, relays it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from services.collector.outbox import OutboxRelay
+from services.collector.routes import router
+from shared.http import add_common
+from shared.settings import Settings, get_settings
+from shared.store import StoreUnavailableError, open_store
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = await open_store(settings.store_url)
+        relay = OutboxRelay(store, settings)
+        app.state.store, app.state.relay = store, relay
+        relay.start()
+        try:
+            yield
+        finally:
+            await relay.close()
+            await store.close()
+
+    app = FastAPI(title="EduRanker collector", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(router)
+
+    async def readiness() -> dict[str, bool]:
+        try:
+            await app.state.store.ping()
+            store_ok = True
+        except (StoreUnavailableError, AttributeError):
+            store_ok = False
+        relay = getattr(app.state, "relay", None)
+        return {"store": store_ok, "broker": bool(relay and relay.connected)}
+
+    add_common(app, "collector", readiness)
+    return app

@@ -1,0 +1,93 @@
+"""The outbox relay: publishes feedback events the store has queued, then marks them published.
+
+The feedback and its event are written in one store transaction, so an event is never lost:
+if the broker is down, events wait in the store and go out when it is back. A crash between
+publish and mark re-publishes; consumers de-duplicate on `event_id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from shared import metrics
+from shared.events import utcnow
+from shared.kafka import make_producer
+from shared.settings import Settings
+from shared.store import OutboxEntry, Store, StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    def __init__(self, store: Store, settings: Settings, batch: int = 500) -> None:
+        self.store = store
+        self.settings = settings
+        self.batch = batch
+        self.wake = asyncio.Event()
+        self.connected = False
+        self._producer: KafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="outbox-relay")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.close, 5)
+
+    def _send_all(self, entries: list[OutboxEntry]) -> None:
+        if self._producer is None:
+            self._producer = make_producer(self.settings)
+        futures = [
+            self._producer.send(e.topic, value=e.payload.encode(), key=e.key.encode()) for e in entries
+        ]
+        self._producer.flush(timeout=self.settings.kafka_timeout_s)
+        for future in futures:
+            future.get(timeout=self.settings.kafka_timeout_s)
+
+    async def publish_pending(self) -> int:
+        entries = await self.store.pending_outbox(self.batch)
+        if not entries:
+            return 0
+        await asyncio.to_thread(self._send_all, entries)
+        await self.store.mark_published([e.event_id for e in entries])
+        metrics.OUTBOX_PUBLISHED.inc(len(entries))
+        return len(entries)
+
+    async def _update_backlog(self) -> None:
+        count, oldest = await self.store.outbox_backlog()
+        metrics.OUTBOX_BACKLOG.set(count)
+        metrics.OUTBOX_OLDEST_AGE.set((utcnow() - oldest).total_seconds() if oldest else 0)
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                sent = await self.publish_pending()
+                self.connected = True
+                delay = 0.2
+                await self._update_backlog()
+                if sent < self.batch:
+                    self.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+            except (KafkaError, OSError) as exc:
+                self.connected = False
+                metrics.PUBLISH_FAILURES.inc()
+                log.warning("event=outbox_publish_failed retry_in_s=%.1f error=%s", delay, exc)
+                if self._producer is not None:
+                    producer, self._producer = self._producer, None
+                    await asyncio.to_thread(producer.close, 0)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except StoreUnavailableError as exc:
+                log.warning("event=outbox_store_unavailable error=%s", exc)
+                await asyncio.sleep(1.0)

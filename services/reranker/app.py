@@ -1,0 +1,94 @@
+"""Reranker service: search over the catalogue, served model hot-reloaded on `model.ready`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from services.reranker.inference_log import InferenceLog
+from services.reranker.routes import router
+from services.reranker.serving import ModelHolder
+from shared.events import MODEL_READY_TOPIC, Event, ModelReadyEvent
+from shared.http import add_common
+from shared.kafka import ConsumerLoop, make_broadcast_consumer
+from shared.ml.model import configure_torch_threads
+from shared.settings import Settings, get_settings
+from shared.store import StoreUnavailableError, open_store
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_torch_threads()
+        store = await open_store(settings.store_url)
+        holder = ModelHolder(settings)
+        inference_log = InferenceLog(store)
+        app.state.store, app.state.holder, app.state.inference_log = store, holder, inference_log
+        loop = asyncio.get_running_loop()
+        catalogue_version = {"value": await store.resources_version()}
+
+        async def refresh_catalogue() -> None:
+            catalogue_version["value"] = await store.resources_version()
+            await holder.refresh_catalogue(await store.list_resources())
+
+        app.state.refresh_catalogue = refresh_catalogue
+        await holder.load_initial(await store.list_resources())
+        inference_log.start()
+
+        def on_model_ready(event: Event) -> None:
+            assert isinstance(event, ModelReadyEvent)
+            log.info("event=model_ready_received version=%s decision=%s", event.version, event.decision)
+            if event.decision == "promoted":
+                asyncio.run_coroutine_threadsafe(holder.reload(event.location), loop).result()
+
+        consumer = ConsumerLoop(lambda: make_broadcast_consumer(settings, MODEL_READY_TOPIC),
+                                MODEL_READY_TOPIC, on_model_ready, name="model-ready").start()
+        app.state.consumer = consumer
+
+        async def watch() -> None:
+            """Safety net beside Kafka: follow catalogue changes and the registry's champion."""
+            while True:
+                await asyncio.sleep(settings.watch_interval_s)
+                try:
+                    if await store.resources_version() != catalogue_version["value"]:
+                        await refresh_catalogue()
+                    champion = holder.registry.champion()
+                    if champion and not holder.pinned and champion != holder.state.model.version:
+                        await holder.reload(champion)
+                except StoreUnavailableError as exc:
+                    log.warning("event=watch_failed error=%s", exc)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            consumer.stop()
+            await inference_log.close()
+            await store.close()
+            holder.executor.shutdown(wait=True)
+
+    app = FastAPI(title="EduRanker reranker", version="0.1.0", lifespan=lifespan)
+    app.state.settings = settings
+    app.include_router(router)
+
+    async def readiness() -> dict[str, bool]:
+        store_ok = True
+        try:
+            await app.state.store.ping()
+        except (StoreUnavailableError, AttributeError):
+            store_ok = False
+        consumer = getattr(app.state, "consumer", None)
+        return {"store": store_ok, "model": app.state.holder.ready if hasattr(app.state, "holder") else False,
+                "broker": bool(consumer and consumer.ready.is_set())}
+
+    add_common(app, "reranker", readiness)
+    return app

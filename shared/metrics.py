@@ -1,0 +1,94 @@
+"""Every Prometheus metric EduRanker exports, declared once, plus the HTTP middleware.
+
+Names follow Prometheus conventions: `eduranker_` prefix, base units, `_total` counters,
+labels with bounded values. Each service exposes the default registry on `/metrics`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, Info, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+# HTTP (all FastAPI services)
+HTTP_REQUESTS = Counter(
+    "eduranker_http_requests_total", "HTTP requests", ["service", "route", "method", "status"]
+)
+HTTP_DURATION = Histogram(
+    "eduranker_http_request_duration_seconds", "HTTP request duration",
+    ["service", "route", "method"], buckets=LATENCY_BUCKETS,
+)
+
+# Reranker
+RERANK_DURATION = Histogram(
+    "eduranker_rerank_duration_seconds", "Time to score the candidates of one request",
+    buckets=LATENCY_BUCKETS,
+)
+RERANK_CANDIDATES = Histogram(
+    "eduranker_rerank_candidates", "Candidates scored per request",
+    buckets=(1, 5, 10, 20, 50, 100, 200),
+)
+SERVED_MODEL = Info("eduranker_served_model", "The model version being served")
+SERVED_MODEL_VERSION = Gauge(
+    "eduranker_served_model_version_number", "Numeric part of the served version (0 = version 0)"
+)
+MODEL_RELOADS = Counter("eduranker_model_reloads_total", "Model reload attempts", ["outcome"])
+INFERENCES_LOGGED = Counter("eduranker_inferences_logged_total", "Inferences written to the store")
+INFERENCE_LOG_BACKLOG = Gauge("eduranker_inference_log_backlog", "Inferences waiting to be written")
+
+# Collector
+FEEDBACK = Counter("eduranker_feedback_total", "Feedback received", ["label", "outcome"])
+OUTBOX_BACKLOG = Gauge("eduranker_outbox_backlog", "Feedback events not yet published")
+OUTBOX_OLDEST_AGE = Gauge(
+    "eduranker_outbox_oldest_pending_age_seconds", "Age of the oldest unpublished event"
+)
+OUTBOX_PUBLISHED = Counter("eduranker_outbox_published_total", "Events published by the outbox relay")
+PUBLISH_FAILURES = Counter("eduranker_publish_failures_total", "Failed publish attempts")
+
+# Aggregator
+AGG_FEEDBACK = Gauge("eduranker_aggregator_feedback", "Feedback counted, by label", ["label"])
+AGG_SINCE_TRAINING = Gauge(
+    "eduranker_aggregator_feedback_since_training", "Feedback counted since the last training"
+)
+AGG_BALANCE = Gauge("eduranker_aggregator_like_ratio", "Share of likes among counted feedback")
+AGG_TRAINING_REQUESTS = Counter(
+    "eduranker_training_requests_total", "Training requests sent", ["reason"]
+)
+AGG_DUPLICATES = Counter("eduranker_aggregator_duplicate_events_total", "Events de-duplicated")
+
+# Trainer
+TRAINING_RUNS = Counter("eduranker_training_runs_total", "Training runs", ["outcome"])
+TRAINING_DURATION = Histogram(
+    "eduranker_training_duration_seconds", "Training run duration",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
+)
+TRAINING_PAIRS = Gauge("eduranker_training_pairs", "Pairs used by the last training run")
+TRAINING_METRIC = Gauge(
+    "eduranker_training_metric", "Validation metrics of the last run", ["model", "metric"]
+)
+
+
+def instrument(app: FastAPI, service: str) -> None:
+    """Adds HTTP metrics and `/metrics`; routes are labelled by template, never by raw path."""
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            HTTP_REQUESTS.labels(service, template, request.method, str(status)).inc()
+            HTTP_DURATION.labels(service, template, request.method).observe(time.perf_counter() - start)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

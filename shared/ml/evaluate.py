@@ -1,0 +1,108 @@
+"""Evaluation: the guide's classification metrics and per-query ranking metrics."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from shared.ml.dataset import Pair, group_by_query
+from shared.ml.pipeline import RankingModel
+from shared.ml.retrieval import CatalogueIndex
+
+
+def dcg(gains: list[float]) -> float:
+    return sum((2**g - 1) / math.log2(i + 2) for i, g in enumerate(gains))
+
+
+def ndcg_at(ranked_gains: list[float], all_gains: list[float], k: int = 10) -> float:
+    ideal = dcg(sorted(all_gains, reverse=True)[:k])
+    return dcg(ranked_gains[:k]) / ideal if ideal > 0 else 0.0
+
+
+def mrr_at(ranked_gains: list[float], k: int = 10) -> float:
+    return next((1.0 / (i + 1) for i, g in enumerate(ranked_gains[:k]) if g > 0), 0.0)
+
+
+def ranking_metrics(groups: list[tuple[np.ndarray, np.ndarray]], k: int = 10) -> dict[str, float]:
+    """Mean nDCG@k / MRR@k over groups of (gains, scores); groups without a relevant item skipped."""
+    ndcgs, mrrs = [], []
+    for gains, scores in groups:
+        if not np.any(gains > 0):
+            continue
+        order = np.argsort(-scores, kind="stable")
+        ranked = [float(g) for g in gains[order]]
+        ndcgs.append(ndcg_at(ranked, [float(g) for g in gains], k))
+        mrrs.append(mrr_at(ranked, k))
+    return {f"ndcg@{k}": float(np.mean(ndcgs)) if ndcgs else 0.0,
+            f"mrr@{k}": float(np.mean(mrrs)) if mrrs else 0.0,
+            "queries": float(len(ndcgs))}
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The decision threshold with the best F1 on the training split."""
+    if len(set(labels.tolist())) < 2:
+        return float(np.median(scores)) if scores.size else 0.0
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def classification_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    predicted = (scores >= threshold).astype(int)
+    metrics = {
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "precision": float(precision_score(labels, predicted, zero_division=0)),
+        "recall": float(recall_score(labels, predicted, zero_division=0)),
+        "f1": float(f1_score(labels, predicted, zero_division=0)),
+        "threshold": float(threshold),
+    }
+    metrics["auc"] = float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else 0.5
+    return metrics
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    labels: np.ndarray
+    scores: np.ndarray
+    confusion: list[list[int]] = field(default_factory=list)
+
+
+def pair_scores(model: RankingModel, index: CatalogueIndex, pairs: list[Pair]) -> tuple[
+        list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
+    """Fused scores of labelled pairs, normalised within each query's labelled set."""
+    groups, all_labels, all_scores = [], [], []
+    for query_pairs in group_by_query(pairs).values():
+        known = [p for p in query_pairs if p.resource_id in index.position]
+        if not known:
+            continue
+        positions = np.array([index.position[p.resource_id] for p in known])
+        scores = model.score(index, known[0].query, positions)["fused"]
+        labels = np.array([p.label for p in known], dtype=float)
+        groups.append((labels, scores))
+        all_labels.extend(labels.tolist())
+        all_scores.extend(scores.tolist())
+    return groups, np.array(all_labels, dtype=int), np.array(all_scores, dtype=float)
+
+
+def evaluate_pairs(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
+                   threshold: float | None = None) -> Evaluation:
+    """Both metric families on one split; the threshold comes from the training split when given."""
+    groups, labels, scores = pair_scores(model, index, pairs)
+    if threshold is None:
+        threshold = choose_threshold(labels, scores)
+    metrics = {**ranking_metrics(groups), **classification_metrics(labels, scores, threshold)}
+    predicted = (scores >= threshold).astype(int)
+    confusion = confusion_matrix(labels, predicted, labels=[0, 1]).tolist() if labels.size else []
+    return Evaluation(metrics=metrics, labels=labels, scores=scores, confusion=confusion)

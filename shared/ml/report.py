@@ -1,0 +1,161 @@
+"""Training reports: `training_report.txt` and `report.html` with the plots embedded as PNG."""
+
+from __future__ import annotations
+
+import base64
+import io
+from html import escape
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from shared.ml.evaluate import Evaluation  # noqa: E402
+
+COMPARED = ("ndcg@10", "mrr@10", "accuracy", "precision", "recall", "f1", "auc")
+
+
+def gains(before: dict[str, float], after: dict[str, float]) -> list[dict[str, Any]]:
+    rows = []
+    for name in COMPARED:
+        b, a = before.get(name), after.get(name)
+        if b is None or a is None:
+            continue
+        rows.append({"metric": name, "before": b, "after": a, "delta": a - b,
+                     "gain_pct": (a - b) / b * 100 if b else None})
+    return rows
+
+
+def comparison_figure(before: dict[str, float], after: dict[str, float]) -> Figure:
+    rows = gains(before, after)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    x = np.arange(len(rows))
+    ax.bar(x - 0.2, [r["before"] for r in rows], 0.4, label="champion")
+    ax.bar(x + 0.2, [r["after"] for r in rows], 0.4, label="candidate")
+    ax.set_xticks(x, [r["metric"] for r in rows])
+    ax.set_ylim(0, 1.05)
+    ax.legend()
+    ax.set_title("Validation metrics, before and after")
+    fig.tight_layout()
+    return fig
+
+
+def loss_figure(history: list[dict[str, float]]) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    train = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]
+    if train:
+        ax.plot(*zip(*train, strict=True), label="training loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="validation loss")
+    ax.set_xlabel("step")
+    ax.set_title("Loss")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(evaluations: dict[str, Evaluation]) -> Figure:
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    for name, ev in evaluations.items():
+        if len(set(ev.labels.tolist())) == 2:
+            fpr, tpr, _ = roc_curve(ev.labels, ev.scores)
+            ax.plot(fpr, tpr, label=f"{name} (AUC {ev.metrics['auc']:.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_figure(ev: Evaluation, title: str = "Confusion matrix") -> Figure:
+    fig, ax = plt.subplots(figsize=(3.8, 3.5))
+    matrix = np.array(ev.confusion or [[0, 0], [0, 0]])
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set_xticks([0, 1], ["dislike", "like"])
+    ax.set_yticks([0, 1], ["dislike", "like"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def distribution_figure(evaluations: dict[str, Evaluation]) -> Figure:
+    fig, axes = plt.subplots(1, len(evaluations), figsize=(4 * len(evaluations), 3.2), squeeze=False)
+    for ax, (name, ev) in zip(axes[0], evaluations.items(), strict=True):
+        for label, colour in ((1, "tab:green"), (0, "tab:red")):
+            values = ev.scores[ev.labels == label]
+            if values.size:
+                ax.hist(values, bins=15, alpha=0.6, color=colour, label="like" if label else "dislike")
+        ax.set_title(f"Scores: {name}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def png(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f}%"
+
+
+def text_report(meta: dict[str, Any]) -> str:
+    lines = [f"EduRanker training report — {meta['version']}", "=" * 48,
+             f"decision: {meta['decision']} ({meta['reason']})",
+             f"pairs: {meta['dataset']['pairs']} (train {meta['dataset']['train']}, "
+             f"validation {meta['dataset']['validation']})",
+             f"training seconds: {meta['durations']['train_s']:.1f}", "",
+             f"{'metric':<10}{'champion':>10}{'candidate':>11}{'gain %':>9}"]
+    for row in gains(meta["metrics"]["champion"], meta["metrics"]["candidate"]):
+        lines.append(f"{row['metric']:<10}{row['before']:>10.4f}{row['after']:>11.4f}"
+                     f"{_pct(row['gain_pct']):>9}")
+    lines += ["", f"BM25 alone ndcg@10: {meta['metrics']['bm25'].get('ndcg@10', 0):.4f}",
+              f"fusion weights: {meta['weights']}"]
+    return "\n".join(lines) + "\n"
+
+
+def html_report(meta: dict[str, Any], history: list[dict[str, float]],
+                evaluations: dict[str, Evaluation]) -> str:
+    rows = "".join(
+        f"<tr><td>{r['metric']}</td><td>{r['before']:.4f}</td><td>{r['after']:.4f}</td>"
+        f"<td>{_pct(r['gain_pct'])}</td></tr>"
+        for r in gains(meta["metrics"]["champion"], meta["metrics"]["candidate"])
+    )
+    images = [("Loss curve", png(loss_figure(history))),
+              ("Before / after", png(comparison_figure(meta["metrics"]["champion"],
+                                                       meta["metrics"]["candidate"]))),
+              ("ROC", png(roc_figure(evaluations))),
+              ("Score distributions", png(distribution_figure(evaluations)))]
+    if "candidate" in evaluations:
+        images.append(("Confusion matrix (candidate)", png(confusion_figure(evaluations["candidate"]))))
+    figures = "".join(f"<figure><img alt='{escape(t)}' src='data:image/png;base64,{b}'>"
+                      f"<figcaption>{escape(t)}</figcaption></figure>" for t, b in images)
+    return (
+        "<!doctype html><html lang='en'><meta charset='utf-8'>"
+        f"<title>EduRanker {escape(meta['version'])}</title>"
+        "<style>body{font-family:sans-serif;max-width:960px;margin:auto;padding:1em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
+        "figure{display:inline-block;margin:8px}</style>"
+        f"<h1>Training report: {escape(meta['version'])}</h1>"
+        f"<p>Decision: <b>{escape(meta['decision'])}</b> — {escape(meta['reason'])}</p>"
+        f"<p>Pairs: {meta['dataset']['pairs']} (train {meta['dataset']['train']}, "
+        f"validation {meta['dataset']['validation']}); "
+        f"training took {meta['durations']['train_s']:.1f} s.</p>"
+        "<table><tr><th>metric</th><th>champion</th><th>candidate</th><th>gain</th></tr>"
+        f"{rows}</table>{figures}</html>"
+    )

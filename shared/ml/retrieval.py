@@ -1,0 +1,84 @@
+"""First-stage retrieval over the catalogue: BM25 (bm25s, stemmed, stop words) and dense vectors."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import bm25s
+import numpy as np
+import Stemmer
+
+from shared.store import Resource
+
+log = logging.getLogger(__name__)
+
+_STEMMER = Stemmer.Stemmer("english")
+
+
+def tokenize(texts: list[str]) -> list[list[str]]:
+    return bm25s.tokenize(texts, stopwords="en", stemmer=_STEMMER, return_ids=False,
+                          show_progress=False)
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+@dataclass
+class EmbeddingCache:
+    """Embeddings by resource text, so re-indexing only embeds what changed."""
+
+    encode: Callable[[list[str]], np.ndarray]
+    vectors: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        keys = [text_hash(t) for t in texts]
+        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self.vectors}.items())
+        if missing:
+            new = self.encode([t for _, t in missing])
+            self.vectors.update({k: v for (k, _), v in zip(missing, new, strict=True)})
+            log.info("event=embedded count=%d cached=%d", len(missing), len(self.vectors))
+        return np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 1), np.float32)
+
+
+class CatalogueIndex:
+    """Immutable snapshot of the catalogue; a new snapshot is built and swapped on change."""
+
+    def __init__(self, resources: list[Resource], embeddings: np.ndarray | None = None) -> None:
+        self.resources = resources
+        self.position = {r.id: i for i, r in enumerate(resources)}
+        self.embeddings = embeddings
+        self.bm25: bm25s.BM25 | None = None
+        if resources:
+            self.bm25 = bm25s.BM25()
+            self.bm25.index(tokenize([r.text for r in resources]), show_progress=False)
+
+    def __len__(self) -> int:
+        return len(self.resources)
+
+    def bm25_all(self, query: str) -> np.ndarray:
+        if self.bm25 is None:
+            return np.zeros(0, dtype=np.float32)
+        tokens = tokenize([query])[0]
+        if not tokens:
+            return np.zeros(len(self.resources), dtype=np.float32)
+        return np.asarray(self.bm25.get_scores(tokens), dtype=np.float32)
+
+    def bm25_top(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and scores of the k best documents with a positive BM25 score."""
+        scores = self.bm25_all(query)
+        if scores.size == 0:
+            return np.zeros(0, dtype=np.int64), scores
+        k = min(k, scores.size)
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        top = top[scores[top] > 0]
+        return top, scores[top]
+
+    def dense(self, query_vector: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        if self.embeddings is None:
+            raise ValueError("this index has no embeddings")
+        return self.embeddings[positions] @ query_vector

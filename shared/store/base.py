@@ -1,0 +1,206 @@
+"""The store interface: the system of record for resources, inferences, feedback, runs, models.
+
+Backends (SQLite embedded, MongoDB in production) implement `Store` and pass the same
+contract tests (`tests/integration/test_store_contract.py`).
+"""
+
+from __future__ import annotations
+
+import abc
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from shared.events import FEEDBACK_TOPIC, FeedbackEvent, Label, utcnow
+
+
+class StoreUnavailableError(RuntimeError):
+    """The store did not answer in time; HTTP services turn this into a 503."""
+
+
+class Resource(BaseModel):
+    id: str = Field(min_length=1, max_length=200)
+    title: str = Field(min_length=1, max_length=500)
+    description: str = Field(default="", max_length=20000)
+    subject: str = ""
+    level: str = ""
+    type: str = ""
+    url: str | None = None
+    language: str = "en"
+
+    @property
+    def text(self) -> str:
+        """What the rankers read: title then description."""
+        return f"{self.title}. {self.description}".strip()
+
+
+class ShownResult(BaseModel):
+    resource_id: str
+    rank: int
+    first_stage_score: float
+    rerank_score: float | None = None
+    scores: dict[str, float] = Field(default_factory=dict)
+
+
+class Inference(BaseModel):
+    inference_id: str
+    query: str
+    model_version: str
+    use_reranker: bool
+    results: list[ShownResult]
+    latency_ms: float
+    created_at: datetime = Field(default_factory=utcnow)
+
+    def shown(self, resource_id: str) -> ShownResult | None:
+        return next((r for r in self.results if r.resource_id == resource_id), None)
+
+
+class Feedback(BaseModel):
+    feedback_id: str
+    inference_id: str
+    resource_id: str
+    label: Label
+    rank: int
+    model_version: str
+    user_id: str | None = None
+    session_id: str | None = None
+    request_id: str | None = None
+    is_test: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def identity(self) -> tuple[str, str, str]:
+        """One feedback per (inference, resource, user); anonymous users share one slot."""
+        return (self.inference_id, self.resource_id, self.user_id or self.session_id or "")
+
+
+class FeedbackOutcome(BaseModel):
+    status: Literal["created", "updated", "duplicate"]
+    feedback: Feedback
+    previous_label: Label | None = None
+
+
+class OutboxEntry(BaseModel):
+    event_id: str
+    topic: str
+    key: str
+    payload: str
+    created_at: datetime
+
+
+class TrainingRun(BaseModel):
+    run_id: str
+    request_event_id: str | None = None
+    reason: str = ""
+    status: Literal["running", "promoted", "rejected", "skipped", "failed"] = "running"
+    detail: str = ""
+    version: str | None = None
+    pairs: int = 0
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class ModelVersion(BaseModel):
+    version: str
+    location: str
+    status: Literal["promoted", "rejected", "retired"]
+    base_model: str
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+def feedback_event(feedback: Feedback, previous_label: Label | None) -> OutboxEntry:
+    """The outbox row written in the same transaction as the feedback it announces."""
+    event = FeedbackEvent(
+        feedback_id=feedback.feedback_id,
+        inference_id=feedback.inference_id,
+        resource_id=feedback.resource_id,
+        label=feedback.label,
+        previous_label=previous_label,
+        rank=feedback.rank,
+        model_version=feedback.model_version,
+        user_id=feedback.user_id,
+        session_id=feedback.session_id,
+    )
+    return OutboxEntry(
+        event_id=event.event_id,
+        topic=FEEDBACK_TOPIC,
+        key=feedback.inference_id,
+        payload=event.model_dump_json(),
+        created_at=event.occurred_at,
+    )
+
+
+class Store(abc.ABC):
+    """Async access to EduRanker's records. Every method may raise `StoreUnavailableError`."""
+
+    @abc.abstractmethod
+    async def init(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None: ...
+
+    # Resources
+    @abc.abstractmethod
+    async def upsert_resources(self, resources: list[Resource]) -> int: ...
+
+    @abc.abstractmethod
+    async def get_resources(self, ids: list[str]) -> dict[str, Resource]: ...
+
+    @abc.abstractmethod
+    async def list_resources(self) -> list[Resource]: ...
+
+    @abc.abstractmethod
+    async def resources_version(self) -> str:
+        """Changes whenever a resource is added or updated; replicas poll it to refresh indexes."""
+
+    # Inferences
+    @abc.abstractmethod
+    async def add_inferences(self, inferences: list[Inference]) -> None: ...
+
+    @abc.abstractmethod
+    async def get_inference(self, inference_id: str) -> Inference | None: ...
+
+    @abc.abstractmethod
+    async def get_inferences(self, ids: list[str]) -> dict[str, Inference]: ...
+
+    @abc.abstractmethod
+    async def count_inferences(self) -> dict[str, int]:
+        """Inferences per model version."""
+
+    # Feedback and its outbox
+    @abc.abstractmethod
+    async def record_feedback(self, feedback: Feedback) -> FeedbackOutcome:
+        """Store idempotently and, unless nothing changed, queue its event in the same transaction."""
+
+    @abc.abstractmethod
+    async def list_feedback(self, include_test: bool = False) -> list[Feedback]: ...
+
+    @abc.abstractmethod
+    async def pending_outbox(self, limit: int = 500) -> list[OutboxEntry]: ...
+
+    @abc.abstractmethod
+    async def mark_published(self, event_ids: list[str]) -> None: ...
+
+    @abc.abstractmethod
+    async def outbox_backlog(self) -> tuple[int, datetime | None]:
+        """Pending count and the oldest pending event's creation time."""
+
+    # Training runs and the model index
+    @abc.abstractmethod
+    async def save_training_run(self, run: TrainingRun) -> None: ...
+
+    @abc.abstractmethod
+    async def list_training_runs(self, limit: int = 50) -> list[TrainingRun]: ...
+
+    @abc.abstractmethod
+    async def save_model_version(self, version: ModelVersion) -> None: ...
+
+    @abc.abstractmethod
+    async def list_model_versions(self) -> list[ModelVersion]: ...

@@ -1,0 +1,293 @@
+"""SQLite backend: the embedded default, WAL mode so several processes share one file."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+
+import aiosqlite
+
+from shared.events import utcnow
+from shared.store.base import (
+    Feedback,
+    FeedbackOutcome,
+    Inference,
+    ModelVersion,
+    OutboxEntry,
+    Resource,
+    Store,
+    StoreUnavailableError,
+    TrainingRun,
+    feedback_event,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS resources (
+    id TEXT PRIMARY KEY, doc TEXT NOT NULL, updated_at TEXT NOT NULL, seq INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inferences (
+    inference_id TEXT PRIMARY KEY, model_version TEXT NOT NULL, doc TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inferences_version ON inferences(model_version);
+CREATE TABLE IF NOT EXISTS feedback (
+    feedback_id TEXT PRIMARY KEY, inference_id TEXT NOT NULL, resource_id TEXT NOT NULL,
+    user_key TEXT NOT NULL, request_id TEXT, doc TEXT NOT NULL,
+    UNIQUE (inference_id, resource_id, user_key)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS feedback_request ON feedback(request_id)
+    WHERE request_id IS NOT NULL;
+-- Every request id a feedback absorbed, not just its latest: a late retry of an earlier request
+-- must stay a no-op instead of flipping the label back.
+CREATE TABLE IF NOT EXISTS feedback_requests (
+    request_id TEXT PRIMARY KEY, feedback_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    event_id TEXT PRIMARY KEY, topic TEXT NOT NULL, key TEXT NOT NULL, payload TEXT NOT NULL,
+    created_at TEXT NOT NULL, published_at TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(published_at, created_at);
+CREATE TABLE IF NOT EXISTS training_runs (
+    run_id TEXT PRIMARY KEY, started_at TEXT NOT NULL, doc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS model_versions (
+    version TEXT PRIMARY KEY, doc TEXT NOT NULL
+);
+"""
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path, timeout_s: float = 10.0) -> None:
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+        self._db: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str) -> SQLiteStore:
+        return cls(url.removeprefix("sqlite:///"))
+
+    async def init(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, timeout=self.timeout_s, isolation_level=None)
+        await self._db.execute("PRAGMA journal_mode=WAL")
+        await self._db.execute("PRAGMA synchronous=NORMAL")
+        await self._db.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
+        await self._db.executescript(SCHEMA)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreUnavailableError("store is not open")
+        return self._db
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction at a time per process; IMMEDIATE takes the file lock up front."""
+        async with self._write_lock:
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailableError(f"store busy: {exc}") from exc
+            try:
+                yield self.db
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+            else:
+                await self.db.execute("COMMIT")
+
+    async def _all(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        try:
+            async with self.db.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailableError(str(exc)) from exc
+
+    async def ping(self) -> None:
+        await self._all("SELECT 1")
+
+    # Resources
+    async def upsert_resources(self, resources: list[Resource]) -> int:
+        now = utcnow().isoformat()
+        async with self._tx() as db:
+            rows = await (await db.execute("SELECT COALESCE(MAX(seq), 0) FROM resources")).fetchone()
+            seq = rows[0] + 1
+            await db.executemany(
+                "INSERT INTO resources (id, doc, updated_at, seq) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET doc=excluded.doc, updated_at=excluded.updated_at, "
+                "seq=excluded.seq",
+                [(r.id, r.model_dump_json(), now, seq) for r in resources],
+            )
+        return len(resources)
+
+    async def get_resources(self, ids: list[str]) -> dict[str, Resource]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = await self._all(f"SELECT doc FROM resources WHERE id IN ({marks})", tuple(ids))
+        found = (Resource.model_validate_json(r[0]) for r in rows)
+        return {r.id: r for r in found}
+
+    async def list_resources(self) -> list[Resource]:
+        rows = await self._all("SELECT doc FROM resources ORDER BY id")
+        return [Resource.model_validate_json(r[0]) for r in rows]
+
+    async def resources_version(self) -> str:
+        rows = await self._all("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM resources")
+        return f"{rows[0][0]}:{rows[0][1]}"
+
+    # Inferences
+    async def add_inferences(self, inferences: list[Inference]) -> None:
+        async with self._tx() as db:
+            await db.executemany(
+                "INSERT OR IGNORE INTO inferences (inference_id, model_version, doc, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                [
+                    (i.inference_id, i.model_version, i.model_dump_json(), i.created_at.isoformat())
+                    for i in inferences
+                ],
+            )
+
+    async def get_inference(self, inference_id: str) -> Inference | None:
+        return (await self.get_inferences([inference_id])).get(inference_id)
+
+    async def get_inferences(self, ids: list[str]) -> dict[str, Inference]:
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = await self._all(
+            f"SELECT doc FROM inferences WHERE inference_id IN ({marks})", tuple(ids)
+        )
+        found = (Inference.model_validate_json(r[0]) for r in rows)
+        return {i.inference_id: i for i in found}
+
+    async def count_inferences(self) -> dict[str, int]:
+        rows = await self._all("SELECT model_version, COUNT(*) FROM inferences GROUP BY model_version")
+        return {r[0]: r[1] for r in rows}
+
+    # Feedback
+    async def record_feedback(self, feedback: Feedback) -> FeedbackOutcome:
+        user_key = feedback.identity[2]
+        async with self._tx() as db:
+            if feedback.request_id:
+                row = await (
+                    await db.execute(
+                        "SELECT f.doc FROM feedback_requests r JOIN feedback f USING (feedback_id) "
+                        "WHERE r.request_id = ?",
+                        (feedback.request_id,),
+                    )
+                ).fetchone()
+                if row:
+                    return FeedbackOutcome(status="duplicate", feedback=Feedback.model_validate_json(row[0]))
+            row = await (
+                await db.execute(
+                    "SELECT doc FROM feedback WHERE inference_id=? AND resource_id=? AND user_key=?",
+                    (feedback.inference_id, feedback.resource_id, user_key),
+                )
+            ).fetchone()
+            if row is None:
+                outcome = FeedbackOutcome(status="created", feedback=feedback)
+                await db.execute(
+                    "INSERT INTO feedback (feedback_id, inference_id, resource_id, user_key, "
+                    "request_id, doc) VALUES (?, ?, ?, ?, ?, ?)",
+                    (feedback.feedback_id, feedback.inference_id, feedback.resource_id, user_key,
+                     feedback.request_id, feedback.model_dump_json()),
+                )
+            else:
+                stored = Feedback.model_validate_json(row[0])
+                if stored.label == feedback.label:
+                    if feedback.request_id:
+                        await db.execute(
+                            "INSERT OR IGNORE INTO feedback_requests (request_id, feedback_id) VALUES (?, ?)",
+                            (feedback.request_id, stored.feedback_id),
+                        )
+                    return FeedbackOutcome(status="duplicate", feedback=stored)
+                updated = stored.model_copy(
+                    update={"label": feedback.label, "updated_at": feedback.updated_at,
+                            "request_id": feedback.request_id or stored.request_id}
+                )
+                outcome = FeedbackOutcome(status="updated", feedback=updated, previous_label=stored.label)
+                await db.execute(
+                    "UPDATE feedback SET doc=?, request_id=? WHERE feedback_id=?",
+                    (updated.model_dump_json(), updated.request_id, stored.feedback_id),
+                )
+            if feedback.request_id:
+                await db.execute(
+                    "INSERT INTO feedback_requests (request_id, feedback_id) VALUES (?, ?)",
+                    (feedback.request_id, outcome.feedback.feedback_id),
+                )
+            entry = feedback_event(outcome.feedback, outcome.previous_label)
+            await db.execute(
+                "INSERT INTO outbox (event_id, topic, key, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                (entry.event_id, entry.topic, entry.key, entry.payload, entry.created_at.isoformat()),
+            )
+        return outcome
+
+    async def list_feedback(self, include_test: bool = False) -> list[Feedback]:
+        rows = await self._all("SELECT doc FROM feedback ORDER BY rowid")
+        items = [Feedback.model_validate_json(r[0]) for r in rows]
+        return [f for f in items if include_test or not f.is_test]
+
+    async def pending_outbox(self, limit: int = 500) -> list[OutboxEntry]:
+        rows = await self._all(
+            "SELECT event_id, topic, key, payload, created_at FROM outbox "
+            "WHERE published_at IS NULL ORDER BY created_at LIMIT ?",
+            (limit,),
+        )
+        return [
+            OutboxEntry(event_id=r[0], topic=r[1], key=r[2], payload=r[3],
+                        created_at=datetime.fromisoformat(r[4]))
+            for r in rows
+        ]
+
+    async def mark_published(self, event_ids: list[str]) -> None:
+        now = utcnow().isoformat()
+        async with self._tx() as db:
+            await db.executemany(
+                "UPDATE outbox SET published_at=? WHERE event_id=?", [(now, e) for e in event_ids]
+            )
+
+    async def outbox_backlog(self) -> tuple[int, datetime | None]:
+        rows = await self._all(
+            "SELECT COUNT(*), MIN(created_at) FROM outbox WHERE published_at IS NULL"
+        )
+        count, oldest = rows[0]
+        return count, datetime.fromisoformat(oldest) if oldest else None
+
+    # Training runs and models
+    async def save_training_run(self, run: TrainingRun) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO training_runs (run_id, started_at, doc) VALUES (?, ?, ?) "
+                "ON CONFLICT(run_id) DO UPDATE SET doc=excluded.doc",
+                (run.run_id, run.started_at.isoformat(), run.model_dump_json()),
+            )
+
+    async def list_training_runs(self, limit: int = 50) -> list[TrainingRun]:
+        rows = await self._all(
+            "SELECT doc FROM training_runs ORDER BY started_at DESC LIMIT ?", (limit,)
+        )
+        return [TrainingRun.model_validate_json(r[0]) for r in rows]
+
+    async def save_model_version(self, version: ModelVersion) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO model_versions (version, doc) VALUES (?, ?) "
+                "ON CONFLICT(version) DO UPDATE SET doc=excluded.doc",
+                (version.version, version.model_dump_json()),
+            )
+
+    async def list_model_versions(self) -> list[ModelVersion]:
+        rows = await self._all("SELECT doc FROM model_versions ORDER BY version")
+        return [ModelVersion.model_validate_json(r[0]) for r in rows]
+

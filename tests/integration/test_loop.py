@@ -1,0 +1,171 @@
+"""The whole learning loop as real processes: broker, four services, HTTP, Kafka, retraining."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.localstack import LocalStack
+from shared.store import open_store
+from tests.conftest import SAMPLE_CATALOGUE
+
+QUERIES = [
+    "machine learning tutorial",
+    "linear algebra for beginners",
+    "python for data analysis",
+    "introduction to neural networks",
+    "SQL joins explained",
+    "calculus derivatives exercises",
+]
+
+
+def wait_for(condition, timeout_s: float, interval_s: float = 0.5, what: str = "condition"):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LocalStack]:
+    env = {
+        "EDURANKER_BASE_MODEL": str(tiny_model),
+        "EDURANKER_EMBEDDING_MODEL": str(tiny_model),
+        "EDURANKER_TRAIN_MIN_NEW_FEEDBACK": "40",
+        # The gate is exercised by the trainer tests; here any candidate must get through.
+        "EDURANKER_GATE_MARGIN": "1.0",
+        "EDURANKER_NUM_EPOCHS": "2",
+    }
+    with LocalStack(tmp_path_factory.mktemp("loop"), env=env) as running:
+        running.start(catalogue=SAMPLE_CATALOGUE)
+        yield running
+
+
+def search(stack: LocalStack, query: str, **extra: object) -> dict:
+    response = httpx.post(f"{stack.url('reranker')}/api/reranking/search-with-reranking",
+                          json={"query_text": query, "use_reranker": True, "top_k": 10, **extra}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def inference_stored(stack: LocalStack, inference_id: str) -> bool:
+    async def lookup() -> bool:
+        store = await open_store(stack.settings.store_url)
+        try:
+            return await store.get_inference(inference_id) is not None
+        finally:
+            await store.close()
+
+    return asyncio.run(lookup())
+
+
+def stats(stack: LocalStack) -> dict:
+    return httpx.get(f"{stack.url('collector')}/api/feedback/stats", timeout=10).json()
+
+
+def test_feedback_retrains_and_the_reranker_reloads(stack: LocalStack) -> None:
+    reranker = stack.url("reranker")
+    info = httpx.get(f"{reranker}/api/reranking/info-modele").json()
+    assert info["version"] == "v0"
+    assert info["kind"] == "bm25+dense"
+    before = search(stack, "machine learning tutorial")
+    assert before["model_version"] == "v0"
+    assert len(before["results"]) == 10
+    assert [r["rank"] for r in before["results"]] == list(range(1, 11))
+
+    sent = 0
+    for query in QUERIES:
+        body = search(stack, query)
+        for result in body["results"][:8]:
+            label = "like" if query.split()[0].lower() in result["title"].lower() else "dislike"
+            if result["rank"] in (1, 8):  # make sure both labels occur for every query
+                label = "like" if result["rank"] == 1 else "dislike"
+            response = httpx.post(f"{stack.url('collector')}/api/feedback", json={
+                "inference_id": body["inference_id"], "resource_id": result["resource_id"], "feedback": label,
+            })
+            assert response.status_code == 200, response.text
+            assert response.json()["status"] == "created"
+            sent += 1
+    assert sent == 48
+    assert stats(stack)["feedback"]["total"] == 48
+
+    info = wait_for(
+        lambda: (i := httpx.get(f"{reranker}/api/reranking/info-modele").json())["version"] != "v0" and i,
+        timeout_s=240, what="a new model version in info-modele",
+    )
+    assert info["version"] == "v0001"
+    assert info["kind"] == "bm25+dense+cross"
+    assert info["metrics"]["ndcg@10"] >= 0
+    version_dir = Path(info["path"])
+    for name in ("config.json", "model.safetensors", "pipeline.json", "training_metadata.json",
+                 "training_report.txt", "report.html"):
+        assert (version_dir / name).is_file(), name
+
+    after = search(stack, "machine learning tutorial")
+    assert after["model_version"] == "v0001"
+    old = {r["resource_id"]: r["rerank_score"] for r in before["results"]}
+    new = {r["resource_id"]: r["rerank_score"] for r in after["results"]}
+    common = set(old) & set(new)
+    assert common
+    assert any(abs(old[i] - new[i]) > 1e-6 for i in common), "the new version must score differently"
+    assert "cross" in after["results"][0]["scores"]
+
+    runs = httpx.get(f"{stack.url('trainer')}/admin/runs").json()["runs"]
+    assert any(r["status"] == "promoted" and r["version"] == "v0001" for r in runs)
+    aggregator = httpx.get(f"{stack.url('aggregator')}/stats").json()
+    assert aggregator["counts"]["total"] == 48
+    assert aggregator["counts"]["like"] + aggregator["counts"]["dislike"] == 48
+
+
+def test_bad_input_is_refused_and_nothing_is_stored(stack: LocalStack) -> None:
+    reranker, collector = stack.url("reranker"), stack.url("collector")
+    body = search(stack, "python for data analysis")
+    shown = body["results"][0]["resource_id"]
+    wait_for(lambda: inference_stored(stack, body["inference_id"]), 10, 0.1, "the inference record")
+    before = stats(stack)
+
+    cases = [
+        ({"inference_id": "no-such-inference", "resource_id": shown, "feedback": "like"}, 404, "not found"),
+        ({"inference_id": body["inference_id"], "resource_id": "res-unknown", "feedback": "like"}, 422,
+         "was not among the results"),
+        ({"inference_id": body["inference_id"], "resource_id": shown, "feedback": "love"}, 422, "like"),
+        ({"inference_id": body["inference_id"], "resource_id": shown}, 422, "feedback"),
+    ]
+    for payload, status, message in cases:
+        response = httpx.post(f"{collector}/api/feedback", json=payload)
+        assert response.status_code == status, (payload, response.text)
+        assert message in response.text
+    malformed = httpx.post(f"{collector}/api/feedback", content=b"{not json",
+                           headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 422
+    assert "JSON" in malformed.text or "json" in malformed.text
+
+    for payload in ({"query_text": ""}, {"query_text": "x", "top_k": 0}, {"query_text": "x", "top_k": 1000},
+                    {"use_reranker": True}):
+        response = httpx.post(f"{reranker}/api/reranking/search-with-reranking", json=payload)
+        assert response.status_code == 422, (payload, response.text)
+        assert response.json()["detail"]
+    malformed = httpx.post(f"{reranker}/api/reranking/search-with-reranking", content=b"[",
+                           headers={"Content-Type": "application/json"})
+    assert malformed.status_code == 422
+
+    after = stats(stack)
+    assert after["feedback"] == before["feedback"]
+    assert after["inferences"]["total"] == before["inferences"]["total"]
+
+
+def test_every_service_reports_health_and_metrics(stack: LocalStack) -> None:
+    for name in ("reranker", "collector", "aggregator", "trainer"):
+        assert httpx.get(f"{stack.url(name)}/health").status_code == 200, name
+        assert httpx.get(f"{stack.url(name)}/ready").status_code == 200, name
+        exported = httpx.get(f"{stack.url(name)}/metrics").text
+        assert "eduranker_" in exported, name
+    assert "eduranker_http_requests_total" in httpx.get(f"{stack.url('reranker')}/metrics").text

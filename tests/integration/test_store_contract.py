@@ -1,0 +1,331 @@
+"""One contract for every store backend: SQLite always, MongoDB when `EDURANKER_TEST_MONGODB_URL` is set.
+
+Timestamps are whole milliseconds because BSON dates keep no finer precision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from shared.events import FEEDBACK_TOPIC, FeedbackEvent, decode
+from shared.store.base import (
+    Feedback,
+    Inference,
+    ModelVersion,
+    Resource,
+    ShownResult,
+    Store,
+    StoreUnavailableError,
+    TrainingRun,
+)
+from shared.store.mongo import MongoStore
+from shared.store.sqlite import SQLiteStore
+
+MONGODB_URL_ENV = "EDURANKER_TEST_MONGODB_URL"
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        sqlite = SQLiteStore(tmp_path / "store.db")
+        await sqlite.init()
+        yield sqlite
+        await sqlite.close()
+        return
+    url = os.environ.get(MONGODB_URL_ENV)
+    if not url:
+        pytest.skip(f"{MONGODB_URL_ENV} is not set: no MongoDB server to run the contract against")
+    name = f"eduranker_test_{uuid.uuid4().hex[:12]}"
+    mongo = MongoStore.from_url(urlsplit(url)._replace(path=f"/{name}").geturl())
+    await mongo.init()
+    try:
+        yield mongo
+    finally:
+        await mongo.db.client.drop_database(name)
+        await mongo.close()
+
+
+def make_feedback(n: int = 0, **fields: Any) -> Feedback:
+    values: dict[str, Any] = {
+        "feedback_id": f"fb-{n}",
+        "inference_id": "inf-1",
+        "resource_id": f"res-{n}",
+        "label": "like",
+        "rank": 1,
+        "model_version": "v0001",
+        "user_id": "user-1",
+        "created_at": at(n),
+        "updated_at": at(n),
+    }
+    return Feedback(**(values | fields))
+
+
+def payload_event(payload: str) -> FeedbackEvent:
+    event = decode(FEEDBACK_TOPIC, payload.encode())
+    assert isinstance(event, FeedbackEvent)
+    return event
+
+
+async def test_resources_upsert_get_list_and_version(store: Store) -> None:
+    empty_version = await store.resources_version()
+    assert await store.list_resources() == []
+    b = Resource(id="b", title="Photosynthesis", description="Light to sugar.", subject="biology")
+    a = Resource(id="a", title="Algebra basics", level="beginner", url="https://example.org/a")
+    assert await store.upsert_resources([b, a]) == 2
+
+    assert await store.list_resources() == [a, b]
+    assert await store.get_resources(["a", "missing"]) == {"a": a}
+    assert await store.get_resources([]) == {}
+    added_version = await store.resources_version()
+    assert added_version != empty_version
+    assert await store.resources_version() == added_version
+
+    a2 = a.model_copy(update={"title": "Algebra, revised"})
+    assert await store.upsert_resources([a2]) == 1
+    assert await store.list_resources() == [a2, b]
+    updated_version = await store.resources_version()
+    assert updated_version not in (empty_version, added_version)
+
+
+async def test_inferences_add_get_count(store: Store) -> None:
+    results = [
+        ShownResult(resource_id="r1", rank=1, first_stage_score=3.5, rerank_score=0.9, scores={"bm25": 3.5}),
+        ShownResult(resource_id="r2", rank=2, first_stage_score=2.0),
+    ]
+    infs = [
+        Inference(
+            inference_id=f"i{n}",
+            query=f"query {n}",
+            model_version=version,
+            use_reranker=True,
+            results=results,
+            latency_ms=12.5,
+            created_at=at(n),
+        )
+        for n, version in enumerate(["v0001", "v0001", "v0000"])
+    ]
+    await store.add_inferences(infs)
+    await store.add_inferences([])
+    assert await store.get_inference("i1") == infs[1]
+    assert await store.get_inference("nope") is None
+    assert await store.get_inferences(["i0", "i2", "nope"]) == {"i0": infs[0], "i2": infs[2]}
+    assert await store.count_inferences() == {"v0001": 2, "v0000": 1}
+
+    # Logged twice: the first copy stays, nothing is counted twice.
+    await store.add_inferences([infs[0].model_copy(update={"query": "changed"})])
+    assert (await store.get_inference("i0")) == infs[0]
+    assert await store.count_inferences() == {"v0001": 2, "v0000": 1}
+
+
+async def test_record_feedback_created_duplicate_updated(store: Store) -> None:
+    first = make_feedback(request_id="req-1")
+    created = await store.record_feedback(first)
+    assert (created.status, created.feedback, created.previous_label) == ("created", first, None)
+
+    retry = await store.record_feedback(first)
+    assert (retry.status, retry.feedback) == ("duplicate", first)
+
+    same_label = await store.record_feedback(make_feedback(feedback_id="fb-x", request_id="req-2"))
+    assert (same_label.status, same_label.feedback) == ("duplicate", first)
+
+    change = make_feedback(feedback_id="fb-y", label="dislike", request_id="req-3", updated_at=at(60))
+    updated = await store.record_feedback(change)
+    expected = first.model_copy(update={"label": "dislike", "updated_at": at(60), "request_id": "req-3"})
+    assert (updated.status, updated.feedback, updated.previous_label) == ("updated", expected, "like")
+    assert await store.list_feedback() == [expected]
+
+    # Late retries of any earlier request are no-ops: the later label wins.
+    for request_id in ("req-3", "req-1", "req-2"):
+        late = await store.record_feedback(make_feedback(request_id=request_id))
+        assert (late.status, late.feedback) == ("duplicate", expected)
+
+    back = await store.record_feedback(
+        make_feedback(feedback_id="fb-z", request_id="req-4", updated_at=at(90))
+    )
+    assert (back.status, back.feedback.label, back.previous_label) == ("updated", "like", "dislike")
+    assert back.feedback.feedback_id == "fb-0"
+    assert [f.label for f in await store.list_feedback()] == ["like"]
+    assert len(await store.pending_outbox()) == 3
+
+
+async def test_feedback_is_one_per_user_per_shown_result(store: Store) -> None:
+    u1 = make_feedback(0, user_id="u1")
+    u2 = make_feedback(1, resource_id="res-0", user_id="u2", label="dislike")
+    session = make_feedback(2, resource_id="res-0", user_id=None, session_id="s1")
+    anonymous = make_feedback(3, resource_id="res-0", user_id=None)
+    other_anonymous = make_feedback(4, resource_id="res-0", user_id=None, label="dislike")
+    statuses = [
+        (await store.record_feedback(f)).status for f in (u1, u2, session, anonymous, other_anonymous)
+    ]
+    assert statuses == ["created", "created", "created", "created", "updated"]
+    stored = await store.list_feedback()
+    assert [(f.feedback_id, f.user_id, f.session_id, f.label) for f in stored] == [
+        ("fb-0", "u1", None, "like"),
+        ("fb-1", "u2", None, "dislike"),
+        ("fb-2", None, "s1", "like"),
+        ("fb-3", None, None, "dislike"),
+    ]
+
+
+async def test_test_feedback_is_listed_only_on_request(store: Store) -> None:
+    real = make_feedback(0)
+    probe = make_feedback(1, is_test=True)
+    for feedback in (real, probe):
+        assert (await store.record_feedback(feedback)).status == "created"
+    assert await store.list_feedback() == [real]
+    assert await store.list_feedback(include_test=True) == [real, probe]
+
+
+async def test_outbox_follows_feedback_changes(store: Store) -> None:
+    assert await store.outbox_backlog() == (0, None)
+    await store.record_feedback(make_feedback(0, request_id="req-1"))
+    await store.record_feedback(make_feedback(0, request_id="req-1"))
+    await store.record_feedback(make_feedback(0, feedback_id="fb-dup"))
+    [created] = await store.pending_outbox()
+    await store.record_feedback(make_feedback(0, label="dislike", request_id="req-2"))
+    await store.record_feedback(make_feedback(1, rank=4))
+
+    pending = await store.pending_outbox()
+    assert len(pending) == 3
+    assert all(e.topic == FEEDBACK_TOPIC and e.key == "inf-1" for e in pending)
+    events = {e.event_id: payload_event(e.payload) for e in pending}
+    assert sorted((ev.feedback_id, ev.label, ev.previous_label, ev.rank) for ev in events.values()) == [
+        ("fb-0", "dislike", "like", 1),
+        ("fb-0", "like", None, 1),
+        ("fb-1", "like", None, 4),
+    ]
+    assert events[created.event_id].label == "like"
+    assert len(await store.pending_outbox(limit=2)) == 2
+    assert await store.outbox_backlog() == (3, min(e.created_at for e in pending))
+
+    await store.mark_published([created.event_id])
+    left = await store.pending_outbox()
+    assert sorted(e.event_id for e in left) == sorted(set(events) - {created.event_id})
+    assert await store.outbox_backlog() == (2, min(e.created_at for e in left))
+    assert all(e.created_at.utcoffset() == timedelta(0) for e in left)
+
+    await store.mark_published([])
+    await store.mark_published([e.event_id for e in left] + ["unknown"])
+    assert await store.pending_outbox() == []
+    assert await store.outbox_backlog() == (0, None)
+
+
+async def test_training_runs_save_update_and_list_newest_first(store: Store) -> None:
+    runs = [TrainingRun(run_id=f"run-{n}", reason="threshold", started_at=at(n * 60)) for n in range(3)]
+    for run in (runs[1], runs[0], runs[2]):
+        await store.save_training_run(run)
+    assert await store.list_training_runs() == runs[::-1]
+    assert await store.list_training_runs(limit=2) == [runs[2], runs[1]]
+
+    done = runs[1].model_copy(
+        update={
+            "status": "promoted",
+            "version": "v0002",
+            "pairs": 120,
+            "metrics": {"ndcg@10": 0.41},
+            "finished_at": at(500),
+            "detail": "beat champion and bm25",
+        }
+    )
+    await store.save_training_run(done)
+    assert await store.list_training_runs() == [runs[2], done, runs[0]]
+
+
+async def test_model_versions_save_update_and_list(store: Store) -> None:
+    v2 = ModelVersion(
+        version="v0002",
+        location="v0002",
+        status="promoted",
+        base_model="minilm",
+        metrics={"ndcg@10": 0.4, "mrr@10": 0.5},
+        created_at=at(10),
+    )
+    v1 = ModelVersion(
+        version="v0001", location="v0001", status="promoted", base_model="minilm", created_at=at(0)
+    )
+    await store.save_model_version(v2)
+    await store.save_model_version(v1)
+    assert await store.list_model_versions() == [v1, v2]
+    retired = v1.model_copy(update={"status": "retired"})
+    await store.save_model_version(retired)
+    assert await store.list_model_versions() == [retired, v2]
+
+
+async def test_concurrent_feedback_writes_land_exactly_once(store: Store) -> None:
+    distinct = [make_feedback(n, user_id=f"user-{n % 7}") for n in range(50)]
+    repeated = make_feedback(99, request_id="req-repeated")
+    outcomes = await asyncio.gather(*(store.record_feedback(f) for f in [*distinct, *[repeated] * 10]))
+
+    assert Counter(o.status for o in outcomes) == {"created": 51, "duplicate": 9}
+    stored = await store.list_feedback()
+    assert sorted(f.feedback_id for f in stored) == sorted([f.feedback_id for f in distinct] + ["fb-99"])
+    pending = await store.pending_outbox(limit=1000)
+    assert sorted(payload_event(e.payload).feedback_id for e in pending) == sorted(
+        f.feedback_id for f in stored
+    )
+    assert await store.outbox_backlog() == (51, min(e.created_at for e in pending))
+
+
+async def test_concurrent_label_changes_have_one_winner(store: Store) -> None:
+    await store.record_feedback(make_feedback(0))
+    changes = [make_feedback(0, feedback_id=f"fb-change-{n}", label="dislike") for n in range(10)]
+    outcomes = await asyncio.gather(*(store.record_feedback(f) for f in changes))
+
+    assert Counter((o.status, o.previous_label) for o in outcomes) == {
+        ("updated", "like"): 1,
+        ("duplicate", None): 9,
+    }
+    assert [(f.feedback_id, f.label) for f in await store.list_feedback()] == [("fb-0", "dislike")]
+    labels = sorted(
+        (ev.label, ev.previous_label)
+        for ev in map(payload_event, (e.payload for e in await store.pending_outbox()))
+    )
+    assert labels == [("dislike", "like"), ("like", None)]
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_mongo_store_fails_fast_when_no_server_answers() -> None:
+    """Runs without a server: an unreachable MongoDB is a StoreUnavailableError, within the timeout."""
+    store = MongoStore(f"mongodb://127.0.0.1:{closed_port()}/catalogue", timeout_s=0.5)
+    started = asyncio.get_running_loop().time()
+    try:
+        with pytest.raises(StoreUnavailableError, match="MongoDB unavailable"):
+            await store.init()
+        assert store.db.name == "catalogue"
+        with pytest.raises(StoreUnavailableError):
+            await store.record_feedback(make_feedback())
+        with pytest.raises(StoreUnavailableError):
+            await store.ping()
+    finally:
+        await store.close()
+    assert asyncio.get_running_loop().time() - started < 5
+
+    unnamed = MongoStore.from_url(f"mongodb://127.0.0.1:{closed_port()}")
+    unnamed.timeout_s = 0.2
+    try:
+        with pytest.raises(StoreUnavailableError):
+            await unnamed.init()
+        assert unnamed.db.name == "eduranker"
+    finally:
+        await unnamed.close()
