@@ -26,8 +26,9 @@ def read_catalogue(path: Path) -> Iterator[Resource]:
         rows = (json.loads(line) for line in path.open(encoding="utf-8") if line.strip())
     for number, row in enumerate(rows, start=1):
         if "id" not in row and "_id" in row:  # BEIR corpus layout
-            row = {"id": row["_id"], "title": row.get("title") or row.get("text", "")[:80],
-                   "description": row.get("text", "")}
+            text = row.get("text") or ""
+            row = {"id": row["_id"], "title": (row.get("title") or text[:80] or "untitled")[:500],
+                   "description": text}
         try:
             yield Resource(**{k: v for k, v in row.items() if k in FIELDS and v not in (None, "")})
         except ValidationError as exc:
