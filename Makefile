@@ -25,12 +25,30 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# Each script writes bench/results/<name>.json; numbers are only comparable on a quiet machine.
+bench: install
+	$(BIN)/python bench/rerank.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/feedback.py
+
+# Does it learn? Simulated users on a BEIR collection through the real services (tens of minutes).
+# make eval DATASET=path/to/collection EVAL_ARGS="--seeds 1 2 3 --flipped-seeds 1"
+DATASET ?= ../shared/datasets/cranfield
+eval: install
+	$(BIN)/python bench/quality.py --dataset $(DATASET) $(EVAL_ARGS)
+
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check shared services tests
+
+# Jupyter on 127.0.0.1 only, started in notebooks/; installed on first use (optional group `notebook`).
+# More options: make notebook NOTEBOOK_ARGS="--no-browser --port=8888"
+notebook: install
+	test -x $(BIN)/jupyter-notebook || $(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,notebook]"
+	cd notebooks && $(abspath $(BIN))/jupyter notebook --ip=127.0.0.1 $(NOTEBOOK_ARGS) fine_tune_cross_encoder.ipynb
 
 up:
 	docker compose up -d --build

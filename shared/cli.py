@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import random
 import signal
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -80,34 +82,82 @@ def like_rule(query: str, result: dict) -> bool:
     return bool(words) and sum(w in text for w in words) / len(words) >= 0.5
 
 
+def read_queries(path: Path) -> list[tuple[str, str]]:
+    """(query id, text) pairs: a text file, one query a line (ids are line numbers from 1), or a
+    BEIR `queries.jsonl` (`{"_id", "text"}` a line)."""
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in lines]
+        return [(str(row["_id"]), row["text"]) for row in rows]
+    return [(str(n), line) for n, line in enumerate(lines, start=1)]
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """BEIR `qrels.tsv` (`query-id`, `corpus-id`, `score`, header line): relevance per query and resource."""
+    qrels: dict[str, dict[str, int]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        parts = line.split("\t")
+        if number == 1 and not parts[-1].strip().lstrip("-").isdigit():
+            continue  # the header
+        if len(parts) != 3:
+            raise SystemExit(f"{path}:{number}: expected query-id<TAB>corpus-id<TAB>score")
+        qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+    return qrels
+
+
 def cmd_traffic(args: argparse.Namespace) -> int:
-    """Plays searches and likes/dislikes through the real HTTP API (the guide's test flow)."""
-    queries = [q.strip() for q in Path(args.queries).read_text().splitlines() if q.strip()]
+    """Plays searches and likes/dislikes through the real HTTP API (the guide's test flow).
+
+    Labels come from `like_rule`, or with `--qrels` from relevance judgments: a shown resource
+    judged at least `--min-relevance` for the query is liked, any other one disliked (BEIR
+    counts unjudged documents as not relevant). `--rate` paces the feedback, `--count` ends it.
+    """
+    queries = read_queries(Path(args.queries))
+    qrels = read_qrels(Path(args.qrels)) if args.qrels else None
+    if qrels is not None:
+        queries = [(qid, text) for qid, text in queries if qid in qrels]
+        if not queries:
+            print(f"no query in {args.queries} has judgments in {args.qrels}: the query ids must match")
+            return 2
     rng = random.Random(args.seed)
-    sent = {"searches": 0, "feedback": 0, "like": 0, "dislike": 0}
-    interval = 1.0 / args.rate if args.rate > 0 else 0.0
+    sent: Counter[str] = Counter()
+    started = time.monotonic()
     with httpx.Client(timeout=30) as client:
         while sent["feedback"] < args.count:
-            query = rng.choice(queries)
+            qid, query = rng.choice(queries)
             response = client.post(f"{args.reranker}/api/reranking/search-with-reranking",
                                    json={"query_text": query, "use_reranker": True, "top_k": args.top_k})
-            response.raise_for_status()
+            if response.status_code != 200:
+                print(f"search refused ({response.status_code}): {response.text[:300]}")
+                return 1
             body = response.json()
             sent["searches"] += 1
             for result in body["results"]:
                 if sent["feedback"] >= args.count or rng.random() < args.skip:
                     continue
-                label = "like" if like_rule(query, result) else "dislike"
-                client.post(f"{args.collector}/api/feedback", json={
+                if qrels is not None:
+                    liked = qrels[qid].get(result["resource_id"], 0) >= args.min_relevance
+                else:
+                    liked = like_rule(query, result)
+                label = "like" if liked else "dislike"
+                if args.rate > 0:  # paced from the start, so slow requests do not lower the rate
+                    time.sleep(max(0.0, started + sent["feedback"] / args.rate - time.monotonic()))
+                answer = client.post(f"{args.collector}/api/feedback", json={
                     "inference_id": body["inference_id"], "resource_id": result["resource_id"],
                     "feedback": label, "session_id": f"traffic-{args.seed}", "is_test": args.mark_test,
-                }).raise_for_status()
+                })
+                if answer.status_code != 200:
+                    sent["refused"] += 1
+                    print(f"feedback refused ({answer.status_code}): {answer.text[:300]}")
+                    if sent["refused"] >= 10:
+                        return 1
+                    continue
                 sent["feedback"] += 1
                 sent[label] += 1
-                if interval:
-                    time.sleep(interval)
-    print(" ".join(f"{k}={v}" for k, v in sent.items()))
-    return 0
+    elapsed = time.monotonic() - started
+    print(" ".join(f"{k}={sent[k]}" for k in ("searches", "feedback", "like", "dislike", "refused")),
+          f"elapsed_s={elapsed:.1f} feedback_per_s={sent['feedback'] / elapsed if elapsed else 0:.1f}")
+    return 1 if sent["refused"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     traffic = sub.add_parser("traffic", help="play searches and feedback through the HTTP API")
     traffic.add_argument("--reranker", default="http://127.0.0.1:8000")
     traffic.add_argument("--collector", default="http://127.0.0.1:8001")
-    traffic.add_argument("--queries", default=str(SAMPLE_QUERIES))
+    traffic.add_argument("--queries", default=str(SAMPLE_QUERIES),
+                         help="a text file, one query a line, or a BEIR queries.jsonl")
+    traffic.add_argument("--qrels", default=None,
+                         help="BEIR qrels.tsv: like what is judged relevant, dislike the rest")
+    traffic.add_argument("--min-relevance", type=int, default=1, help="lowest qrels score that is liked")
     traffic.add_argument("--count", type=int, default=120, help="feedback to send")
     traffic.add_argument("--rate", type=float, default=0.0, help="feedback per second (0 = no limit)")
     traffic.add_argument("--top-k", type=int, default=10)

@@ -62,6 +62,9 @@ class Counts(BaseModel):
 class TrainingRequestedEvent(Event):
     reason: Literal["threshold", "schedule", "manual"]
     counts: Counts = Field(default_factory=Counts)
+    # A manual request's own values (epochs, batch_size, ...); they win over the trainer's settings.
+    hyperparameters: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    include_test: bool | None = None  # None: the trainer's EDURANKER_TRAIN_INCLUDE_TEST
 
 
 class ModelReadyEvent(Event):

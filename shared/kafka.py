@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -13,10 +15,13 @@ from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import ValidationError
 
-from shared.events import ALL_TOPICS, Event, decode, encode
+from shared.events import ALL_TOPICS, TOPIC_EVENTS, Event, decode, encode, utcnow
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+
+DEADLETTER_TOPIC = "eduranker.deadletter.v1"
+"""Messages a consumer could not use, with the reason; kept for a person to look at, never retried."""
 
 # Short group timeouts: the embedded broker holds a group's first join for the whole
 # rebalance timeout (`max_poll_interval_ms`), so long defaults mean 20 s+ start-ups.
@@ -94,13 +99,43 @@ def make_broadcast_consumer(settings: Settings, topic: str) -> KafkaConsumer:
     return consumer
 
 
-def parse(topic: str, payload: bytes) -> Event | None:
-    """Decode a message; malformed ones are logged and skipped rather than crashing a consumer."""
+def decode_or_reason(topic: str, payload: bytes | None) -> Event | str:
+    """The message's event, or why it is not one (a line a person can act on)."""
+    if not payload:
+        return "empty message"
+    if topic not in TOPIC_EVENTS:
+        return f"no event schema for topic {topic!r}"
     try:
         return decode(topic, payload)
-    except (ValidationError, ValueError) as exc:
-        log.error("event=bad_message topic=%s error=%s", topic, str(exc).splitlines()[0])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "message"
+        return f"{where}: {first['msg']} ({exc.error_count()} error(s) for {exc.title})"
+    except ValueError as exc:
+        return str(exc).splitlines()[0]
+
+
+def parse(topic: str, payload: bytes) -> Event | None:
+    """Decode a message; malformed ones are logged and skipped rather than crashing a consumer."""
+    event = decode_or_reason(topic, payload)
+    if isinstance(event, str):
+        log.error("event=bad_message topic=%s error=%s", topic, event)
         return None
+    return event
+
+
+def dead_letter(topic: str, payload: bytes | None, reason: str, partition: int | None = None,
+                offset: int | None = None) -> bytes:
+    """The record sent to `DEADLETTER_TOPIC` for a message a consumer set aside: where, why, what."""
+    record: dict[str, object] = {
+        "topic": topic, "partition": partition, "offset": offset, "reason": reason,
+        "occurred_at": utcnow().isoformat(),
+    }
+    try:
+        record["payload"] = (payload or b"").decode()
+    except UnicodeDecodeError:
+        record["payload_base64"] = base64.b64encode(payload or b"").decode()
+    return json.dumps(record).encode()
 
 
 @dataclass

@@ -100,14 +100,20 @@ class LocalStack:
     def log(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
 
-    def start(self, catalogue: Path | None = None, services: tuple[str, ...] = SERVICES) -> LocalStack:
+    def start(self, catalogue: Path | None = None, services: tuple[str, ...] = SERVICES,
+              ready_timeout_s: float = 180.0) -> LocalStack:
+        """Starts what is asked and returns once every service answers `/ready`.
+
+        The reranker embeds the catalogue before it is ready: a large catalogue on a slow CPU
+        needs a longer `ready_timeout_s`.
+        """
         self.start_broker()
         if catalogue is not None:
             self.load_catalogue(catalogue)
         for name in services:
             self.start_service(name)
         for name in services:
-            self.wait_ready(name)
+            self.wait_ready(name, ready_timeout_s)
         return self
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:

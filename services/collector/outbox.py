@@ -2,7 +2,9 @@
 
 The feedback and its event are written in one store transaction, so an event is never lost:
 if the broker is down, events wait in the store and go out when it is back. A crash between
-publish and mark re-publishes; consumers de-duplicate on `event_id`.
+publish and mark re-publishes; consumers de-duplicate on `event_id`. Events stay in the store
+once published (`published_at` set): the aggregator reads them back to count any that a broker
+lost before delivering.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from kafka.errors import KafkaError
 
 from shared import metrics
 from shared.events import utcnow
-from shared.kafka import make_producer
+from shared.kafka import ensure_topics, make_producer
 from shared.settings import Settings
 from shared.store import OutboxEntry, Store, StoreUnavailableError
 
@@ -45,6 +47,8 @@ class OutboxRelay:
 
     def _send_all(self, entries: list[OutboxEntry]) -> None:
         if self._producer is None:
+            # A broker that restarted empty (memory storage) has no topics: create them again.
+            ensure_topics(self.settings, tuple(sorted({e.topic for e in entries})))
             self._producer = make_producer(self.settings)
         futures = [
             self._producer.send(e.topic, value=e.payload.encode(), key=e.key.encode()) for e in entries

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from services.reranker.inference_log import InferenceLog
+from services.reranker.page import add_page
 from services.reranker.routes import router
 from services.reranker.serving import ModelHolder
 from shared.events import MODEL_READY_TOPIC, Event, ModelReadyEvent
@@ -27,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_torch_threads()
+        configure_torch_threads(settings.torch_threads)
         store = await open_store(settings.store_url)
         holder = ModelHolder(settings)
         inference_log = InferenceLog(store)
@@ -61,10 +62,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     if await store.resources_version() != catalogue_version["value"]:
                         await refresh_catalogue()
                     champion = holder.registry.champion()
-                    if champion and not holder.pinned and champion != holder.state.model.version:
+                    if (champion and not holder.pinned and champion != holder.state.model.version
+                            and champion not in holder.failed):
                         await holder.reload(champion)
                 except StoreUnavailableError as exc:
                     log.warning("event=watch_failed error=%s", exc)
+                except Exception:  # the watcher must outlive any one bad round
+                    log.exception("event=watch_failed")
 
         watcher = asyncio.create_task(watch())
         try:
@@ -74,11 +78,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             consumer.stop()
             await inference_log.close()
             await store.close()
-            holder.executor.shutdown(wait=True)
+            holder.close()
 
     app = FastAPI(title="EduRanker reranker", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.include_router(router)
+    add_page(app)
 
     async def readiness() -> dict[str, bool]:
         store_ok = True

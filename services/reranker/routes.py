@@ -10,13 +10,17 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from services.reranker.inference_log import InferenceLog
-from services.reranker.serving import ModelHolder
+from services.reranker.serving import ModelHolder, ServingState
 from shared import metrics
 from shared.events import new_id
+from shared.ml.retrieval import CatalogueIndex
 from shared.settings import Settings
 from shared.store import Inference, Resource, ShownResult, Store
 
 router = APIRouter()
+
+MAX_RERANK_DOCUMENTS = 200
+MAX_DOCUMENT_CHARS = 10_000
 
 
 def get_holder(request: Request) -> ModelHolder:
@@ -48,7 +52,7 @@ class SearchRequest(BaseModel):
     use_reranker: bool = True
     top_k: int = Field(default=10, ge=1, le=100)
     candidates: int | None = Field(default=None, ge=1, le=200,
-                                   description="First-stage candidates to rerank (default 50).")
+                                   description="First-stage candidates to rerank (default 50, at most 200).")
 
 
 class SearchResult(BaseModel):
@@ -70,8 +74,22 @@ class SearchResponse(BaseModel):
     query_text: str
     model_version: str
     use_reranker: bool
+    candidates: int = Field(description="First-stage results the served pipeline scored (0: BM25 only).")
     latency_ms: float
     results: list[SearchResult]
+
+
+def rank(state: ServingState, query: str, use_reranker: bool, n_candidates: int,
+         top_k: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Positions, every scorer's scores, and the shown order (indexes into positions)."""
+    positions, bm25 = state.index.bm25_top(query, max(n_candidates, top_k) if use_reranker else top_k)
+    if not use_reranker or not positions.size:
+        return positions, {"bm25": bm25}, np.arange(positions.size)[:top_k]
+    start = time.perf_counter()
+    scores = state.model.score(state.index, query, positions, bm25)
+    metrics.RERANK_DURATION.observe(time.perf_counter() - start)
+    metrics.RERANK_CANDIDATES.observe(positions.size)
+    return positions, scores, np.argsort(-scores["fused"], kind="stable")[:top_k]
 
 
 @router.post("/api/reranking/search-with-reranking", response_model=SearchResponse, tags=["search"])
@@ -85,24 +103,18 @@ async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
         raise HTTPException(422, "query_text must contain at least one non-space character")
     top_k = min(body.top_k, settings.max_top_k)
     n_candidates = min(body.candidates or settings.rerank_candidates, settings.max_candidates)
-    positions, bm25 = state.index.bm25_top(query, max(n_candidates, top_k) if body.use_reranker else top_k)
-    scores: dict[str, np.ndarray] = {"bm25": bm25}
-    order = np.arange(positions.size)
-    if body.use_reranker and positions.size:
-        rerank_start = time.perf_counter()
-        scores = await holder.run(state.model.score, state.index, query, positions, bm25)
-        metrics.RERANK_DURATION.observe(time.perf_counter() - rerank_start)
-        metrics.RERANK_CANDIDATES.observe(positions.size)
-        order = np.argsort(-scores["fused"], kind="stable")
-    order = order[:top_k]
+    if body.use_reranker:  # BM25, dense and cross scoring together on the model thread
+        positions, scores, order = await holder.run(rank, state, query, True, n_candidates, top_k)
+    else:
+        positions, scores, order = rank(state, query, False, n_candidates, top_k)
     results = []
-    for rank, i in enumerate(order, start=1):
+    for position, i in enumerate(order, start=1):
         resource = state.index.resources[positions[i]]
-        rerank = float(scores["fused"][i]) if "fused" in scores else None
+        rerank_score = float(scores["fused"][i]) if "fused" in scores else None
         results.append(SearchResult(
             resource_id=resource.id, title=resource.title, description=resource.description,
             subject=resource.subject, level=resource.level, type=resource.type, url=resource.url,
-            rank=rank, first_stage_score=float(bm25[i]), rerank_score=rerank,
+            rank=position, first_stage_score=float(scores["bm25"][i]), rerank_score=rerank_score,
             scores={k: float(v[i]) for k, v in scores.items()},
         ))
     version = state.model.version
@@ -116,49 +128,66 @@ async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
     ))
     holder.count_served(version)
     return SearchResponse(inference_id=inference_id, query_text=query, model_version=version,
-                          use_reranker=body.use_reranker, latency_ms=round(latency_ms, 3),
-                          results=results)
+                          use_reranker=body.use_reranker,
+                          candidates=int(positions.size) if body.use_reranker else 0,
+                          latency_ms=round(latency_ms, 3), results=results)
 
 
 class RerankDocument(BaseModel):
     id: str = Field(min_length=1, max_length=200)
-    text: str = Field(min_length=1, max_length=10000)
+    text: str = Field(min_length=1, max_length=MAX_DOCUMENT_CHARS,
+                      description=f"At most {MAX_DOCUMENT_CHARS} characters; longer texts are refused.")
 
 
 class RerankRequest(BaseModel):
     query: str = Field(min_length=1, max_length=1000)
-    documents: list[RerankDocument] = Field(min_length=1, max_length=200)
+    documents: list[RerankDocument] = Field(
+        min_length=1, max_length=MAX_RERANK_DOCUMENTS,
+        description=f"1 to {MAX_RERANK_DOCUMENTS} documents with unique ids; send more in several calls.")
 
 
 class RerankScore(BaseModel):
     id: str
     rank: int
     score: float
+    scores: dict[str, float]
 
 
 class RerankResponse(BaseModel):
     model_version: str
+    latency_ms: float
     results: list[RerankScore]
 
 
 @router.post("/api/reranking/rerank", response_model=RerankResponse, tags=["search"])
 async def rerank(body: RerankRequest, holder: Holder) -> RerankResponse:
-    """Scores caller-supplied documents with the served pipeline (BM25 computed over them)."""
-    from shared.ml.retrieval import CatalogueIndex
+    """Scores caller-supplied documents with the served pipeline (BM25 computed over them).
 
+    Not logged as an inference: the documents are not in the catalogue, so feedback on
+    them could not become training pairs.
+    """
+    start = time.perf_counter()
+    query = body.query.strip()
+    if not query:
+        raise HTTPException(422, "query must contain at least one non-space character")
+    ids = [d.id for d in body.documents]
+    if len(set(ids)) != len(ids):
+        raise HTTPException(422, "document ids must be unique within one request")
     model = holder.state.model
-    docs = [Resource(id=d.id, title=d.text[:500], description=d.text) for d in body.documents]
+    # The text is used as given: no title/description split to validate.
+    docs = [Resource.model_construct(id=d.id, title=d.text, description="") for d in body.documents]
 
-    def score() -> np.ndarray:
+    def score() -> dict[str, np.ndarray]:
         index = CatalogueIndex(docs, model.embed_texts([d.text for d in docs]) if model.embedder else None)
-        return model.score(index, body.query, np.arange(len(docs)))["fused"]
+        return model.score(index, query, np.arange(len(docs)))
 
-    fused = await holder.run(score)
-    order = np.argsort(-fused, kind="stable")
-    return RerankResponse(model_version=model.version, results=[
-        RerankScore(id=body.documents[i].id, rank=r, score=float(fused[i]))
-        for r, i in enumerate(order, start=1)
-    ])
+    scores = await holder.run(score)
+    order = np.argsort(-scores["fused"], kind="stable")
+    return RerankResponse(
+        model_version=model.version, latency_ms=round((time.perf_counter() - start) * 1000, 3),
+        results=[RerankScore(id=ids[i], rank=r, score=float(scores["fused"][i]),
+                             scores={k: float(v[i]) for k, v in scores.items() if k != "fused"})
+                 for r, i in enumerate(order, start=1)])
 
 
 @router.get("/api/reranking/info-modele", tags=["model"])

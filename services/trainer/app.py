@@ -1,47 +1,82 @@
-"""Trainer service: the Kafka worker plus a small admin API (manual trigger, versions, runs)."""
+"""Trainer service: the Kafka worker plus its admin API (manual run, versions, promote, rollback, runs)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import threading
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request
+from fastapi.responses import JSONResponse
 
+from services.trainer.operations import VersionActionError, Versions, request_training
 from services.trainer.worker import Trainer, consume
-from shared.events import TRAINING_REQUESTED_TOPIC, TrainingRequestedEvent
 from shared.http import add_common
-from shared.kafka import ensure_topics, make_producer, publish
+from shared.kafka import ensure_topics
+from shared.ml.hyperparameters import Hyperparameters
+from shared.ml.model import configure_torch_threads
+from shared.ml.registry import VERSION_RE
 from shared.settings import Settings, get_settings
 from shared.store import StoreUnavailableError, open_store
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+
+def admin_keys(settings: Settings) -> list[str]:
+    return [k.strip() for k in settings.admin_keys.split(",") if k.strip()]
+
+
+async def require_admin(request: Request, x_api_key: str | None = Header(default=None)) -> None:
+    """The admin key check: open while EDURANKER_ADMIN_KEYS is empty; 401 without a key, 403 a wrong one."""
+    keys = admin_keys(request.app.state.settings)
+    if not keys:
+        return
+    if not x_api_key:
+        raise HTTPException(401, "this admin API needs a key: send it in the X-API-Key header",
+                            headers={"WWW-Authenticate": "X-API-Key"})
+    if not any(secrets.compare_digest(x_api_key.encode(), key.encode()) for key in keys):
+        raise HTTPException(403, "the X-API-Key given is not an admin key (EDURANKER_ADMIN_KEYS)")
+
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+VersionName = Path(pattern=VERSION_RE.pattern, description="A registry version, like v0003.")
+
+
+class TrainBody(Hyperparameters):
+    """This run's own values; each one left out comes from the trainer's settings."""
+
+    include_test: bool | None = None
 
 
 @router.post("/train", status_code=202)
-async def request_training(request: Request) -> dict:
+async def train(request: Request, body: TrainBody | None = None) -> dict:
     """Ask for a training run now (reason `manual`), without waiting for the threshold."""
-    event = TrainingRequestedEvent(reason="manual")
-    settings: Settings = request.app.state.settings
-
-    def send() -> None:
-        producer = make_producer(settings)
-        try:
-            publish(producer, TRAINING_REQUESTED_TOPIC, event, key="training")
-        finally:
-            producer.close(5)
-
-    await asyncio.to_thread(send)
-    return {"requested": True, "event_id": event.event_id}
+    body = body or TrainBody()
+    event = await request_training(request.app.state.settings,
+                                   Hyperparameters(**body.model_dump(exclude={"include_test"})),
+                                   body.include_test)
+    return {"requested": True, "event_id": event.event_id, "hyperparameters": event.hyperparameters,
+            "include_test": event.include_test}
 
 
 @router.get("/versions")
 async def versions(request: Request) -> dict:
-    store = request.app.state.store
-    trainer: Trainer = request.app.state.trainer
-    return {"champion": trainer.registry.champion(),
-            "versions": [v.model_dump(mode="json") for v in await store.list_model_versions()]}
+    """Every indexed version: status, metrics, the run's reason, champion and previous champion."""
+    return await request.app.state.versions.listing()
+
+
+@router.post("/versions/{version}/promote")
+async def promote(request: Request, version: str = VersionName) -> dict:
+    """Make this version the champion, whatever its gate said; `model.ready` tells the rerankers."""
+    event = await request.app.state.versions.promote(version)
+    return {"champion": event.version, "model_ready": event.model_dump(mode="json")}
+
+
+@router.post("/rollback")
+async def rollback(request: Request) -> dict:
+    """Back to the previous champion; the current one becomes `retired`."""
+    event = await request.app.state.versions.rollback()
+    return {"champion": event.version, "model_ready": event.model_dump(mode="json")}
 
 
 @router.get("/runs")
@@ -55,11 +90,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_torch_threads(settings.torch_threads)
         await asyncio.to_thread(ensure_topics, settings)
         store = await open_store(settings.store_url)
         trainer = Trainer(settings, store)
         await trainer.recover()
         app.state.store, app.state.trainer = store, trainer
+        app.state.versions = Versions(settings, store, trainer.registry)
         stop, joined = threading.Event(), threading.Event()
         app.state.joined = joined
         thread = threading.Thread(target=consume, name="trainer-consumer", daemon=True,
@@ -75,6 +112,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="EduRanker trainer", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.include_router(router)
+
+    @app.exception_handler(VersionActionError)
+    async def refused(request: Request, exc: VersionActionError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
     async def readiness() -> dict[str, bool]:
         try:

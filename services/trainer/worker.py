@@ -8,12 +8,17 @@ delivered twice is recognised by its event id and not trained again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.metadata
 import logging
 import threading
 import time
+from pathlib import Path
 
 from kafka.errors import KafkaError
+from pydantic import ValidationError
 
+from services.trainer.operations import Versions
 from shared import metrics
 from shared.events import (
     MODEL_READY_TOPIC,
@@ -28,11 +33,33 @@ from shared.ml.candidate import index_for_pairs, summarise, train_candidate
 from shared.ml.dataset import build_pairs, not_enough_reason
 from shared.ml.pipeline import load_champion
 from shared.ml.registry import Registry
+from shared.ml.train import TrainConfig
 from shared.settings import Settings
 from shared.store import ModelVersion, Store, TrainingRun
 
 log = logging.getLogger(__name__)
 GROUP_ID = "eduranker-trainer"
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def code_version() -> dict[str, str]:
+    """The package version and, in a git checkout, the commit: which code trained a version."""
+    version = {"eduranker": "unknown", "git_commit": "unknown"}
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        version["eduranker"] = importlib.metadata.version("eduranker")
+    git = ROOT / ".git"
+    with contextlib.suppress(OSError):
+        head = (git / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            path = git / ref
+            if path.exists():
+                head = path.read_text().strip()
+            else:
+                packed = (git / "packed-refs").read_text().splitlines()
+                head = next((line.split()[0] for line in packed if line.endswith(" " + ref)), "unknown")
+        version["git_commit"] = head
+    return version
 
 
 class Trainer:
@@ -40,17 +67,13 @@ class Trainer:
         self.settings = settings
         self.store = store
         self.registry = Registry(settings.model_dir).ensure()
+        self.versions = Versions(settings, store, self.registry)
         self.busy = threading.Event()
 
     async def recover(self) -> None:
-        """After a crash: drop half-written version folders and close runs left 'running'."""
-        removed = self.registry.clean_partial()
-        if removed:
-            log.warning("event=partial_versions_removed names=%s", ",".join(removed))
-        for run in await self.store.list_training_runs(limit=200):
-            if run.status == "running":
-                run.status, run.detail, run.finished_at = "failed", "trainer stopped during the run", utcnow()
-                await self.store.save_training_run(run)
+        """After a crash: no half-written version, runs left 'running' failed, index and folders agree."""
+        await self.versions.reconcile()
+        await self.versions.prune()
 
     async def handle(self, request: TrainingRequestedEvent) -> ModelReadyEvent | None:
         runs = await self.store.list_training_runs(limit=500)
@@ -59,6 +82,8 @@ class Trainer:
             return None
         run = TrainingRun(run_id=new_id(), request_event_id=request.event_id, reason=request.reason)
         await self.store.save_training_run(run)
+        log.info("event=training_started run=%s request=%s reason=%s", run.run_id, request.event_id,
+                 request.reason)
         started = time.perf_counter()
         self.busy.set()
         try:
@@ -66,6 +91,11 @@ class Trainer:
         except Exception as exc:
             log.exception("event=training_failed run=%s", run.run_id)
             run.status, run.detail = "failed", f"{type(exc).__name__}: {exc}"[:500]
+            run.version = None
+            try:
+                await self.versions.discard_run(run.run_id)
+            except Exception:
+                log.exception("event=discard_failed run=%s", run.run_id)
             ready = self._event(request, run, "failed")
         finally:
             self.busy.clear()
@@ -83,7 +113,15 @@ class Trainer:
         )
 
     async def _train(self, request: TrainingRequestedEvent, run: TrainingRun) -> ModelReadyEvent:
-        feedback = await self.store.list_feedback(include_test=self.settings.train_include_test)
+        try:
+            config = TrainConfig.from_settings(self.settings).with_overrides(request.hyperparameters)
+        except ValidationError as exc:
+            run.status, run.detail = "failed", f"bad hyperparameters in the request: {exc.errors()[0]['msg']}"
+            return self._event(request, run, "failed")
+        include_test = (self.settings.train_include_test if request.include_test is None
+                        else request.include_test)
+        everything = await self.store.list_feedback(include_test=True)
+        feedback = [f for f in everything if include_test or not f.is_test]
         inferences = await self.store.get_inferences(sorted({f.inference_id for f in feedback}))
         resources = await self.store.list_resources()
         pairs = build_pairs(feedback, inferences, {r.id: r for r in resources})
@@ -94,6 +132,13 @@ class Trainer:
             log.info("event=training_skipped run=%s reason=%r", run.run_id, reason)
             return self._event(request, run, "skipped")
         metrics.TRAINING_PAIRS.set(len(pairs))
+        extra = {
+            "run_id": run.run_id, "request_event_id": request.event_id, "request_reason": request.reason,
+            "requested_hyperparameters": {k: getattr(config, k) for k in sorted(config.pinned)},
+            "feedback": {"used": len(feedback), "test_feedback": sum(f.is_test for f in everything),
+                         "test_feedback_included": include_test},
+            "code": code_version(),
+        }
 
         def work():  # noqa: ANN202 - runs on a worker thread: CPU-bound
             champion_name = self.registry.champion()
@@ -101,24 +146,28 @@ class Trainer:
             champion = load_champion(self.settings, champion_name, folder)
             index = index_for_pairs(resources, pairs, champion)
             return train_candidate(
-                self.settings, pairs, index, champion, self.registry,
+                self.settings, pairs, index, champion, self.registry, config=config,
                 progress=lambda line: log.info("event=training_progress run=%s %s", run.run_id, line),
-                extra_metadata={"run_id": run.run_id, "request_event_id": request.event_id,
-                                "request_reason": request.reason},
+                extra_metadata=extra, switch_champion=False,
             )
 
         result = await asyncio.to_thread(work)
         decision = "promoted" if result.promoted else "rejected"
-        run.status, run.detail, run.version = decision, result.reason, result.version
-        run.metrics = summarise(result.metadata["metrics"])
+        summary = summarise(result.metadata["metrics"])
+        # Index first, champion pointer second: a crash in between leaves an indexed, unserved version
+        # that `Versions.reconcile` removes with its unfinished run.
+        await self.store.save_model_version(ModelVersion(
+            version=result.version, location=result.version, status=decision,
+            base_model=self.settings.base_model, metrics=summary,
+        ))
+        if result.promoted:
+            self.registry.set_champion(result.version)
+        run.status, run.detail, run.version, run.metrics = decision, result.reason, result.version, summary
         for model, values in result.metadata["metrics"].items():
             for name in ("ndcg@10", "mrr@10", "f1", "auc"):
                 if name in values:
                     metrics.TRAINING_METRIC.labels(model, name).set(values[name])
-        await self.store.save_model_version(ModelVersion(
-            version=result.version, location=result.version, status=decision,
-            base_model=self.settings.base_model, metrics=run.metrics,
-        ))
+        await self.versions.prune()
         return self._event(request, run, decision)
 
 
@@ -131,6 +180,7 @@ def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoo
         try:
             if consumer is None:
                 consumer = make_group_consumer(settings, TRAINING_REQUESTED_TOPIC, GROUP_ID)
+            if producer is None:
                 producer = make_producer(settings)
             batches = consumer.poll(timeout_ms=500, max_records=1)
             if consumer.assignment():
@@ -156,6 +206,14 @@ def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoo
         except KafkaError as exc:
             log.warning("event=trainer_consumer_error error=%s", exc)
             stop.wait(1.0)
+        except Exception:
+            # The request stays uncommitted: a new group member is handed it again after the pause.
+            log.exception("event=trainer_request_failed action=retry_in_5s")
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    consumer.close(autocommit=False)
+            consumer = None
+            stop.wait(5.0)
     if consumer is not None:
         consumer.close()
     if producer is not None:

@@ -22,19 +22,28 @@ import transformers
 
 from shared.events import utcnow
 from shared.ml.dataset import Pair, split_by_query
-from shared.ml.evaluate import Evaluation, choose_threshold, evaluate_pairs, pair_scores, ranking_metrics
-from shared.ml.model import load_cross_encoder
-from shared.ml.pipeline import PipelineSpec, RankingModel
+from shared.ml.evaluate import (
+    Evaluation,
+    choose_threshold,
+    classification_metrics,
+    evaluate_pairs,
+    pair_scores,
+    ranking_metrics,
+)
+from shared.ml.model import load_cross_encoder, load_embedder
+from shared.ml.pipeline import FeedbackMemory, PipelineSpec, RankingModel
 from shared.ml.registry import Registry
 from shared.ml.report import html_report, text_report
 from shared.ml.retrieval import CatalogueIndex
 from shared.ml.train import TrainConfig, TrainResult, fine_tune
-from shared.settings import Settings
+from shared.settings import OFFLINE_BASE_MODEL, Settings
 from shared.store import Resource
 
 log = logging.getLogger(__name__)
 
-CROSS_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
+CROSS_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+# Never 0: every candidate carries what its feedback taught; the gate decides whether it serves.
+MEMORY_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
 CE_FOLDER = "."
 
 
@@ -42,10 +51,20 @@ CE_FOLDER = "."
 class Gate:
     metric: str = "ndcg@10"
     margin: float = 0.0
+    min_prior_auc: float = 0.5
 
     def decide(self, candidate: dict[str, float], champion: dict[str, float],
-               bm25: dict[str, float]) -> tuple[bool, str]:
-        """Promote only if not worse than the champion and than BM25 alone, by more than the margin."""
+               bm25: dict[str, float], prior_auc: float | None = None) -> tuple[bool, str]:
+        """Promote only if not worse than the champion and than BM25 alone, by more than the margin.
+
+        Feedback is also checked against BM25 itself (`prior_auc`, over all pairs): real users'
+        likes agree with a lexical match more often than not; labels that BM25 ranks backwards
+        look flipped or adversarial, and whatever they taught would look good on their own
+        validation split.
+        """
+        if prior_auc is not None and prior_auc < self.min_prior_auc:
+            return False, (f"feedback contradicts BM25 (AUC {prior_auc:.3f} < {self.min_prior_auc}): "
+                           "labels look flipped or adversarial")
         c, ch, b = candidate.get(self.metric, 0.0), champion.get(self.metric, 0.0), bm25.get(self.metric, 0.0)
         if c < ch - self.margin:
             return False, f"{self.metric} {c:.4f} is below the champion's {ch:.4f} (margin {self.margin})"
@@ -82,54 +101,85 @@ def bm25_only(base_model: str) -> RankingModel:
     return RankingModel(spec=PipelineSpec(version="bm25", base_model=base_model, weights={"bm25": 1.0}))
 
 
-def choose_cross_weight(champion: RankingModel, candidate: RankingModel, index: CatalogueIndex,
-                        train: list[Pair]) -> float:
-    """The fusion weight of the new cross-encoder that ranks the training split best."""
-    best_weight, best = CROSS_WEIGHTS[0], -1.0
-    base = dict(champion.spec.weights)
-    for weight in CROSS_WEIGHTS:
-        candidate.spec = candidate.spec.model_copy(update={"weights": {**base, "cross": weight}})
-        groups, _, _ = pair_scores(candidate, index, train)
+def choose_weights(champion: RankingModel, candidate: RankingModel, index: CatalogueIndex,
+                   train: list[Pair], grid: dict[str, tuple[float, ...]]) -> dict[str, float]:
+    """The fusion weights of the learned scorers that rank the training split best.
+
+    The memory is scored leave-one-query-out, so a query never recalls its own labels.
+    Ties keep the earlier (smaller) weight.
+    """
+    best_weights, best = dict(champion.spec.weights), -1.0
+    names = list(grid)
+    combos: list[tuple[float, ...]] = [()]
+    for name in names:
+        combos = [c + (w,) for c in combos for w in grid[name]]
+    for combo in combos:
+        weights = {**champion.spec.weights, **dict(zip(names, combo, strict=True))}
+        candidate.spec = candidate.spec.model_copy(update={"weights": weights})
+        groups, _, _ = pair_scores(candidate, index, train, leave_query_out=True)
         score = ranking_metrics(groups)["ndcg@10"]
         if score > best + 1e-9:
-            best_weight, best = weight, score
-    return best_weight
+            best_weights, best = weights, score
+    return best_weights
+
+
+def trains_cross_encoder(settings: Settings) -> bool:
+    """`auto`: not from the offline bi-encoder weights, whose random head a few pairs cannot fix."""
+    if settings.train_cross_encoder == "auto":
+        return settings.base_model != OFFLINE_BASE_MODEL
+    return settings.train_cross_encoder == "on"
 
 
 def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex, champion: RankingModel,
                     registry: Registry, config: TrainConfig | None = None, gate: Gate | None = None,
                     progress: Callable[[str], None] | None = None, show_bar: bool = False,
-                    extra_metadata: dict[str, Any] | None = None) -> CandidateResult:
+                    extra_metadata: dict[str, Any] | None = None,
+                    switch_champion: bool = True) -> CandidateResult:
+    """`switch_champion=False`: the caller moves the pointer itself, after recording the version."""
     config = config or TrainConfig.from_settings(settings)
-    gate = gate or Gate(settings.gate_metric, settings.gate_margin)
+    gate = gate or Gate(settings.gate_metric, settings.gate_margin, settings.gate_min_prior_auc)
     started = time.perf_counter()
     train, val = split_by_query(pairs, 0.2, config.seed)
     bm25 = bm25_only(champion.spec.base_model)
 
     def evaluate(model: RankingModel) -> Evaluation:
-        _, labels, scores = pair_scores(model, index, train)
+        _, labels, scores = pair_scores(model, index, train, leave_query_out=True)
         return evaluate_pairs(model, index, val, threshold=choose_threshold(labels, scores))
 
     before = {"champion": evaluate(champion), "bm25": evaluate(bm25)}
-    base = champion.cross or None
-    start_from = str(champion.folder / champion.spec.cross_encoder) if (
-        base is not None and champion.folder and champion.spec.cross_encoder) else settings.base_model
-    cross = load_cross_encoder(start_from, settings.max_length, settings.device)
-    result = fine_tune(cross, train, val, config, progress=progress, show_bar=show_bar)
+    embedder = champion.embedder or load_embedder(
+        champion.spec.embedding_model or settings.embedding_model, settings.max_length, settings.device)
+    grid: dict[str, tuple[float, ...]] = {"memory": MEMORY_WEIGHTS}
+    cross, result, start_from = champion.cross, None, None
+    if trains_cross_encoder(settings):
+        start_from = str(champion.folder / champion.spec.cross_encoder) if (
+            champion.cross is not None and champion.folder and champion.spec.cross_encoder
+        ) else settings.base_model
+        torch.manual_seed(config.seed)  # a new scoring head starts random: seeded, a run can be repeated
+        cross = load_cross_encoder(start_from, settings.max_length, settings.device)
+        result = fine_tune(cross, train, val, config, progress=progress, show_bar=show_bar)
+        grid["cross"] = CROSS_WEIGHTS
     spec = champion.spec.model_copy(update={
-        "base_model": champion.spec.base_model, "cross_encoder": CE_FOLDER, "trained_at": utcnow(),
+        "base_model": champion.spec.base_model, "trained_at": utcnow(),
+        "embedding_model": champion.spec.embedding_model or settings.embedding_model,
+        "cross_encoder": CE_FOLDER if cross is not None else None,
     })
-    candidate = RankingModel(spec=spec, embedder=champion.embedder, cross=cross)
-    weight = choose_cross_weight(champion, candidate, index, train)
+    memory_of_train = FeedbackMemory.build(embedder, [(p.query, p.resource_id, p.label) for p in train])
+    candidate = RankingModel(spec=spec, embedder=embedder, cross=cross, memory=memory_of_train)
     candidate.spec = candidate.spec.model_copy(
-        update={"weights": {**champion.spec.weights, "cross": weight}})
+        update={"weights": choose_weights(champion, candidate, index, train, grid)})
     evaluations = {"champion": before["champion"], "bm25": before["bm25"], "candidate": evaluate(candidate)}
     metrics = {name: ev.metrics for name, ev in evaluations.items()}
     if not val:
         promoted, reason = False, "no validation queries: feedback covers too few distinct queries"
     else:
-        promoted, reason = gate.decide(metrics["candidate"], metrics["champion"], metrics["bm25"])
+        _, all_labels, all_scores = pair_scores(bm25, index, pairs)
+        prior_auc = classification_metrics(all_labels, all_scores, 0.0)["auc"]
+        metrics["bm25"]["auc_all_pairs"] = prior_auc
+        promoted, reason = gate.decide(metrics["candidate"], metrics["champion"], metrics["bm25"],
+                                       prior_auc)
     version = registry.next_version()
+    train_s = result.seconds if result else 0.0
     candidate.spec = candidate.spec.model_copy(update={
         "version": version, "metrics": {k: v for k, v in metrics["candidate"].items()}})
     meta = {
@@ -141,12 +191,16 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
         "dataset": {"pairs": len(pairs), "train": len(train), "validation": len(val),
                     "train_queries": sorted({p.query for p in train}),
                     "validation_queries": sorted({p.query for p in val}),
-                    "likes": sum(p.label for p in pairs)},
-        "hyperparameters": result.config,
+                    "likes": sum(p.label for p in pairs),
+                    "split": {"by": "query", "stratified_by": "label", "validation_share": 0.2,
+                              "seed": config.seed, "train_likes": sum(p.label for p in train),
+                              "validation_likes": sum(p.label for p in val)}},
+        "hyperparameters": result.config if result else {},
+        "cross_encoder_trained": result is not None,
         "metrics": metrics,
         "gate": {"metric": gate.metric, "margin": gate.margin},
-        "durations": {"train_s": result.seconds, "total_s": time.perf_counter() - started},
-        "loss_history": result.loss_history,
+        "durations": {"train_s": train_s, "total_s": time.perf_counter() - started},
+        "loss_history": result.loss_history if result else [],
         "started_from": start_from,
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__,
@@ -155,15 +209,20 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
         **(extra_metadata or {}),
     }
 
+    # What is served is exactly what the gate evaluated: the memory of the training split.
+    memory = memory_of_train
+
     def write(folder: Path) -> None:
-        cross.save_pretrained(str(folder))
+        if cross is not None:
+            cross.save_pretrained(str(folder))
+        memory.save(folder)
         candidate.spec.save(folder)
         (folder / "training_metadata.json").write_text(json.dumps(meta, indent=2, default=float))
         (folder / "training_report.txt").write_text(text_report(meta))
-        (folder / "report.html").write_text(html_report(meta, result.loss_history, evaluations))
+        (folder / "report.html").write_text(html_report(meta, meta["loss_history"], evaluations))
 
     folder = registry.write_version(version, write)
-    if promoted:
+    if promoted and switch_champion:
         registry.set_champion(version)
     candidate.folder = folder
     log.info("event=candidate_done version=%s decision=%s reason=%r", version, meta["decision"], reason)

@@ -79,16 +79,26 @@ class Evaluation:
     confusion: list[list[int]] = field(default_factory=list)
 
 
-def pair_scores(model: RankingModel, index: CatalogueIndex, pairs: list[Pair]) -> tuple[
-        list[tuple[np.ndarray, np.ndarray]], np.ndarray, np.ndarray]:
-    """Fused scores of labelled pairs, normalised within each query's labelled set."""
+Groups = list[tuple[np.ndarray, np.ndarray]]
+
+
+def pair_scores(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
+                leave_query_out: bool = False) -> tuple[Groups, np.ndarray, np.ndarray]:
+    """Fused scores of labelled pairs, normalised within each query's labelled set.
+
+    `leave_query_out`: the feedback memory does not recall the scored query's own labels.
+    """
     groups, all_labels, all_scores = [], [], []
     for query_pairs in group_by_query(pairs).values():
         known = [p for p in query_pairs if p.resource_id in index.position]
         if not known:
             continue
         positions = np.array([index.position[p.resource_id] for p in known])
-        scores = model.score(index, known[0].query, positions)["fused"]
+        model.memory_exclude = known[0].query if leave_query_out else None
+        try:
+            scores = model.score(index, known[0].query, positions)["fused"]
+        finally:
+            model.memory_exclude = None
         labels = np.array([p.label for p in known], dtype=float)
         groups.append((labels, scores))
         all_labels.extend(labels.tolist())

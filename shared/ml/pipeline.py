@@ -21,7 +21,11 @@ from shared.ml.retrieval import CatalogueIndex
 from shared.settings import Settings
 
 SPEC_FILE = "pipeline.json"
-SCORERS = ("bm25", "dense", "cross")
+SCORERS = ("bm25", "dense", "cross", "memory")
+# Sparse scorers are added as they are: z-scoring a mostly-zero vector would inflate its few hits.
+RAW_SCORERS = ("memory",)
+MEMORY_VECTORS = "feedback_memory.npy"
+MEMORY_LABELS = "feedback_memory.json"
 
 
 class PipelineSpec(BaseModel):
@@ -57,10 +61,65 @@ def zscore(values: np.ndarray) -> np.ndarray:
 
 
 def fuse(scores: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    parts = [w * zscore(scores[name]) for name, w in weights.items() if w and name in scores]
+    parts = [w * (scores[name] if name in RAW_SCORERS else zscore(scores[name]))
+             for name, w in weights.items() if w and name in scores]
     if not parts:
         raise ValueError("no scorer with a non-zero weight")
     return np.sum(parts, axis=0)
+
+
+@dataclass
+class FeedbackMemory:
+    """What users liked and disliked for past queries, recalled for similar new queries.
+
+    A new query's nearest past queries (cosine of their embeddings, at least `min_similarity`)
+    vote for the resources users liked (+1) or disliked (-1), weighted by similarity. This is
+    the part of feedback that carries over to queries nobody has rated yet.
+    """
+
+    queries: list[str]
+    vectors: np.ndarray
+    labels: list[dict[str, int]]
+    neighbours: int = 10
+    min_similarity: float = 0.4
+
+    @classmethod
+    def build(cls, embedder: SentenceTransformer, pairs: list[tuple[str, str, int]]) -> FeedbackMemory:
+        """`pairs` are (query, resource_id, label 1/0); the query text is the key."""
+        by_query: dict[str, dict[str, int]] = {}
+        for query, resource_id, label in pairs:
+            by_query.setdefault(query, {})[resource_id] = 1 if label else -1
+        queries = sorted(by_query)
+        vectors = embed(embedder, queries) if queries else np.zeros((0, 1), dtype=np.float32)
+        return cls(queries=queries, vectors=vectors, labels=[by_query[q] for q in queries])
+
+    def scores(self, query_vector: np.ndarray, resource_ids: list[str],
+               exclude: str | None = None) -> np.ndarray:
+        out = np.zeros(len(resource_ids), dtype=np.float32)
+        if not self.queries:
+            return out
+        sims = self.vectors @ query_vector
+        position = {r: i for i, r in enumerate(resource_ids)}
+        for j in np.argsort(-sims)[: self.neighbours + 1]:
+            if sims[j] < self.min_similarity or self.queries[j] == exclude:
+                continue
+            for resource_id, label in self.labels[j].items():
+                if resource_id in position:
+                    out[position[resource_id]] += float(sims[j]) * label
+        return out
+
+    def save(self, folder: Path) -> None:
+        np.save(folder / MEMORY_VECTORS, self.vectors, allow_pickle=False)
+        (folder / MEMORY_LABELS).write_text(json.dumps({
+            "queries": self.queries, "labels": self.labels,
+            "neighbours": self.neighbours, "min_similarity": self.min_similarity}))
+
+    @classmethod
+    def load(cls, folder: Path) -> FeedbackMemory:
+        meta = json.loads((folder / MEMORY_LABELS).read_text())
+        return cls(queries=meta["queries"], vectors=np.load(folder / MEMORY_VECTORS, allow_pickle=False),
+                   labels=meta["labels"], neighbours=meta["neighbours"],
+                   min_similarity=meta["min_similarity"])
 
 
 @dataclass
@@ -71,7 +130,10 @@ class RankingModel:
     folder: Path | None = None
     embedder: SentenceTransformer | None = None
     cross: CrossEncoder | None = None
+    memory: FeedbackMemory | None = None
     loaded_at: datetime = field(default_factory=utcnow)
+    # Set while scoring a query that is itself in the memory (leave-one-query-out evaluation).
+    memory_exclude: str | None = None
 
     @classmethod
     def load(cls, spec: PipelineSpec, folder: Path | None, device: str = "auto",
@@ -80,13 +142,22 @@ class RankingModel:
         if spec.weights.get("dense") and embedder is None:
             embedder = load_embedder(spec.embedding_model or spec.base_model, spec.max_length, device)
         cross = None
-        if spec.weights.get("cross"):
+        # Loaded even at weight 0: the next run continues from it and the notebook evaluates it.
+        if spec.weights.get("cross") or spec.cross_encoder is not None:
             if folder is None or spec.cross_encoder is None:
                 raise ValueError("a pipeline with a cross-encoder needs its folder")
             cross = load_cross_encoder(str(folder / spec.cross_encoder), spec.max_length, device,
                                        fallback=False)
-        return cls(spec=spec, folder=folder, embedder=embedder if spec.weights.get("dense") else None,
-                   cross=cross)
+        memory = None
+        if spec.weights.get("memory"):
+            if folder is None:
+                raise ValueError("a pipeline with a feedback memory needs its folder")
+            if embedder is None:
+                embedder = load_embedder(spec.embedding_model or spec.base_model, spec.max_length, device)
+            memory = FeedbackMemory.load(folder)
+        keep_embedder = spec.weights.get("dense") or spec.weights.get("memory")
+        return cls(spec=spec, folder=folder, embedder=embedder if keep_embedder else None,
+                   cross=cross, memory=memory)
 
     @property
     def version(self) -> str:
@@ -104,9 +175,13 @@ class RankingModel:
         scores: dict[str, np.ndarray] = {
             "bm25": bm25 if bm25 is not None else index.bm25_all(query)[positions]
         }
-        if self.embedder is not None and index.embeddings is not None:
-            scores["dense"] = index.dense(self.embed_texts([query])[0], positions)
-        if self.cross is not None:
+        query_vector = self.embed_texts([query])[0] if self.embedder is not None else None
+        if query_vector is not None and index.embeddings is not None and self.spec.weights.get("dense"):
+            scores["dense"] = index.dense(query_vector, positions)
+        if query_vector is not None and self.memory is not None:
+            ids = [index.resources[p].id for p in positions]
+            scores["memory"] = self.memory.scores(query_vector, ids, exclude=self.memory_exclude)
+        if self.cross is not None and self.spec.weights.get("cross"):
             texts = [index.resources[p].text for p in positions]
             scores["cross"] = cross_scores(self.cross, query, texts)
         scores["fused"] = fuse(scores, self.spec.weights)

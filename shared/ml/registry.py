@@ -1,7 +1,12 @@
-"""The model registry on disk: one folder per version, written atomically, `current` → champion."""
+"""The model registry on disk: one folder per version, written atomically, `current` → champion.
+
+Every change is one rename, so a process killed at any point leaves either the old or the new
+state plus `.tmp-*` leftovers, which `clean_partial` removes on the next start.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -9,11 +14,13 @@ import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 CHAMPION_LINK = "current"
+METADATA_FILE = "training_metadata.json"
 
 
 class RegistryError(ValueError):
@@ -83,6 +90,23 @@ class Registry:
         os.replace(tmp, self.root / CHAMPION_LINK)
         log.info("event=champion_set version=%s", version)
 
+    def metadata(self, version: str) -> dict[str, Any] | None:
+        """A version's `training_metadata.json`, or None when it has none or it is unreadable."""
+        try:
+            return json.loads((self.resolve(version) / METADATA_FILE).read_text())
+        except (RegistryError, OSError, ValueError):
+            return None
+
+    def remove_version(self, version: str) -> None:
+        """Delete a version folder; never the champion. Renamed away first, so no half-deleted version."""
+        path = self.resolve(version)
+        if version == self.champion():
+            raise RegistryError(f"version {version} is the champion; promote another version first")
+        doomed = self.root / f".tmp-removed-{version}-{uuid.uuid4().hex[:8]}"
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        log.info("event=version_removed version=%s", version)
+
     def clean_partial(self) -> list[str]:
         """Remove temporary folders left by a killed writer; they were never visible as versions."""
         removed = []
@@ -94,3 +118,29 @@ class Registry:
                     shutil.rmtree(p, ignore_errors=True)
                 removed.append(p.name)
         return removed
+
+
+def version_number(version: str) -> int:
+    match = VERSION_RE.match(version)
+    if match is None:
+        raise RegistryError(f"bad version name {version!r}")
+    return int(match.group(1))
+
+
+def previous_champion(statuses: dict[str, str], champion: str | None) -> str | None:
+    """What a rollback returns to: the newest promoted version older than the champion.
+
+    Versions an operator rolled back are `retired`, so successive rollbacks walk further back.
+    """
+    if champion is None:
+        return None
+    below = [v for v, status in statuses.items()
+             if status == "promoted" and VERSION_RE.match(v) and version_number(v) < version_number(champion)]
+    return max(below, key=version_number, default=None)
+
+
+def rejected_to_prune(statuses: dict[str, str], keep: int, protected: set[str | None]) -> list[str]:
+    """Rejected versions beyond the newest `keep`; `protected` (champion, previous champion) never."""
+    rejected = sorted((v for v, status in statuses.items() if status == "rejected" and VERSION_RE.match(v)),
+                      key=version_number, reverse=True)
+    return [v for v in rejected[keep:] if v not in protected]

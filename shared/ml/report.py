@@ -141,8 +141,10 @@ def html_report(meta: dict[str, Any], history: list[dict[str, float]],
                                                        meta["metrics"]["candidate"]))),
               ("ROC", png(roc_figure(evaluations))),
               ("Score distributions", png(distribution_figure(evaluations)))]
-    if "candidate" in evaluations:
-        images.append(("Confusion matrix (candidate)", png(confusion_figure(evaluations["candidate"]))))
+    for name, when in (("champion", "before"), ("candidate", "after")):
+        if name in evaluations:
+            title = f"Confusion matrix ({name}, {when})"
+            images.append((title, png(confusion_figure(evaluations[name], title))))
     figures = "".join(f"<figure><img alt='{escape(t)}' src='data:image/png;base64,{b}'>"
                       f"<figcaption>{escape(t)}</figcaption></figure>" for t, b in images)
     return (

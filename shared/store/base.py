@@ -88,6 +88,18 @@ class OutboxEntry(BaseModel):
     key: str
     payload: str
     created_at: datetime
+    published_at: datetime | None = None
+
+
+class FeedbackSnapshot(BaseModel):
+    """Feedback as of one moment, with the ids of the outbox events that moment already reflects.
+
+    A consumer that rebuilds its counts from `feedback` marks `event_ids` as seen, so the same
+    changes arriving later as events are not counted twice.
+    """
+
+    feedback: list[Feedback]
+    event_ids: list[str]
 
 
 class TrainingRun(BaseModel):
@@ -106,7 +118,9 @@ class TrainingRun(BaseModel):
 class ModelVersion(BaseModel):
     version: str
     location: str
-    status: Literal["promoted", "rejected", "retired"]
+    # promoted: passed the gate or promoted by an operator; retired: rolled back by an operator;
+    # pruned: a rejected version whose folder retention removed (the entry stays as history).
+    status: Literal["promoted", "rejected", "retired", "pruned"]
     base_model: str
     metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
@@ -179,8 +193,24 @@ class Store(abc.ABC):
     async def record_feedback(self, feedback: Feedback) -> FeedbackOutcome:
         """Store idempotently and, unless nothing changed, queue its event in the same transaction."""
 
+    async def record_feedback_many(self, items: list[Feedback]) -> list[FeedbackOutcome]:
+        """`record_feedback` for each item, in order; backends may share one transaction."""
+        return [await self.record_feedback(f) for f in items]
+
     @abc.abstractmethod
     async def list_feedback(self, include_test: bool = False) -> list[Feedback]: ...
+
+    @abc.abstractmethod
+    async def feedback_snapshot(self, events_since: datetime) -> FeedbackSnapshot:
+        """All feedback (test included), and the ids of its events created since `events_since` or
+        still unpublished, read consistently: each id's change is in the feedback, and no change in
+        the feedback lacks its id."""
+
+    @abc.abstractmethod
+    async def published_events(self, after: datetime, until: datetime, limit: int = 1000,
+                               after_id: str = "") -> list[OutboxEntry]:
+        """Events marked published in (`after`, `until`], `published_at` set, in (published_at,
+        event_id) order; the next page starts after the last (`after`, `after_id`) read."""
 
     @abc.abstractmethod
     async def pending_outbox(self, limit: int = 500) -> list[OutboxEntry]: ...

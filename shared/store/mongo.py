@@ -22,6 +22,7 @@ from shared.events import utcnow
 from shared.store.base import (
     Feedback,
     FeedbackOutcome,
+    FeedbackSnapshot,
     Inference,
     ModelVersion,
     OutboxEntry,
@@ -38,6 +39,7 @@ DUPLICATE_KEY = 11000
 MAX_FEEDBACK_ATTEMPTS = 10
 # What callers read back from a feedback document: the record, not the bookkeeping.
 FEEDBACK_FIELDS = {"_id": 0, "outbox": 0, "user_key": 0, "request_ids": 0}
+SNAPSHOT_FIELDS = {"_id": 0, "user_key": 0, "request_ids": 0, "outbox.payload": 0}
 PENDING = {"outbox": {"$elemMatch": {"published_at": None}}}
 
 P = ParamSpec("P")
@@ -266,6 +268,40 @@ class MongoStore(Store):
         # ObjectIds grow with insertion (strictly within one client process), like SQLite's rowid order.
         cursor = self._col("feedback").find(query, FEEDBACK_FIELDS).sort("_id", ASCENDING)
         return [Feedback.model_validate(d) async for d in cursor]
+
+    @_unavailable_on_outage
+    async def feedback_snapshot(self, events_since: datetime) -> FeedbackSnapshot:
+        """Each document holds a feedback and its events, so each is read consistently on its own:
+        a change made after its document was read is absent from both the feedback and the ids."""
+        feedback: list[Feedback] = []
+        event_ids: list[str] = []
+        since = events_since.astimezone(UTC)
+        cursor = self._col("feedback").find({}, SNAPSHOT_FIELDS).sort("_id", ASCENDING)
+        async for doc in cursor:
+            for event in doc.pop("outbox", []):
+                if event.get("published_at") is None or event["created_at"] >= since:
+                    event_ids.append(event["event_id"])
+            feedback.append(Feedback.model_validate(doc))
+        return FeedbackSnapshot(feedback=feedback, event_ids=event_ids)
+
+    @_unavailable_on_outage
+    async def published_events(self, after: datetime, until: datetime, limit: int = 1000,
+                               after_id: str = "") -> list[OutboxEntry]:
+        start, end = after.astimezone(UTC), until.astimezone(UTC)
+        window = {"$gte": start, "$lte": end}
+        pipeline: list[Doc] = [
+            {"$match": {"outbox.published_at": window}},
+            {"$unwind": "$outbox"},
+            {"$match": {"outbox.published_at": window, "$or": [
+                {"outbox.published_at": {"$gt": start}},
+                {"outbox.event_id": {"$gt": after_id}},
+            ]}},
+            {"$replaceRoot": {"newRoot": "$outbox"}},
+            {"$sort": {"published_at": 1, "event_id": 1}},
+            {"$limit": limit},
+        ]
+        cursor = await self._col("feedback").aggregate(pipeline)
+        return [OutboxEntry.model_validate(d) async for d in cursor]
 
     async def _pending(self, *stages: Doc) -> list[Doc]:
         pipeline: list[Doc] = [

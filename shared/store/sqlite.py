@@ -6,7 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
@@ -15,6 +15,7 @@ from shared.events import utcnow
 from shared.store.base import (
     Feedback,
     FeedbackOutcome,
+    FeedbackSnapshot,
     Inference,
     ModelVersion,
     OutboxEntry,
@@ -91,11 +92,11 @@ class SQLiteStore(Store):
         return self._db
 
     @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _tx(self, begin: str = "BEGIN IMMEDIATE") -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction at a time per process; IMMEDIATE takes the file lock up front."""
         async with self._write_lock:
             try:
-                await self.db.execute("BEGIN IMMEDIATE")
+                await self.db.execute(begin)
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailableError(f"store busy: {exc}") from exc
             try:
@@ -177,66 +178,97 @@ class SQLiteStore(Store):
 
     # Feedback
     async def record_feedback(self, feedback: Feedback) -> FeedbackOutcome:
-        user_key = feedback.identity[2]
         async with self._tx() as db:
-            if feedback.request_id:
-                row = await (
-                    await db.execute(
-                        "SELECT f.doc FROM feedback_requests r JOIN feedback f USING (feedback_id) "
-                        "WHERE r.request_id = ?",
-                        (feedback.request_id,),
-                    )
-                ).fetchone()
-                if row:
-                    return FeedbackOutcome(status="duplicate", feedback=Feedback.model_validate_json(row[0]))
-            row = await (
-                await db.execute(
-                    "SELECT doc FROM feedback WHERE inference_id=? AND resource_id=? AND user_key=?",
-                    (feedback.inference_id, feedback.resource_id, user_key),
-                )
-            ).fetchone()
-            if row is None:
-                outcome = FeedbackOutcome(status="created", feedback=feedback)
-                await db.execute(
-                    "INSERT INTO feedback (feedback_id, inference_id, resource_id, user_key, "
-                    "request_id, doc) VALUES (?, ?, ?, ?, ?, ?)",
-                    (feedback.feedback_id, feedback.inference_id, feedback.resource_id, user_key,
-                     feedback.request_id, feedback.model_dump_json()),
-                )
-            else:
-                stored = Feedback.model_validate_json(row[0])
-                if stored.label == feedback.label:
-                    if feedback.request_id:
-                        await db.execute(
-                            "INSERT OR IGNORE INTO feedback_requests (request_id, feedback_id) VALUES (?, ?)",
-                            (feedback.request_id, stored.feedback_id),
-                        )
-                    return FeedbackOutcome(status="duplicate", feedback=stored)
-                updated = stored.model_copy(
-                    update={"label": feedback.label, "updated_at": feedback.updated_at,
-                            "request_id": feedback.request_id or stored.request_id}
-                )
-                outcome = FeedbackOutcome(status="updated", feedback=updated, previous_label=stored.label)
-                await db.execute(
-                    "UPDATE feedback SET doc=?, request_id=? WHERE feedback_id=?",
-                    (updated.model_dump_json(), updated.request_id, stored.feedback_id),
-                )
-            if feedback.request_id:
-                await db.execute(
-                    "INSERT INTO feedback_requests (request_id, feedback_id) VALUES (?, ?)",
-                    (feedback.request_id, outcome.feedback.feedback_id),
-                )
-            entry = feedback_event(outcome.feedback, outcome.previous_label)
+            return await self._record(db, feedback)
+
+    async def record_feedback_many(self, items: list[Feedback]) -> list[FeedbackOutcome]:
+        """One transaction for many: concurrent requests share the lock and the commit."""
+        async with self._tx() as db:
+            return [await self._record(db, f) for f in items]
+
+    async def _record(self, db: aiosqlite.Connection, feedback: Feedback) -> FeedbackOutcome:
+        user_key = feedback.identity[2]
+        # One round trip: the request id's feedback (first) and the identity's, if any.
+        rows = await db.execute_fetchall(
+            "SELECT 0, f.doc FROM feedback_requests r JOIN feedback f USING (feedback_id) "
+            "WHERE r.request_id = ? UNION ALL "
+            "SELECT 1, doc FROM feedback WHERE inference_id=? AND resource_id=? AND user_key=?",
+            (feedback.request_id, feedback.inference_id, feedback.resource_id, user_key),
+        )
+        by_request = next((r[1] for r in rows if r[0] == 0), None)
+        if by_request is not None:
+            return FeedbackOutcome(status="duplicate", feedback=Feedback.model_validate_json(by_request))
+        row = next((r[1] for r in rows if r[0] == 1), None)
+        if row is None:
+            outcome = FeedbackOutcome(status="created", feedback=feedback)
             await db.execute(
-                "INSERT INTO outbox (event_id, topic, key, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-                (entry.event_id, entry.topic, entry.key, entry.payload, entry.created_at.isoformat()),
+                "INSERT INTO feedback (feedback_id, inference_id, resource_id, user_key, "
+                "request_id, doc) VALUES (?, ?, ?, ?, ?, ?)",
+                (feedback.feedback_id, feedback.inference_id, feedback.resource_id, user_key,
+                 feedback.request_id, feedback.model_dump_json()),
             )
+        else:
+            stored = Feedback.model_validate_json(row)
+            if stored.label == feedback.label:
+                if feedback.request_id:
+                    await db.execute(
+                        "INSERT OR IGNORE INTO feedback_requests (request_id, feedback_id) VALUES (?, ?)",
+                        (feedback.request_id, stored.feedback_id),
+                    )
+                return FeedbackOutcome(status="duplicate", feedback=stored)
+            updated = stored.model_copy(
+                update={"label": feedback.label, "updated_at": feedback.updated_at,
+                        "request_id": feedback.request_id or stored.request_id}
+            )
+            outcome = FeedbackOutcome(status="updated", feedback=updated, previous_label=stored.label)
+            await db.execute(
+                "UPDATE feedback SET doc=?, request_id=? WHERE feedback_id=?",
+                (updated.model_dump_json(), updated.request_id, stored.feedback_id),
+            )
+        if feedback.request_id:
+            await db.execute(
+                "INSERT INTO feedback_requests (request_id, feedback_id) VALUES (?, ?)",
+                (feedback.request_id, outcome.feedback.feedback_id),
+            )
+        entry = feedback_event(outcome.feedback, outcome.previous_label)
+        await db.execute(
+            "INSERT INTO outbox (event_id, topic, key, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+            (entry.event_id, entry.topic, entry.key, entry.payload, entry.created_at.isoformat()),
+        )
         return outcome
 
     async def list_feedback(self, include_test: bool = False) -> list[Feedback]:
         rows = await self._all("SELECT doc FROM feedback ORDER BY rowid")
         items = [Feedback.model_validate_json(r[0]) for r in rows]
         return [f for f in items if include_test or not f.is_test]
+
+    async def feedback_snapshot(self, events_since: datetime) -> FeedbackSnapshot:
+        # A read transaction: both reads see one moment, and in WAL mode writers go on meanwhile.
+        async with self._tx("BEGIN") as db:
+            try:
+                docs = await db.execute_fetchall("SELECT doc FROM feedback ORDER BY rowid")
+                ids = await db.execute_fetchall(
+                    "SELECT event_id FROM outbox WHERE published_at IS NULL OR created_at >= ?",
+                    (_iso(events_since),),
+                )
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailableError(str(exc)) from exc
+        return FeedbackSnapshot(feedback=[Feedback.model_validate_json(r[0]) for r in docs],
+                                event_ids=[r[0] for r in ids])
+
+    async def published_events(self, after: datetime, until: datetime, limit: int = 1000,
+                               after_id: str = "") -> list[OutboxEntry]:
+        rows = await self._all(
+            "SELECT event_id, topic, key, payload, created_at, published_at FROM outbox "
+            "WHERE (published_at > ? OR (published_at = ? AND event_id > ?)) AND published_at <= ? "
+            "ORDER BY published_at, event_id LIMIT ?",
+            (_iso(after), _iso(after), after_id, _iso(until), limit),
+        )
+        return [
+            OutboxEntry(event_id=r[0], topic=r[1], key=r[2], payload=r[3],
+                        created_at=datetime.fromisoformat(r[4]), published_at=datetime.fromisoformat(r[5]))
+            for r in rows
+        ]
 
     async def pending_outbox(self, limit: int = 500) -> list[OutboxEntry]:
         rows = await self._all(
@@ -291,3 +323,7 @@ class SQLiteStore(Store):
         rows = await self._all("SELECT doc FROM model_versions ORDER BY version")
         return [ModelVersion.model_validate_json(r[0]) for r in rows]
 
+
+def _iso(moment: datetime) -> str:
+    """Timestamps are stored as UTC ISO strings, which compare in time order."""
+    return moment.astimezone(UTC).isoformat()

@@ -1,0 +1,215 @@
+"""Benchmark: fine-tuning time for 100, 500 and 1,000 feedback pairs (3 epochs, batch 16).
+
+Pairs are realistic: Cranfield queries against their ~200-word aeronautics abstracts
+(`../shared/datasets/cranfield`), likes on judged-relevant abstracts and dislikes on the
+non-relevant ones BM25 ranks highest (what a user would have been shown); without Cranfield,
+the sample catalogue with its sample queries. A validation set of other queries (a fifth of the
+size) is evaluated every epoch, as in the trainer; early stopping is off so that all epochs are
+timed. Each size starts from fresh base weights; model loading is not timed. The validation
+AUC and nDCG@10 before and after show that speed was not bought with quality.
+
+    .venv/bin/python bench/train.py            # writes bench/results/train.json
+    .venv/bin/python bench/train.py --quick    # tiny model, seconds: checks the script itself
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.catalogue import read_catalogue  # noqa: E402
+from shared.ml.dataset import Pair, group_by_query  # noqa: E402
+from shared.ml.evaluate import classification_metrics, ranking_metrics  # noqa: E402
+from shared.ml.model import configure_torch_threads, cross_scores, load_cross_encoder  # noqa: E402
+from shared.ml.retrieval import CatalogueIndex  # noqa: E402
+from shared.ml.train import TrainConfig, fine_tune, resolve_precision  # noqa: E402
+from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
+from shared.store import Resource  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "train.json"
+CRANFIELD = ROOT.parent / "shared" / "datasets" / "cranfield"
+SIZES = (100, 500, 1000)
+PER_QUERY = 5  # likes and dislikes per query, at most
+GUIDE_CPU_4_CORES_MIN = {"100": "5-8", "500": "20-30", "1000": "40-60"}
+
+
+def cranfield() -> tuple[list[Resource], list[tuple[str, set[str]]]]:
+    resources = list(read_catalogue(CRANFIELD / "corpus.jsonl"))
+    queries = {q["_id"]: q["text"] for q in map(json.loads, (CRANFIELD / "queries.jsonl").open())}
+    relevant: dict[str, set[str]] = {}
+    for line in (CRANFIELD / "qrels.tsv").read_text().splitlines()[1:]:
+        qid, doc, _ = line.split("\t")
+        relevant.setdefault(qid, set()).add(doc)
+    return resources, [(queries[q], docs) for q, docs in relevant.items() if q in queries]
+
+
+def sample_catalogue() -> tuple[list[Resource], list[tuple[str, set[str]]]]:
+    """Without Cranfield: the sample catalogue, its sample queries and its titles as queries, likes
+    where most of the query's words appear."""
+    from shared.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES
+
+    resources = list(read_catalogue(SAMPLE_CATALOGUE))
+    queries = [q.strip() for q in SAMPLE_QUERIES.read_text().splitlines() if q.strip()]
+    queries += [r.title for r in resources]
+    judged = []
+    for query in queries:
+        words = {w for w in query.lower().split() if len(w) > 3}
+        liked = {r.id for r in resources
+                 if words and sum(w in r.text.lower() for w in words) / len(words) >= 0.5}
+        judged.append((query, liked))
+    return resources, judged
+
+
+def build_pairs(resources: list[Resource], judged: list[tuple[str, set[str]]], seed: int) -> list[Pair]:
+    """Per query, its likes and the top BM25 results it does not like, grouped by query."""
+    index = CatalogueIndex(resources)
+    by_id = {r.id: r for r in resources}
+    rng = random.Random(seed)
+    judged = list(judged)
+    rng.shuffle(judged)
+    pairs: list[Pair] = []
+    for query, liked in judged:
+        top, _ = index.bm25_top(query, 30)
+        shown = [resources[i].id for i in top]
+        likes = [d for d in shown if d in liked] + sorted(liked - set(shown))
+        dislikes = [d for d in shown if d not in liked]
+        for doc in likes[:PER_QUERY]:
+            pairs.append(Pair(query, doc, by_id[doc].text, 1))
+        for doc in dislikes[:PER_QUERY]:
+            pairs.append(Pair(query, doc, by_id[doc].text, 0))
+    return pairs
+
+
+def take(pairs: list[Pair], n: int, start_query: int = 0) -> tuple[list[Pair], int]:
+    """The first `n` pairs from whole queries (a query is never split), from the `start_query`-th on."""
+    groups = list(group_by_query(pairs).values())[start_query:]
+    out: list[Pair] = []
+    used = 0
+    for group in groups:
+        if len(out) >= n:
+            break
+        out += group
+        used += 1
+    return out[:n], start_query + used
+
+
+def quality(model, pairs: list[Pair]) -> dict[str, float]:  # noqa: ANN001 - a CrossEncoder
+    groups, labels, scores = [], [], []
+    for query_pairs in group_by_query(pairs).values():
+        s = cross_scores(model, query_pairs[0].query, [p.text for p in query_pairs])
+        y = np.array([p.label for p in query_pairs], dtype=float)
+        groups.append((y, s))
+        labels += y.tolist()
+        scores += s.tolist()
+    y, s = np.array(labels, dtype=int), np.array(scores)
+    ranking = ranking_metrics(groups)
+    return {"auc": classification_metrics(y, s, float(np.median(s)))["auc"], "ndcg@10": ranking["ndcg@10"]}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny 2-layer model: checks the script itself")
+    parser.add_argument("--model", default=None, help=f"base weights (default {OFFLINE_BASE_MODEL})")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # The tiny model's operations are too small to share between threads: one is faster.
+    threads = configure_torch_threads(args.threads or (1 if args.quick else 0))
+
+    model_name = args.model or OFFLINE_BASE_MODEL
+    tmp = None
+    if args.quick and args.model is None:
+        from tests.conftest import build_tiny_bert
+
+        tmp = tempfile.TemporaryDirectory(prefix="bench-train-tiny-")
+        model_name = str(build_tiny_bert(Path(tmp.name)))
+    source = "cranfield" if (CRANFIELD / "corpus.jsonl").exists() else "sample_catalogue"
+    resources, judged = cranfield() if source == "cranfield" else sample_catalogue()
+    pairs = build_pairs(resources, judged, args.seed)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                         seed=args.seed, early_stopping_patience=0, precision=args.precision)
+
+    results: dict[str, object] = {}
+    runs = []
+    load_before = os.getloadavg()
+    for n in sizes:
+        train, next_query = take(pairs, n)
+        val, _ = take(pairs, max(20, n // 5), next_query)
+        torch.manual_seed(args.seed)  # the same random head for every setting compared
+        model = load_cross_encoder(model_name, args.max_length, "cpu")
+        before = quality(model, val)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        result = fine_tune(model, train, val, config)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        after = quality(model, val)
+        results[f"seconds_{n}"] = round(wall, 1)
+        runs.append({"pairs": len(train), "validation_pairs": len(val), "seconds": round(wall, 1),
+                     "cpu_seconds": round(cpu, 1), "epochs_run": result.epochs_run,
+                     "seconds_per_epoch": round(wall / max(result.epochs_run, 1e-9), 1),
+                     "likes": sum(p.label for p in train), "validation_before": before,
+                     "validation_after": after})
+        print(f"pairs={len(train)} seconds={wall:.1f} cpu_seconds={cpu:.1f} epochs={result.epochs_run:.0f} "
+              f"val_auc {before['auc']:.3f}->{after['auc']:.3f} "
+              f"val_ndcg@10 {before['ndcg@10']:.3f}->{after['ndcg@10']:.3f}", flush=True)
+        del model
+
+    results.update({
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "model": model_name if not args.quick else "tiny-bert (2 layers, 32 wide)",
+        "quick": args.quick,
+        "dataset": source,
+        "settings": {"epochs": args.epochs, "batch_size": args.batch_size,
+                     "learning_rate": args.learning_rate, "max_length": args.max_length,
+                     "warmup_ratio": config.warmup_ratio,
+                     "precision": resolve_precision(args.precision, torch.device("cpu")),
+                     "length_grouped_batches": True, "early_stopping": "off (every epoch timed)",
+                     "checkpoints": "none (best weights kept in memory)", "torch_threads": threads,
+                     "validation": "a fifth of the size, other queries, evaluated every epoch"},
+        "runs": runs,
+        "guide_cpu_4_cores_minutes": GUIDE_CPU_4_CORES_MIN,
+        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "python": platform.python_version(), "torch": torch.__version__,
+                    "load_average_before": [round(x, 2) for x in load_before],
+                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+    })
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}: " + " ".join(f"{k}={results[k]}" for k in results if k.startswith("seconds_"))
+          + f" peak_rss_mb={results['peak_rss_mb']}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

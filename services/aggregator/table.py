@@ -1,0 +1,164 @@
+"""The aggregator's state: one Faust table, and the order its keys are written in.
+
+Keys: "tally" → {"counts", "versions", "last_event", "last_fresh"}; "timing" → `Timing`;
+"origin" → when and why the counts were last rebuilt from the store; "recovered_through" →
+how far the outbox has been checked; "seen:<event_id>" → when it was counted (epoch s);
+"fresh:<feedback_id>" → [label, given at] for feedback given or changed since the last training.
+
+One partition, so one changelog written in order, and a restore gives back a prefix of it
+(possibly short of the last writes: a stop may not flush them, and the embedded broker can
+report the end of a log early). Each count writes the tally first, naming its event and that
+event's "fresh" entry, then the entry and the event's id; the next count re-applies the
+previous one's entries if they went missing. So the tally is the commit record of a count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+import faust
+from faust.stores import memory
+
+from services.aggregator.policy import Fresh, Timing, Versions
+from shared.events import Counts
+
+
+class WriterOwnedMemory(memory.Store):
+    """Faust's memory store, for a table this worker alone writes.
+
+    Faust replays a table's changelog into memory whenever partitions are assigned again (any
+    rebalance, or a broker that restarted). Once the first restore is done, memory holds this
+    worker's latest writes and the changelog can only hold older ones (or fewer, when the log
+    reads short), so later replays are ignored rather than let an older tally win. The store
+    also remembers the offset of its last write, so that those replays start there.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._offsets: dict[Any, int] = {}
+        self._restored = False
+
+    def persisted_offset(self, tp: Any) -> int | None:
+        return self._offsets.get(tp)
+
+    def set_persisted_offset(self, tp: Any, offset: int) -> None:
+        self._offsets[tp] = offset
+
+    def apply_changelog_batch(self, batch: Iterable[Any], to_key: Any, to_value: Any) -> None:
+        if self._restored:
+            return
+        events = list(batch)
+        super().apply_changelog_batch(events, to_key, to_value)
+        for event in events:
+            tp = event.message.tp
+            self._offsets[tp] = max(self._offsets.get(tp, -1), event.message.offset)
+
+    async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
+        await super().on_recovery_completed(active_tps, standby_tps)
+        self._restored = True
+
+
+class OnePartitionTable(faust.Table):
+    """Every key in partition 0 (one ordered changelog; timers may write outside a stream)."""
+
+    def partition_for_key(self, key: Any) -> int:
+        return 0
+
+    def _new_store_by_url(self, url: Any) -> Any:
+        return WriterOwnedMemory(
+            url, self.app, self, table_name=self.name, key_type=self.key_type,
+            key_serializer=self.key_serializer, value_serializer=self.value_serializer,
+            value_type=self.value_type, loop=self.loop, options=self.options,
+        )
+
+
+class State:
+    """Reads and writes of the aggregator's table, in the order that keeps restores consistent."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self._seen_entries = -1  # unknown until counted once after the restore
+
+    def tally(self) -> tuple[Counts, Versions, str | None]:
+        tally = self.table.get("tally") or {}
+        return Counts.model_validate(tally.get("counts") or {}), tally.get("versions") or {}, tally.get(
+            "last_event")
+
+    def timing(self) -> Timing:
+        return Timing(**(self.table.get("timing") or {}))
+
+    def set_timing(self, timing: Timing) -> None:
+        self.table["timing"] = asdict(timing)
+
+    def get(self, key: str) -> Any:
+        return self.table.get(key)
+
+    def set(self, key: str, value: Any) -> None:
+        self.table[key] = value
+
+    def seen(self, event_id: str) -> bool:
+        last = (self.table.get("tally") or {}).get("last_event")
+        return last == event_id or self.table.get(f"seen:{event_id}") is not None
+
+    def fresh(self, feedback_id: str) -> Fresh | None:
+        entry = self.table.get(f"fresh:{feedback_id}")
+        return (entry[0], entry[1]) if entry else None
+
+    def mark_seen(self, event_id: str, now: float) -> None:
+        key = f"seen:{event_id}"
+        if self.table.get(key) is None:
+            self.table[key] = now
+            if self._seen_entries >= 0:
+                self._seen_entries += 1
+
+    def _set_fresh(self, feedback_id: str, entry: Fresh) -> None:
+        if self.table.get(f"fresh:{feedback_id}") != list(entry):
+            self.table[f"fresh:{feedback_id}"] = list(entry)
+
+    def record(self, counts: Counts, versions: Versions, event_id: str,
+               fresh: tuple[str, Fresh] | None, now: float) -> None:
+        """One count: the tally (naming the event), then its fresh entry and its id."""
+        previous = self.table.get("tally") or {}
+        if previous.get("last_event"):
+            self.mark_seen(previous["last_event"], now)
+        if previous.get("last_fresh"):
+            feedback_id, label, at = previous["last_fresh"]
+            if fresh is None or fresh[0] != feedback_id:
+                self._set_fresh(feedback_id, (label, at))
+        self._write_tally(counts, versions, event_id, fresh)
+        if fresh is not None:
+            self._set_fresh(*fresh)
+        self.mark_seen(event_id, now)
+
+    def replace(self, counts: Counts, versions: Versions, fresh: Mapping[str, Fresh],
+                event_ids: Iterable[str], now: float) -> None:
+        """A rebuild: these counts, exactly these fresh entries, and these events as seen."""
+        previous = (self.table.get("tally") or {}).get("last_event")
+        for event_id in [previous, *event_ids] if previous else event_ids:
+            self.mark_seen(event_id, now)
+        for key in [k for k in self.table if str(k).startswith("fresh:") and str(k)[6:] not in fresh]:
+            del self.table[key]
+        for feedback_id, entry in fresh.items():
+            self._set_fresh(feedback_id, entry)
+        self._write_tally(counts, versions, None, None)
+
+    def _write_tally(self, counts: Counts, versions: Versions, event_id: str | None,
+                     fresh: tuple[str, Fresh] | None) -> None:
+        self.table["tally"] = {"counts": counts.model_dump(), "versions": versions, "last_event": event_id,
+                               "last_fresh": [fresh[0], *fresh[1]] if fresh else None}
+
+    def seen_entries(self) -> int:
+        if self._seen_entries < 0:
+            self._seen_entries = sum(1 for key in self.table if str(key).startswith("seen:"))
+        return self._seen_entries
+
+    def expire_seen(self, older_than: float) -> int:
+        """Forgets event ids counted before `older_than`; returns how many."""
+        expired = [key for key, at in list(self.table.items())
+                   if str(key).startswith("seen:") and isinstance(at, int | float) and at < older_than]
+        for key in expired:
+            del self.table[key]
+        self._seen_entries = -1
+        return len(expired)

@@ -1,0 +1,190 @@
+"""Feedback intake: validation against the logged inference, then a group-committed write.
+
+Each accepted feedback is answered only once its store transaction has committed (with its
+outbox event), so an HTTP 200 always means "stored". Two things keep that cheap:
+- inferences never change once logged, so lookups are cached (bounded, least recent out);
+- feedback that arrives while a write is in progress shares the next transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared import metrics
+from shared.events import new_id
+from shared.store import Feedback, FeedbackOutcome, Inference, Store, StoreUnavailableError
+
+log = logging.getLogger(__name__)
+
+# The reranker writes inference records in the background; a click that follows a search
+# within milliseconds may arrive first, so an unknown inference is looked up again briefly.
+INFERENCE_GRACE_S = (0.05, 0.2, 0.5, 1.0)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    inference_id: str = Field(min_length=1, max_length=64)
+    resource_id: str = Field(min_length=1, max_length=200)
+    feedback: Literal["like", "dislike"]
+    user_id: str | None = Field(default=None, max_length=200)
+    session_id: str | None = Field(default=None, max_length=200)
+    request_id: str | None = Field(default=None, max_length=200,
+                                   description="Client retry key: the same id twice is one feedback.")
+    is_test: bool = Field(default=False, description="Generated feedback, excluded from training.")
+
+
+class FeedbackResponse(BaseModel):
+    feedback_id: str
+    status: Literal["created", "updated", "duplicate"]
+    label: Literal["like", "dislike"]
+    previous_label: Literal["like", "dislike"] | None = None
+
+
+class FeedbackError(Exception):
+    """Feedback refused: `status` is the HTTP status, `message` says what to change."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class InferenceCache:
+    """Inferences are immutable once logged; only found ones are cached.
+
+    Clicks on one result list arrive together: concurrent misses for one id share one lookup.
+    """
+
+    def __init__(self, store: Store, size: int = 20_000) -> None:
+        self.store = store
+        self.size = size
+        self._items: OrderedDict[str, Inference] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[Inference | None]] = {}
+
+    async def get(self, inference_id: str) -> Inference | None:
+        found = self._items.get(inference_id)
+        if found is not None:
+            self._items.move_to_end(inference_id)
+            return found
+        loading = self._loading.get(inference_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self.store.get_inference(inference_id))
+            self._loading[inference_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(inference_id, None))
+        found = await asyncio.shield(loading)
+        if found is not None:
+            self._items[inference_id] = found
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return found
+
+
+class FeedbackWriter:
+    """Group commit: whatever is queued when a transaction starts is written in it, in order."""
+
+    def __init__(self, store: Store, max_batch: int = 256) -> None:
+        self.store = store
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue[tuple[Feedback, asyncio.Future[FeedbackOutcome]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="feedback-writer")
+
+    async def close(self) -> None:
+        """Writes what is queued, then stops."""
+        await self.queue.join()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def record(self, feedback: Feedback) -> FeedbackOutcome:
+        return (await self.record_many([feedback]))[0]
+
+    async def record_many(self, items: list[Feedback]) -> list[FeedbackOutcome]:
+        """Queued together and in order: changes to the same result apply in the order given."""
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[FeedbackOutcome]] = []
+        for feedback in items:
+            futures.append(loop.create_future())
+            self.queue.put_nowait((feedback, futures[-1]))
+        return list(await asyncio.gather(*futures))
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self.queue.get()]
+            while len(batch) < self.max_batch and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            try:
+                await self._write(batch)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
+
+    async def _write(self, batch: list[tuple[Feedback, asyncio.Future[FeedbackOutcome]]]) -> None:
+        try:
+            outcomes = await self.store.record_feedback_many([f for f, _ in batch])
+        except StoreUnavailableError as exc:
+            for _, future in batch:
+                _settle(future, exc=exc)
+            return
+        except Exception:
+            if len(batch) == 1:
+                raise
+            # The transaction rolled back: write one by one, so only the faulty item fails.
+            log.exception("event=feedback_batch_failed size=%d retrying=one_by_one", len(batch))
+            for feedback, future in batch:
+                try:
+                    _settle(future, await self.store.record_feedback(feedback))
+                except Exception as exc:  # noqa: BLE001 - handed to that item's caller
+                    _settle(future, exc=exc)
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            _settle(future, outcome)
+
+
+def _settle(future: asyncio.Future[FeedbackOutcome], outcome: FeedbackOutcome | None = None,
+            exc: BaseException | None = None) -> None:
+    if future.done():  # the caller went away; its feedback is stored all the same
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(outcome)  # type: ignore[arg-type]
+
+
+async def validate(body: FeedbackRequest, inferences: InferenceCache) -> Feedback:
+    """The feedback to store, or `FeedbackError` saying why it cannot be."""
+    inference = await inferences.get(body.inference_id)
+    for delay in INFERENCE_GRACE_S:
+        if inference is not None:
+            break
+        await asyncio.sleep(delay)
+        inference = await inferences.get(body.inference_id)
+    if inference is None:
+        metrics.FEEDBACK.labels(body.feedback, "rejected").inc()
+        raise FeedbackError(404, f"inference {body.inference_id!r} not found: "
+                                 "send the inference_id returned by a search")
+    shown = inference.shown(body.resource_id)
+    if shown is None:
+        metrics.FEEDBACK.labels(body.feedback, "rejected").inc()
+        raise FeedbackError(422, f"resource {body.resource_id!r} was not among the results "
+                                 f"shown for inference {body.inference_id!r}")
+    return Feedback(
+        feedback_id=new_id(), inference_id=body.inference_id, resource_id=body.resource_id,
+        label=body.feedback, rank=shown.rank, model_version=inference.model_version,
+        user_id=body.user_id, session_id=body.session_id, request_id=body.request_id,
+        is_test=body.is_test,
+    )
+
+
+def answer(outcome: FeedbackOutcome) -> FeedbackResponse:
+    status = "duplicate" if outcome.status == "duplicate" else "accepted"
+    metrics.FEEDBACK.labels(outcome.feedback.label, status).inc()
+    return FeedbackResponse(feedback_id=outcome.feedback.feedback_id, status=outcome.status,
+                            label=outcome.feedback.label, previous_label=outcome.previous_label)

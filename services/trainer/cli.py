@@ -1,0 +1,171 @@
+"""`python -m services.trainer.cli`: train now, list versions and runs, promote, roll back.
+
+Works on the same store, registry and broker as the trainer (the `EDURANKER_*` settings), so it
+also works while the trainer is down; a request waits on the topic until the trainer runs it.
+
+    python -m services.trainer.cli train --epochs 5 --learning-rate 3e-5 --wait 600
+    python -m services.trainer.cli versions
+    python -m services.trainer.cli promote v0003
+    python -m services.trainer.cli rollback
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from services.trainer.operations import VersionActionError, Versions, request_training
+from shared.events import MODEL_READY_TOPIC, ModelReadyEvent
+from shared.kafka import make_broadcast_consumer, parse
+from shared.logging import configure
+from shared.ml.hyperparameters import Hyperparameters
+from shared.ml.registry import Registry
+from shared.settings import Settings, get_settings
+from shared.store import Store, open_store
+
+HYPERPARAMETER_FLAGS = {"epochs": int, "batch_size": int, "learning_rate": float, "warmup_ratio": float,
+                        "seed": int, "early_stopping_patience": int}
+SHOWN_METRICS = ("candidate_ndcg@10", "candidate_mrr@10", "candidate_f1", "candidate_auc")
+
+
+async def with_versions(settings: Settings, action: Callable[[Versions, Store], Awaitable[int]]) -> int:
+    store = await open_store(settings.store_url)
+    try:
+        return await action(Versions(settings, store, Registry(settings.model_dir).ensure()), store)
+    finally:
+        await store.close()
+
+
+def wait_for_ready(consumer: Any, request_id: str, timeout_s: float) -> ModelReadyEvent | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            for record in records:
+                event = parse(MODEL_READY_TOPIC, record.value)
+                if isinstance(event, ModelReadyEvent) and event.request_event_id == request_id:
+                    return event
+    return None
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    given = {name: getattr(args, name) for name in HYPERPARAMETER_FLAGS if getattr(args, name) is not None}
+    if args.auto is not None:
+        given["auto"] = args.auto
+    if args.precision:
+        given["precision"] = args.precision
+    try:
+        hyperparameters = Hyperparameters(**given)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        print(f"error: --{str(error['loc'][0]).replace('_', '-')}: {error['msg']}", file=sys.stderr)
+        return 2
+    consumer = make_broadcast_consumer(settings, MODEL_READY_TOPIC) if args.wait else None
+    try:
+        event = asyncio.run(request_training(settings, hyperparameters, args.include_test))
+        print(f"training requested: event_id={event.event_id} hyperparameters={event.hyperparameters}")
+        if consumer is None:
+            return 0
+        ready = wait_for_ready(consumer, event.event_id, args.wait)
+    finally:
+        if consumer is not None:
+            consumer.close()
+    if ready is None:
+        print(f"no result within {args.wait:.0f} s; see `versions` and `runs` later", file=sys.stderr)
+        return 3
+    print(f"{ready.decision}: {ready.version or '-'} ({ready.reason})")
+    return 1 if ready.decision == "failed" else 0
+
+
+def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
+    async def show(versions: Versions, store: Store) -> int:
+        listing = await versions.listing()
+        if args.json:
+            print(json.dumps(listing, indent=2))
+            return 0
+        print(f"champion: {listing['champion'] or 'none (version 0: BM25 + dense)'}   "
+              f"previous champion: {listing['previous_champion'] or 'none'}")
+        header = "".join(f"{m.split('_', 1)[1]:>10}" for m in SHOWN_METRICS)
+        print(f"{'version':<9}{'status':<10}{'':<3}{header}  created / reason")
+        for v in listing["versions"]:
+            mark = "*" if v["champion"] else ("<" if v["previous_champion"] else "")
+            values = "".join(f"{v['metrics'][m]:>10.4f}" if m in v["metrics"] else f"{'-':>10}"
+                             for m in SHOWN_METRICS)
+            print(f"{v['version']:<9}{v['status']:<10}{mark:<3}{values}  {v['created_at'][:19]}  "
+                  f"{v['reason']}")
+        return 0
+
+    return asyncio.run(with_versions(settings, show))
+
+
+def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
+    async def show(versions: Versions, store: Store) -> int:
+        for run in await store.list_training_runs(limit=args.limit):
+            print(f"{run.started_at.isoformat()[:19]}  {run.status:<9} {run.version or '-':<7} "
+                  f"pairs={run.pairs:<5} reason={run.reason:<9} {run.detail}")
+        return 0
+
+    return asyncio.run(with_versions(settings, show))
+
+
+def cmd_move_champion(args: argparse.Namespace, settings: Settings) -> int:
+    """`promote VERSION` and `rollback`: move the champion pointer, then tell the rerankers."""
+    async def act(versions: Versions, store: Store) -> int:
+        moved = versions.promote(args.version) if args.command == "promote" else versions.rollback()
+        event = await moved
+        print(f"champion: {event.version} (model.ready sent: {event.reason})")
+        return 0
+
+    return asyncio.run(with_versions(settings, act))
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="python -m services.trainer.cli", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = root.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="request a training run now (reason: manual)")
+    for name, kind in HYPERPARAMETER_FLAGS.items():
+        train.add_argument(f"--{name.replace('_', '-')}", type=kind, help="default: the trainer's setting")
+    train.add_argument("--auto", action=argparse.BooleanOptionalAction, default=None,
+                       help="epochs and learning rate from the data size (the guide's advice)")
+    train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    train.add_argument("--include-test", action=argparse.BooleanOptionalAction, default=None,
+                       help="train on feedback marked as test too")
+    train.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                       help="wait for the run's model.ready and print its decision")
+    train.set_defaults(func=cmd_train)
+    versions = sub.add_parser("versions", help="versions with status and metrics (* champion, < previous)")
+    versions.add_argument("--json", action="store_true")
+    versions.set_defaults(func=cmd_versions)
+    runs = sub.add_parser("runs", help="the latest training runs")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.set_defaults(func=cmd_runs)
+    promote = sub.add_parser("promote", help="make a version the champion and tell the rerankers")
+    promote.add_argument("version")
+    promote.set_defaults(func=cmd_move_champion)
+    rollback = sub.add_parser("rollback", help="back to the previous champion; the current one is retired")
+    rollback.set_defaults(func=cmd_move_champion)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    configure("trainer-cli")
+    logging.getLogger().setLevel(os.environ.get("EDURANKER_LOG_LEVEL", "WARNING").upper())
+    try:
+        return args.func(args, get_settings())
+    except VersionActionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

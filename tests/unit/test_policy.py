@@ -1,0 +1,249 @@
+"""The training policy, the counting rules and the table's write order, without a broker."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from services.aggregator.policy import (
+    Policy,
+    Timing,
+    apply_feedback,
+    apply_fresh,
+    apply_to_versions,
+    count_feedback,
+    decide,
+    describe,
+    evaluate,
+    last_training,
+)
+from services.aggregator.table import State
+from shared.events import Counts
+from shared.settings import Settings
+from shared.store import Feedback, TrainingRun
+
+NOW = 1_800_000_000.0
+DAY = 86400.0
+POLICY = Policy(min_total=10, min_new=100, min_per_class=5, max_imbalance=0.8, cooldown_s=3600,
+                schedule_s=60 * DAY, pending_timeout_s=7200)
+
+
+def counts(like: int, dislike: int, new: int | None = None) -> Counts:
+    new = like + dislike if new is None else new
+    return Counts(total=like + dislike, like=like, dislike=dislike, new_since_training=new)
+
+
+def test_settings_fill_every_knob_and_accept_durations() -> None:
+    policy = Policy.from_settings(Settings(
+        train_min_feedback=20, train_min_new_feedback=50, train_min_per_class=3, train_max_imbalance=0.9,
+        train_cooldown_s="12h", train_schedule_s="60d", train_pending_timeout_s="90m"))
+    assert policy == Policy(min_total=20, min_new=50, min_per_class=3, max_imbalance=0.9,
+                            cooldown_s=12 * 3600, schedule_s=60 * DAY, pending_timeout_s=5400)
+    assert Policy.from_settings(Settings()) == Policy()
+    assert (Policy().min_total, Policy().min_new) == (10, 100)
+    with pytest.raises(ValueError, match="not a duration"):
+        Settings(train_schedule_s="two months")
+
+
+def test_fires_exactly_at_the_threshold() -> None:
+    timing = Timing(last_training_at=NOW - DAY)
+    assert decide(counts(60, 39), timing, POLICY, NOW) is None
+    assert decide(counts(60, 40), timing, POLICY, NOW) == "threshold"
+    assert decide(counts(60, 41), timing, POLICY, NOW) == "threshold"
+    below = evaluate(counts(60, 39), timing, POLICY, NOW)
+    assert below.blocked_by == "99 new feedback since the last training, fewer than 100"
+
+
+@pytest.mark.parametrize(("like", "dislike", "new", "blocked"), [
+    (5, 4, 9, "9 feedback, fewer than the minimum 10"),
+    (150, 4, 154, "150 likes and 4 dislikes: each label needs 5"),
+    (4, 150, 154, "4 likes and 150 dislikes: each label needs 5"),
+    (90, 10, 100, "one label is 90% of the feedback, above the maximum 80%"),
+])
+def test_each_condition_holds_it_back(like: int, dislike: int, new: int, blocked: str) -> None:
+    verdict = evaluate(counts(like, dislike, new), Timing(), POLICY, NOW)
+    assert (verdict.reason, verdict.blocked_by) == (None, blocked)
+
+
+def test_balance_limit_is_inclusive() -> None:
+    assert decide(counts(80, 20), Timing(), POLICY, NOW) == "threshold"  # 80% is allowed
+    assert decide(counts(81, 20), Timing(), POLICY, NOW) is None
+
+
+def test_cooldown_holds_it_back_until_it_ends() -> None:
+    enough = counts(100, 100)
+    timing = Timing(last_request_at=NOW - 3599)
+    verdict = evaluate(enough, timing, POLICY, NOW)
+    assert verdict.reason is None and verdict.blocked_by == "cooldown: 1s left"
+    assert decide(enough, timing, POLICY, NOW + 1) == "threshold"
+    assert decide(enough, Timing(last_request_at=NOW - 3599), Policy(cooldown_s=0), NOW) == "threshold"
+
+
+def test_a_pending_request_waits_for_the_trainer_or_its_timeout() -> None:
+    enough = counts(100, 100)
+    pending = Timing(last_request_at=NOW - 7000, pending_since=NOW - 7000, pending_request="r1")
+    waiting = evaluate(enough, pending, POLICY, NOW)
+    assert waiting.blocked_by == "a training request is waiting for the trainer"
+    assert decide(enough, pending, POLICY, NOW + 200) == "threshold"  # timed out: ask again
+
+
+def test_a_skipped_or_failed_run_is_retried_later() -> None:
+    enough = counts(100, 100)
+    timing = Timing(last_request_at=NOW - 4000, retry_at=NOW + 60)
+    assert evaluate(enough, timing, POLICY, NOW).blocked_by == (
+        "the last run was skipped or failed: asking again in 60s")
+    assert decide(enough, timing, POLICY, NOW + 60) == "threshold"
+
+
+def test_schedule_fires_without_the_threshold_only_when_due_and_something_is_new() -> None:
+    few = counts(20, 20, new=3)
+    trained = Timing(last_training_at=NOW - 60 * DAY + 1)
+    assert decide(few, trained, POLICY, NOW) is None
+    assert decide(few, trained, POLICY, NOW + 1) == "schedule"
+    assert decide(counts(20, 20, new=0), trained, POLICY, NOW + DAY) is None
+    # Never trained: the schedule counts from the first feedback.
+    assert decide(few, Timing(counting_since=NOW - 61 * DAY), POLICY, NOW) == "schedule"
+    assert decide(few, Timing(), POLICY, NOW) is None
+    assert decide(few, trained, Policy(schedule_s=0), NOW + 365 * DAY) is None
+    # The schedule still respects the data conditions and the cooldown.
+    assert decide(counts(3, 3, new=3), trained, POLICY, NOW + DAY) is None
+    assert decide(few, Timing(last_training_at=NOW - 61 * DAY, last_request_at=NOW - 10), POLICY, NOW) is None
+
+
+def test_counts_move_with_label_changes_in_any_order() -> None:
+    events = [("like", None), ("dislike", None), ("dislike", "like"), ("like", None), ("like", "dislike")]
+    results = set()
+    for order in itertools.permutations(events):
+        c = Counts()
+        for label, previous in order:
+            c = apply_feedback(c, label, previous)
+        results.add((c.total, c.like, c.dislike))
+    assert results == {(3, 2, 1)}
+
+
+def test_versions_count_the_label_each_version_ranked() -> None:
+    versions = apply_to_versions({}, "v0", "like", None)
+    versions = apply_to_versions(versions, "v1", "dislike", None)
+    versions = apply_to_versions(versions, "v0", "dislike", "like")
+    assert versions == {"v0": {"like": 0, "dislike": 1}, "v1": {"like": 0, "dislike": 1}}
+
+
+def test_since_training_follows_the_latest_label_whatever_arrives_first() -> None:
+    created, changed = ("like", 10.0), ("dislike", 20.0)
+    for first, second in ((created, changed), (changed, created)):
+        c, entry = apply_fresh(Counts(), None, *first)
+        c, newer = apply_fresh(c, entry, *second)
+        entry = newer or entry
+        assert (c.new_since_training, c.new_like, c.new_dislike, entry) == (1, 0, 1, ("dislike", 20.0))
+
+
+def test_a_change_to_trained_feedback_is_new_again() -> None:
+    c, entry = apply_fresh(counts(5, 5, new=0), None, "dislike", 30.0)
+    assert (c.new_since_training, c.new_dislike, entry) == (1, 1, ("dislike", 30.0))
+
+
+def feedback(n: int, label: str, version: str, updated: datetime) -> Feedback:
+    return Feedback(feedback_id=f"fb-{n}", inference_id=f"inf-{n}", resource_id="r", label=label, rank=1,
+                    model_version=version, created_at=updated, updated_at=updated)
+
+
+def test_store_view_matches_the_event_view() -> None:
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    runs = [TrainingRun(run_id="a", status="promoted", started_at=t0 + timedelta(hours=1),
+                        finished_at=t0 + timedelta(hours=2)),
+            TrainingRun(run_id="b", status="skipped", started_at=t0 + timedelta(hours=3),
+                        finished_at=t0 + timedelta(hours=3)),
+            TrainingRun(run_id="c", status="running", started_at=t0 + timedelta(hours=4))]
+    since, finished = last_training(runs)
+    assert (since, finished) == (t0 + timedelta(hours=1), t0 + timedelta(hours=2))
+    records = [feedback(0, "like", "v0", t0), feedback(1, "dislike", "v0", t0),
+               feedback(2, "like", "v1", t0 + timedelta(hours=5)),
+               feedback(3, "dislike", "v1", t0 + timedelta(hours=6))]
+    c, versions, fresh = count_feedback(records, since)
+    assert (c.total, c.like, c.dislike, c.new_since_training, c.new_like, c.new_dislike) == (4, 2, 2, 2, 1, 1)
+    assert sorted(fresh) == ["fb-2", "fb-3"]
+    view = describe(c, versions, finished)
+    assert view == {
+        "total": 4, "like": 2, "dislike": 2, "like_ratio": 0.5,
+        "by_model_version": {v: {"total": 2, "like": 1, "dislike": 1} for v in ("v0", "v1")},
+        "since_last_training": {"total": 2, "like": 1, "dislike": 1},
+        "last_training_at": finished.isoformat(),
+    }
+    assert last_training([]) == (None, None)
+    assert count_feedback(records, None)[0].new_since_training == 4
+    assert describe(Counts(), {}, None)["like_ratio"] is None
+
+
+class LoggedTable(dict):
+    """A dict that keeps its writes in order, like a table's changelog."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, object]] = []
+
+    def __setitem__(self, key: str, value: object) -> None:
+        super().__setitem__(key, value)
+        self.log.append((key, value))
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self.log.append((key, None))
+
+
+def restore(log: list[tuple[str, object]]) -> dict:
+    table: dict = {}
+    for key, value in log:
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    return table
+
+
+def count_event(state: State, n: int) -> None:
+    counts, versions, _ = state.tally()
+    counts = apply_feedback(counts, "like", None)
+    counts, fresh = apply_fresh(counts, state.fresh(f"fb-{n}"), "like", float(n))
+    state.record(counts, versions, f"ev-{n}", (f"fb-{n}", fresh) if fresh else None, now=float(n))
+
+
+def test_any_prefix_of_the_changelog_counts_each_event_once() -> None:
+    """A restore may lose the last writes: an event is then either fully counted or not at all."""
+    table = LoggedTable()
+    state = State(table)
+    for n in range(1, 5):
+        count_event(state, n)
+    for cut in range(len(table.log) + 1):
+        restored = State(restore(table.log[:cut]))
+        counted = restored.tally()[0].total
+        assert [restored.seen(f"ev-{n}") for n in range(1, 5)] == [n <= counted for n in range(1, 5)], cut
+        # Counting goes on: whatever was lost is counted again, once, and the entries come back.
+        for n in range(counted + 1, 6):
+            count_event(restored, n)
+        assert restored.tally()[0].total == 5
+        assert all(restored.seen(f"ev-{n}") for n in range(1, 6))
+        assert all(restored.fresh(f"fb-{n}") == ("like", float(n)) for n in range(1, 5))
+
+
+def test_a_rebuild_replaces_the_fresh_entries_and_keeps_ids_seen() -> None:
+    state = State({})
+    count_event(state, 1)
+    count_event(state, 2)
+    state.replace(counts(3, 1, new=1), {"v0": {"like": 3, "dislike": 1}}, {"fb-9": ("dislike", 9.0)},
+                  ["ev-7", "ev-8"], now=10.0)
+    assert state.tally() == (counts(3, 1, new=1), {"v0": {"like": 3, "dislike": 1}}, None)
+    assert [state.fresh(f"fb-{n}") for n in (1, 2, 9)] == [None, None, ("dislike", 9.0)]
+    assert all(state.seen(e) for e in ("ev-1", "ev-2", "ev-7", "ev-8"))
+    assert state.seen_entries() == 4
+
+
+def test_seen_ids_expire_after_the_window() -> None:
+    state = State({})
+    for n in range(1, 6):
+        state.mark_seen(f"ev-{n}", now=float(n))
+    assert state.seen_entries() == 5
+    assert state.expire_seen(older_than=3.0) == 2
+    assert [state.seen(f"ev-{n}") for n in range(1, 6)] == [False, False, True, True, True]
+    assert state.seen_entries() == 3
