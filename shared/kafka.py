@@ -58,10 +58,16 @@ def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS) -> N
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
-    """acks=all with idempotence-friendly retries: a send either lands or raises."""
+    """acks=all with retries: a send either lands or raises.
+
+    No broker-side idempotence: consumers de-duplicate on `event_id` already, and a broker that
+    restarts empty (the embedded one) forgets producer ids, which kept a long-lived producer
+    failing with UnknownProducerIdError instead of sending.
+    """
     return KafkaProducer(
         **_common(settings),
         acks="all",
+        enable_idempotence=False,
         retries=5,
         retry_backoff_ms=200,
         linger_ms=5,
