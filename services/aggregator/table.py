@@ -83,8 +83,8 @@ class State:
 
     def tally(self) -> tuple[Counts, Versions, str | None]:
         tally = self.table.get("tally") or {}
-        return Counts.model_validate(tally.get("counts") or {}), tally.get("versions") or {}, tally.get(
-            "last_event")
+        counts = Counts.model_validate(tally.get("counts") or {})
+        return counts, tally.get("versions") or {}, tally.get("last_event")
 
     def timing(self) -> Timing:
         return Timing(**(self.table.get("timing") or {}))

@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from services.collector.intake import FeedbackWriter, InferenceCache
+from services.collector.intake import FeedbackWriter, InferenceCache, Intake
 from services.collector.outbox import OutboxRelay
-from services.collector.routes import Intake, router
+from services.collector.routes import router
 from shared.http import add_common
 from shared.settings import Settings, get_settings
 from shared.store import StoreUnavailableError, open_store

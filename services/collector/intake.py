@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.collector.outbox import OutboxRelay
 from shared import metrics
 from shared.events import new_id
 from shared.store import Feedback, FeedbackOutcome, Inference, Store, StoreUnavailableError
@@ -122,6 +123,10 @@ class FeedbackWriter:
                 batch.append(self.queue.get_nowait())
             try:
                 await self._write(batch)
+            except Exception as exc:  # noqa: BLE001 - the callers get it; the writer goes on
+                log.warning("event=feedback_write_failed size=%d error=%r", len(batch), exc)
+                for _, future in batch:
+                    _settle(future, exc=exc)
             finally:
                 for _ in batch:
                     self.queue.task_done()
@@ -129,15 +134,11 @@ class FeedbackWriter:
     async def _write(self, batch: list[tuple[Feedback, asyncio.Future[FeedbackOutcome]]]) -> None:
         try:
             outcomes = await self.store.record_feedback_many([f for f, _ in batch])
-        except StoreUnavailableError as exc:
-            for _, future in batch:
-                _settle(future, exc=exc)
-            return
-        except Exception:
-            if len(batch) == 1:
+        except Exception as exc:
+            if len(batch) == 1 or isinstance(exc, StoreUnavailableError):
                 raise
             # The transaction rolled back: write one by one, so only the faulty item fails.
-            log.exception("event=feedback_batch_failed size=%d retrying=one_by_one", len(batch))
+            log.warning("event=feedback_batch_failed size=%d retrying=one_by_one", len(batch))
             for feedback, future in batch:
                 try:
                     _settle(future, await self.store.record_feedback(feedback))
@@ -188,3 +189,30 @@ def answer(outcome: FeedbackOutcome) -> FeedbackResponse:
     metrics.FEEDBACK.labels(outcome.feedback.label, status).inc()
     return FeedbackResponse(feedback_id=outcome.feedback.feedback_id, status=outcome.status,
                             label=outcome.feedback.label, previous_label=outcome.previous_label)
+
+
+class Intake:
+    """What a feedback request needs: lookups, the writer, and the relay to wake."""
+
+    def __init__(self, inferences: InferenceCache, writer: FeedbackWriter, relay: OutboxRelay) -> None:
+        self.inferences, self.writer, self.relay = inferences, writer, relay
+
+    async def accept(self, body: FeedbackRequest) -> FeedbackResponse:
+        outcome = await self.writer.record(await validate(body, self.inferences))
+        if outcome.status != "duplicate":
+            self.relay.wake.set()
+        return answer(outcome)
+
+    async def accept_many(self, bodies: list[FeedbackRequest]) -> list[FeedbackResponse | FeedbackError]:
+        """Validates each item, then writes the valid ones together (one transaction when they fit)."""
+        checked: list[Feedback | FeedbackError] = []
+        for body in bodies:
+            try:
+                checked.append(await validate(body, self.inferences))
+            except FeedbackError as exc:
+                checked.append(exc)
+        valid = [f for f in checked if isinstance(f, Feedback)]
+        outcomes = iter(await self.writer.record_many(valid))
+        if valid:
+            self.relay.wake.set()
+        return [c if isinstance(c, FeedbackError) else answer(next(outcomes)) for c in checked]

@@ -8,47 +8,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from services.aggregator.policy import count_feedback, describe, last_training
-from services.collector.intake import (
-    FeedbackError,
-    FeedbackRequest,
-    FeedbackResponse,
-    FeedbackWriter,
-    InferenceCache,
-    answer,
-    validate,
-)
+from services.collector.intake import FeedbackError, FeedbackRequest, FeedbackResponse, Intake
 from services.collector.outbox import OutboxRelay
-from shared.store import Feedback, Store
+from shared.store import Store
 
 router = APIRouter()
 MAX_BATCH = 500
-
-
-class Intake:
-    """What a feedback request needs: lookups, the writer, and the relay to wake."""
-
-    def __init__(self, inferences: InferenceCache, writer: FeedbackWriter, relay: OutboxRelay) -> None:
-        self.inferences, self.writer, self.relay = inferences, writer, relay
-
-    async def accept(self, body: FeedbackRequest) -> FeedbackResponse:
-        outcome = await self.writer.record(await validate(body, self.inferences))
-        if outcome.status != "duplicate":
-            self.relay.wake.set()
-        return answer(outcome)
-
-    async def accept_many(self, bodies: list[FeedbackRequest]) -> list[FeedbackResponse | FeedbackError]:
-        """Validates each item, then writes the valid ones together (one transaction when they fit)."""
-        checked: list[Feedback | FeedbackError] = []
-        for body in bodies:
-            try:
-                checked.append(await validate(body, self.inferences))
-            except FeedbackError as exc:
-                checked.append(exc)
-        valid = [f for f in checked if isinstance(f, Feedback)]
-        outcomes = iter(await self.writer.record_many(valid))
-        if valid:
-            self.relay.wake.set()
-        return [c if isinstance(c, FeedbackError) else answer(next(outcomes)) for c in checked]
 
 
 async def get_store(request: Request) -> Store:

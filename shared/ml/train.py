@@ -276,8 +276,8 @@ def _run(model: CrossEncoder, train: list[Pair], val: list[Pair], config: TrainC
             use_cpu=not on_gpu,
         )
         callbacks: list[TrainerCallback] = [_LossLog(history, progress)]
-        if use_eval:
-            callbacks.append(best)
+        if use_eval and config.early_stopping_patience > 0:
+            callbacks.append(best)  # patience 0: every epoch runs and the last one is kept
         trainer = CrossEncoderTrainer(
             model=model,
             args=args,

@@ -19,10 +19,10 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from services.collector.intake import FeedbackWriter
 from shared.events import utcnow
-from shared.localstack import LocalStack
+from shared.localstack import LocalStack, wait_for
 from shared.store import Inference, ShownResult, Store, open_store
-from tests.integration.test_loop import wait_for
 from tests.integration.test_store_contract import make_feedback, store  # noqa: F401 - the backends
 
 INFERENCES = 200
@@ -420,3 +420,19 @@ async def test_store_writes_many_in_order_and_reads_back_published_events(store:
     recent = await store.feedback_snapshot(events_since=later)
     assert len(recent.feedback) == 3
     assert recent.event_ids == [e.event_id for e in await store.pending_outbox()]
+
+
+async def test_a_faulty_item_fails_alone_and_the_writer_goes_on(store: Store) -> None:  # noqa: F811
+    writer = FeedbackWriter(store)
+    writer.start()
+    try:
+        await writer.record(make_feedback(0))
+        clash = make_feedback(1, feedback_id="fb-0")  # another result under an id already taken
+        results = await asyncio.gather(writer.record(make_feedback(2)), writer.record(clash),
+                                       writer.record(make_feedback(3)), return_exceptions=True)
+        assert [getattr(r, "status", type(r).__name__) for r in results][::2] == ["created", "created"]
+        assert isinstance(results[1], Exception)
+        assert sorted(f.feedback_id for f in await store.list_feedback()) == ["fb-0", "fb-2", "fb-3"]
+        assert (await writer.record(make_feedback(4))).status == "created"
+    finally:
+        await writer.close()
