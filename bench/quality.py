@@ -29,7 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.localstack import LocalStack  # noqa: E402
+from shared.localstack import LocalStack, wait_for  # noqa: E402
 from shared.ml.evaluate import mrr_at, ndcg_at  # noqa: E402
 from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
 
@@ -102,16 +102,6 @@ def measure(client: httpx.Client, reranker: str, collection: Collection, queries
             "recall@50": statistics.mean(recall), "version": body["model_version"]}
 
 
-def wait_until(condition, timeout_s: float, what: str, interval_s: float = 1.0):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out waiting for {what}")
-
-
 def settled(client: httpx.Client, stack: LocalStack, sent: int) -> bool:
     """Every accepted feedback counted, no training pending, the reranker on the champion."""
     stats = client.get(f"{stack.url('aggregator')}/stats").json()
@@ -155,8 +145,8 @@ def run_one(collection: Collection, seed: int, flipped: bool, args: argparse.Nam
                     sent += 1
                 if sent >= next_check:
                     next_check += args.min_new
-                    wait_until(lambda n=sent: settled(client, stack, n), args.train_timeout,
-                               "training to settle")
+                    wait_for(lambda n=sent: settled(client, stack, n), args.train_timeout, 1.0,
+                             "training to settle")
                     now = client.get(f"{reranker}/api/reranking/info-modele").json()["version"]
                     if now != served:
                         served = now
@@ -164,7 +154,7 @@ def run_one(collection: Collection, seed: int, flipped: bool, args: argparse.Nam
                         curve.append({"feedback": sent, **point})
                         log.info("seed=%d version=%s feedback=%d ndcg=%.4f", seed, now, sent,
                                  point["ndcg@10"])
-        wait_until(lambda n=sent: settled(client, stack, n), args.train_timeout, "the last training")
+        wait_for(lambda n=sent: settled(client, stack, n), args.train_timeout, 1.0, "the last training")
         final = measure(client, reranker, collection, held_out, use_reranker=True)
         runs = client.get(f"{stack.url('trainer')}/admin/runs", params={"limit": 200}).json()["runs"]
     done = [r for r in runs if r["status"] in ("promoted", "rejected")]

@@ -12,8 +12,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
@@ -23,9 +25,22 @@ from shared.kafka import ensure_topics
 from shared.settings import OFFLINE_BASE_MODEL, Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SERVICES = ("reranker", "collector", "aggregator", "trainer")
 PORT_FIELDS = {s: f"{s}_port" for s in SERVICES}
+
+
+def wait_for(condition: Callable[[], T], timeout_s: float, interval_s: float = 0.5,
+             what: str = "condition") -> T:
+    """Poll until `condition()` is truthy and return it; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:

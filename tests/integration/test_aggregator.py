@@ -30,10 +30,10 @@ from shared.events import (
     utcnow,
 )
 from shared.kafka import DEADLETTER_TOPIC
-from shared.localstack import LocalStack
+from shared.localstack import LocalStack, wait_for
 from shared.store import TrainingRun, open_store
 from tests.conftest import ROOT, SAMPLE_CATALOGUE
-from tests.integration.test_loop import search, wait_for
+from tests.integration.test_loop import search
 
 MIN_NEW = 20
 

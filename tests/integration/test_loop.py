@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from shared.localstack import LocalStack
+from shared.localstack import LocalStack, wait_for
 from shared.store import open_store
 from tests.conftest import SAMPLE_CATALOGUE
 
@@ -22,16 +21,6 @@ QUERIES = [
     "SQL joins explained",
     "calculus derivatives exercises",
 ]
-
-
-def wait_for(condition, timeout_s: float, interval_s: float = 0.5, what: str = "condition"):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
