@@ -126,6 +126,7 @@ def run_one(collection: Collection, seed: int, flipped: bool, args: argparse.Nam
         reranker, collector = stack.url("reranker"), stack.url("collector")
         bm25 = measure(client, reranker, collection, held_out, use_reranker=False)
         v0 = measure(client, reranker, collection, held_out, use_reranker=True)
+        seen_v0 = measure(client, reranker, collection, feedback_q, use_reranker=True)
         log.info("seed=%d flipped=%s bm25=%.4f v0=%.4f", seed, flipped, bm25["ndcg@10"], v0["ndcg@10"])
         curve = [{"feedback": 0, **v0}]
         sent, served, next_check = 0, v0["version"], args.min_new
@@ -156,11 +157,14 @@ def run_one(collection: Collection, seed: int, flipped: bool, args: argparse.Nam
                                  point["ndcg@10"])
         wait_for(lambda n=sent: settled(client, stack, n), args.train_timeout, 1.0, "the last training")
         final = measure(client, reranker, collection, held_out, use_reranker=True)
+        seen_final = measure(client, reranker, collection, feedback_q, use_reranker=True)
         runs = client.get(f"{stack.url('trainer')}/admin/runs", params={"limit": 200}).json()["runs"]
     done = [r for r in runs if r["status"] in ("promoted", "rejected")]
     return {
         "seed": seed, "flipped": flipped, "feedback_queries": feedback_q, "held_out_queries": held_out,
-        "bm25": bm25, "v0": v0, "final": final, "curve": curve, "feedback_sent": sent,
+        "bm25": bm25, "v0": v0, "final": final, "curve": curve,
+        # The feedback queries asked again: what users taught, for the questions they asked.
+        "seen_v0": seen_v0, "seen_final": seen_final, "feedback_sent": sent,
         "runs": [{k: r.get(k) for k in ("version", "status", "detail", "pairs", "started_at", "finished_at")}
                  for r in runs],
         "promoted": sum(r["status"] == "promoted" for r in done),
@@ -222,7 +226,7 @@ def main() -> int:
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--flipped-seeds", type=int, nargs="*", default=[1])
-    parser.add_argument("--passes", type=int, default=2, help="times users go through the feedback queries")
+    parser.add_argument("--passes", type=int, default=1, help="times users go through the feedback queries")
     parser.add_argument("--min-new", type=int, default=100, help="EDURANKER_TRAIN_MIN_NEW_FEEDBACK")
     parser.add_argument("--position-bias", type=float, default=0.7)
     parser.add_argument("--noise", type=float, default=0.05)
@@ -266,7 +270,11 @@ def main() -> int:
         "spread": {"bm25": spread([r["bm25"]["ndcg@10"] for r in normal]),
                    "v0": spread([r["v0"]["ndcg@10"] for r in normal]),
                    "final": spread([r["final"]["ndcg@10"] for r in normal]),
-                   "final_minus_v0": spread(gains)},
+                   "final_minus_v0": spread(gains),
+                   "seen_final_minus_v0": spread([r["seen_final"]["ndcg@10"] - r["seen_v0"]["ndcg@10"]
+                                                  for r in normal])},
+        "ndcg10_seen_v0": statistics.mean(r["seen_v0"]["ndcg@10"] for r in normal),
+        "ndcg10_seen_final": statistics.mean(r["seen_final"]["ndcg@10"] for r in normal),
         "rounds": statistics.mean(len(r["curve"]) - 1 for r in normal),
         "feedback_used": statistics.mean(r["feedback_sent"] for r in normal),
         "never_below_bm25": all(p["ndcg@10"] >= r["bm25"]["ndcg@10"] for r in runs for p in r["curve"]),

@@ -29,9 +29,10 @@ from shared.ml.evaluate import (
     evaluate_pairs,
     pair_scores,
     ranking_metrics,
+    scored_groups,
 )
 from shared.ml.model import load_cross_encoder, load_embedder
-from shared.ml.pipeline import FeedbackMemory, PipelineSpec, RankingModel
+from shared.ml.pipeline import FeedbackMemory, PipelineSpec, RankingModel, fuse
 from shared.ml.registry import Registry
 from shared.ml.report import html_report, text_report
 from shared.ml.retrieval import CatalogueIndex
@@ -105,19 +106,21 @@ def choose_weights(champion: RankingModel, candidate: RankingModel, index: Catal
                    train: list[Pair], grid: dict[str, tuple[float, ...]]) -> dict[str, float]:
     """The fusion weights of the learned scorers that rank the training split best.
 
-    The memory is scored leave-one-query-out, so a query never recalls its own labels.
-    Ties keep the earlier (smaller) weight.
+    Every scorer runs once per query (the cross-encoder is the expensive one); each weight
+    combination only re-fuses. The memory is scored leave-one-query-out, so a query never
+    recalls its own labels. Ties keep the earlier (smaller) weight.
     """
-    best_weights, best = dict(champion.spec.weights), -1.0
     names = list(grid)
+    candidate.spec = candidate.spec.model_copy(update={"weights": {
+        **champion.spec.weights, **{name: max(grid[name]) for name in names}}})
+    groups = scored_groups(candidate, index, train, leave_query_out=True)
     combos: list[tuple[float, ...]] = [()]
     for name in names:
         combos = [c + (w,) for c in combos for w in grid[name]]
+    best_weights, best = dict(champion.spec.weights), -1.0
     for combo in combos:
         weights = {**champion.spec.weights, **dict(zip(names, combo, strict=True))}
-        candidate.spec = candidate.spec.model_copy(update={"weights": weights})
-        groups, _, _ = pair_scores(candidate, index, train, leave_query_out=True)
-        score = ranking_metrics(groups)["ndcg@10"]
+        score = ranking_metrics([(labels, fuse(scores, weights)) for labels, scores in groups])["ndcg@10"]
         if score > best + 1e-9:
             best_weights, best = weights, score
     return best_weights
@@ -209,8 +212,10 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
         **(extra_metadata or {}),
     }
 
-    # What is served is exactly what the gate evaluated: the memory of the training split.
-    memory = memory_of_train
+    # Model selection happened on the split; what is served then remembers every query users rated
+    # (validation ones too), the way a model is refit on all its data once its settings are chosen.
+    memory = FeedbackMemory.build(embedder, [(p.query, p.resource_id, p.label) for p in pairs])
+    meta["memory_queries"] = len(memory.queries)
 
     def write(folder: Path) -> None:
         if cross is not None:

@@ -82,13 +82,16 @@ class Evaluation:
 Groups = list[tuple[np.ndarray, np.ndarray]]
 
 
-def pair_scores(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
-                leave_query_out: bool = False) -> tuple[Groups, np.ndarray, np.ndarray]:
-    """Fused scores of labelled pairs, normalised within each query's labelled set.
+ScoredGroups = list[tuple[np.ndarray, dict[str, np.ndarray]]]
+
+
+def scored_groups(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
+                  leave_query_out: bool = False) -> ScoredGroups:
+    """Labels and every scorer's raw scores, per query: fusions can be compared without rescoring.
 
     `leave_query_out`: the feedback memory does not recall the scored query's own labels.
     """
-    groups, all_labels, all_scores = [], [], []
+    groups = []
     for query_pairs in group_by_query(pairs).values():
         known = [p for p in query_pairs if p.resource_id in index.position]
         if not known:
@@ -96,14 +99,22 @@ def pair_scores(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
         positions = np.array([index.position[p.resource_id] for p in known])
         model.memory_exclude = known[0].query if leave_query_out else None
         try:
-            scores = model.score(index, known[0].query, positions)["fused"]
+            scores = model.score(index, known[0].query, positions)
         finally:
             model.memory_exclude = None
-        labels = np.array([p.label for p in known], dtype=float)
-        groups.append((labels, scores))
-        all_labels.extend(labels.tolist())
-        all_scores.extend(scores.tolist())
-    return groups, np.array(all_labels, dtype=int), np.array(all_scores, dtype=float)
+        groups.append((np.array([p.label for p in known], dtype=float), scores))
+    return groups
+
+
+def pair_scores(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
+                leave_query_out: bool = False) -> tuple[Groups, np.ndarray, np.ndarray]:
+    """Fused scores of labelled pairs, normalised within each query's labelled set."""
+    groups = [(labels, scores["fused"]) for labels, scores in
+              scored_groups(model, index, pairs, leave_query_out)]
+    if not groups:
+        return [], np.array([], dtype=int), np.array([], dtype=float)
+    return (groups, np.concatenate([g[0] for g in groups]).astype(int),
+            np.concatenate([g[1] for g in groups]).astype(float))
 
 
 def evaluate_pairs(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],

@@ -108,6 +108,14 @@ class FeedbackMemory:
                     out[position[resource_id]] += float(sims[j]) * label
         return out
 
+    def restricted_to(self, queries: set[str]) -> FeedbackMemory:
+        """Only what was learnt from `queries`: a saved version also remembers its validation
+        queries, which must not recall their own labels when it is evaluated on them."""
+        keep = [i for i, q in enumerate(self.queries) if q in queries]
+        return FeedbackMemory(queries=[self.queries[i] for i in keep], vectors=self.vectors[keep],
+                              labels=[self.labels[i] for i in keep], neighbours=self.neighbours,
+                              min_similarity=self.min_similarity)
+
     def save(self, folder: Path) -> None:
         np.save(folder / MEMORY_VECTORS, self.vectors, allow_pickle=False)
         (folder / MEMORY_LABELS).write_text(json.dumps({

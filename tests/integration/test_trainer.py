@@ -224,6 +224,9 @@ def test_a_request_trains_records_reports_and_announces_a_version(stack: LocalSt
     train, val = set(dataset["train_queries"]), set(dataset["validation_queries"])
     assert train and val and not train & val and len(train | val) == len(TOPICS)
     assert dataset["split"]["seed"] == 42 and dataset["train"] + dataset["validation"] == 96
+    # Validated on the split, then served remembering every rated query, validation ones included.
+    remembered = json.loads((folder / "feedback_memory.json").read_text())["queries"]
+    assert meta["memory_queries"] == len(remembered) == len(train | val)
     params = meta["hyperparameters"]
     assert params["epochs"] == 8 and params["pinned"] == ["epochs"] and params["learning_rate"] == 5e-3
     assert params["batch_size_used"] == 16 and params["pos_weight"] == 1.0 and params["max_length"] == 64
