@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast lint bench eval notebook up down clean
+.PHONY: install run test test-fast lint bench loadtest eval notebook up down clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ bench: install
 	$(BIN)/python bench/rerank.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/feedback.py
+	$(BIN)/python bench/loadtest.py
+
+# Concurrent searches and feedback for 60 s (LOADTEST_ARGS="--duration 20") against a stack it starts
+# like `make run`, or a running one (--reranker URL --collector URL). Fails on any error.
+loadtest: install
+	$(BIN)/python bench/loadtest.py $(LOADTEST_ARGS)
 
 # Does it learn? Simulated users on a BEIR collection through the real services (tens of minutes).
 # make eval DATASET=path/to/collection EVAL_ARGS="--seeds 1 2 3 --flipped-seeds 1"

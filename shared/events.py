@@ -31,7 +31,8 @@ class Event(BaseModel):
 
     event_id: str = Field(default_factory=new_id)
     occurred_at: datetime = Field(default_factory=utcnow)
-    schema_version: int = 1
+    # Only the versions this code understands: a newer producer's events are set aside, not guessed at.
+    schema_version: Literal[1] = 1
 
 
 class FeedbackEvent(Event):

@@ -6,15 +6,18 @@ import base64
 import contextlib
 import json
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import ValidationError
 
+from shared import metrics
 from shared.events import ALL_TOPICS, TOPIC_EVENTS, Event, decode, encode, utcnow
 from shared.settings import Settings
 
@@ -32,14 +35,71 @@ GROUP_TIMEOUTS = {
 }
 
 
+SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+SSL_PROTOCOLS = ("SSL", "SASL_SSL")
+
+
+def security_config(settings: Settings) -> dict[str, object]:
+    """kafka-python's security options from the settings (PLAINTEXT, SSL, SASL PLAIN or SCRAM)."""
+    protocol = settings.kafka_security_protocol
+    config: dict[str, object] = {"security_protocol": protocol}
+    if protocol in SASL_PROTOCOLS:
+        if not settings.kafka_sasl_username:
+            raise ValueError(f"EDURANKER_KAFKA_SECURITY_PROTOCOL={protocol} needs "
+                             "EDURANKER_KAFKA_SASL_USERNAME and EDURANKER_KAFKA_SASL_PASSWORD")
+        config |= {
+            "sasl_mechanism": settings.kafka_sasl_mechanism,
+            "sasl_plain_username": settings.kafka_sasl_username,
+            "sasl_plain_password": settings.kafka_sasl_password.get_secret_value(),
+        }
+    if protocol in SSL_PROTOCOLS:
+        config |= {
+            "ssl_check_hostname": settings.kafka_ssl_check_hostname,
+            "ssl_cafile": str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
+            "ssl_certfile": str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
+            "ssl_keyfile": str(settings.kafka_ssl_keyfile) if settings.kafka_ssl_keyfile else None,
+        }
+    return config
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS context for clients that take one (Faust's aiokafka): CA, client certificate, hostname."""
+    cafile = settings.kafka_ssl_cafile
+    context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    if settings.kafka_ssl_certfile:
+        keyfile = settings.kafka_ssl_keyfile
+        context.load_cert_chain(str(settings.kafka_ssl_certfile), str(keyfile) if keyfile else None)
+    context.check_hostname = settings.kafka_ssl_check_hostname
+    return context
+
+
+def faust_credentials(settings: Settings) -> object | None:
+    """The same security settings as Faust's `broker_credentials` (None: plaintext)."""
+    from faust.auth import SASLCredentials, SSLCredentials
+
+    protocol = settings.kafka_security_protocol
+    if protocol == "SSL":
+        return SSLCredentials(ssl_context(settings))
+    if protocol in SASL_PROTOCOLS:
+        security_config(settings)  # the same checks as the other clients
+        return SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context(settings) if protocol == "SASL_SSL" else None,
+        )
+    return None
+
+
 def _common(settings: Settings) -> dict[str, object]:
     return {
         "bootstrap_servers": settings.kafka_bootstrap.split(","),
         "request_timeout_ms": int(settings.kafka_timeout_s * 1000),
+        **security_config(settings),
     }
 
 
-def ensure_topics(settings: Settings, topics: tuple[str, ...] = ALL_TOPICS) -> None:
+def ensure_topics(settings: Settings, topics: tuple[str, ...] = (*ALL_TOPICS, DEADLETTER_TOPIC)) -> None:
     """Create EduRanker's topics if missing (idempotent; production clusters may pre-create them)."""
     admin = KafkaAdminClient(**_common(settings))
     try:
@@ -144,18 +204,52 @@ def dead_letter(topic: str, payload: bytes | None, reason: str, partition: int |
     return json.dumps(record).encode()
 
 
+class DeadLetters:
+    """Sets aside messages a kafka-python consumer cannot use: a log line, a metric, a dead letter."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._producer: KafkaProducer | None = None
+
+    def send(self, record: ConsumerRecord, reason: str) -> None:
+        """Raises `KafkaError` when the dead letter cannot be stored, so the caller does not commit."""
+        metrics.DEADLETTER.labels(record.topic).inc()
+        log.error("event=dead_letter topic=%s partition=%s offset=%s reason=%s",
+                  record.topic, record.partition, record.offset, reason)
+        if self._producer is None:
+            self._producer = make_producer(self.settings)
+        self._producer.send(DEADLETTER_TOPIC, key=record.key, value=dead_letter(
+            record.topic, record.value, reason, record.partition, record.offset,
+        )).get(timeout=self.settings.kafka_timeout_s)
+
+    def decode(self, record: ConsumerRecord) -> Event | None:
+        """The record's event; a malformed one is dead-lettered and None returned."""
+        event = decode_or_reason(record.topic, record.value)
+        if isinstance(event, str):
+            self.send(record, event)
+            return None
+        return event
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close(5)
+            self._producer = None
+
+
 @dataclass
 class ConsumerLoop:
     """Runs a blocking kafka-python consumer in a daemon thread until `stop()`.
 
     `handle` is called for each decoded event; offsets are committed after it returns
-    (for group consumers), which gives at-least-once delivery.
+    (for group consumers), which gives at-least-once delivery. Malformed messages go to
+    `dead_letters` when given (otherwise they are logged and skipped).
     """
 
     consumer_factory: Callable[[], KafkaConsumer]
     topic: str
     handle: Callable[[Event], None]
     name: str = "consumer"
+    dead_letters: DeadLetters | None = None
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -180,7 +274,8 @@ class ConsumerLoop:
                 batches = consumer.poll(timeout_ms=500)
                 for records in batches.values():
                     for record in records:
-                        event = parse(self.topic, record.value)
+                        event = (self.dead_letters.decode(record) if self.dead_letters
+                                 else parse(self.topic, record.value))
                         if event is not None:
                             self.handle(event)
                 if batches and consumer.config.get("group_id"):
@@ -193,3 +288,5 @@ class ConsumerLoop:
                 self._stop.wait(1.0)
         if consumer is not None:
             consumer.close()
+        if self.dead_letters is not None:
+            self.dead_letters.close()

@@ -18,6 +18,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2
 HTTP_REQUESTS = Counter(
     "eduranker_http_requests_total", "HTTP requests", ["service", "route", "method", "status"]
 )
+HTTP_IN_PROGRESS = Gauge(
+    "eduranker_http_requests_in_progress", "HTTP requests being handled (a graceful stop waits for them)",
+    ["service"],
+)
 HTTP_DURATION = Histogram(
     "eduranker_http_request_duration_seconds", "HTTP request duration",
     ["service", "route", "method"], buckets=LATENCY_BUCKETS,
@@ -107,9 +111,12 @@ class HTTPMetrics:
                 status = message["status"]
             await send(message)
 
+        in_progress = HTTP_IN_PROGRESS.labels(self.service)
+        in_progress.inc()
         try:
             await self.app(scope, receive, send_status)
         finally:
+            in_progress.dec()
             template = getattr(scope.get("route"), "path", "unmatched")
             HTTP_REQUESTS.labels(self.service, template, scope["method"], str(status)).inc()
             HTTP_DURATION.labels(self.service, template, scope["method"]).observe(time.perf_counter() - start)

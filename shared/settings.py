@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, BeforeValidator, Field
+from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     # The search page's training progress; unset: http://127.0.0.1:<aggregator_port>
     aggregator_url: str | None = None
     watch_interval_s: float = 2.0
+    # Search records waiting for the store (it is down); beyond this, searches answer 503.
+    inference_log_max_backlog: int = Field(default=10_000, ge=1)
 
     # Training policy (aggregator)
     train_min_feedback: int = 10
@@ -105,8 +107,30 @@ class Settings(BaseSettings):
     # auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere.
     train_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     registry_keep_rejected: int = Field(default=5, ge=0)  # newest rejected versions kept on disk
-    # Keys accepted in X-API-Key by the trainer's /admin routes, comma-separated; empty: open.
-    admin_keys: str = ""
+    # Access (shared/auth.py): keys sent in X-API-Key, comma-separated; a role with no key is open.
+    # Admin keys: the trainer's /admin routes and catalogue writes; they also pass every other check.
+    admin_keys: SecretStr = SecretStr("")
+    feedback_keys: SecretStr = SecretStr("")  # POST /api/feedback and /api/feedback/batch
+    search_keys: SecretStr = SecretStr("")  # search, only with search_requires_key
+    search_requires_key: bool = False
+    # More keys, re-read when the file changes (a mounted Kubernetes Secret): JSON {"admin": [...]}
+    # or lines "<role> <key>".
+    api_keys_file: Path | None = None
+    # The key the reranker's search page adds when it forwards feedback; never sent to browsers.
+    page_feedback_key: SecretStr = SecretStr("")
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # request bodies, every HTTP service
+
+    # Production credentials. Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None  # client certificate (mutual TLS)
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+    # MongoDB: user, password and tls=true go in the store URL; a private CA in this file.
+    mongo_tls_ca_file: Path | None = None
 
     @property
     def registry_root(self) -> Path:

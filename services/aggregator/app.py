@@ -53,7 +53,7 @@ from shared.events import (
     TrainingRequestedEvent,
     encode,
 )
-from shared.kafka import DEADLETTER_TOPIC, dead_letter, decode_or_reason
+from shared.kafka import DEADLETTER_TOPIC, dead_letter, decode_or_reason, faust_credentials
 from shared.settings import get_settings
 from shared.store import Store, StoreUnavailableError, open_store
 
@@ -68,6 +68,7 @@ PURGE_EVERY_S = min(3600.0, DEDUP_WINDOW_S / 10)
 app = faust.App(
     "eduranker-aggregator",
     broker=[f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
+    broker_credentials=faust_credentials(settings),  # SASL/SSL: the same settings as every client
     store="memory://",
     topic_partitions=settings.kafka_topic_partitions,
     topic_replication_factor=1,

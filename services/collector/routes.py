@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from services.aggregator.policy import count_feedback, describe, last_training
 from services.collector.intake import FeedbackError, FeedbackRequest, FeedbackResponse, Intake
 from services.collector.outbox import OutboxRelay
+from shared.auth import require_feedback
 from shared.store import Store
 
 router = APIRouter()
@@ -33,7 +34,8 @@ IntakeDep = Annotated[Intake, Depends(get_intake)]
 RelayDep = Annotated[OutboxRelay, Depends(get_relay)]
 
 
-@router.post("/api/feedback", response_model=FeedbackResponse, tags=["feedback"])
+@router.post("/api/feedback", response_model=FeedbackResponse, tags=["feedback"],
+             dependencies=[Depends(require_feedback)])
 async def post_feedback(body: FeedbackRequest, intake: IntakeDep) -> FeedbackResponse:
     """Stores a like/dislike on a shown result; the event reaches Kafka through the outbox.
 
@@ -58,7 +60,7 @@ class FeedbackBatch(BaseModel):
     items: list[FeedbackRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-@router.post("/api/feedback/batch", tags=["feedback"])
+@router.post("/api/feedback/batch", tags=["feedback"], dependencies=[Depends(require_feedback)])
 async def post_feedback_batch(body: FeedbackBatch, intake: IntakeDep) -> dict[str, Any]:
     """Up to 500 items, each accepted or refused on its own; items about the same result apply in order."""
     results = [

@@ -15,7 +15,7 @@ from services.reranker.routes import router
 from services.reranker.serving import ModelHolder
 from shared.events import MODEL_READY_TOPIC, Event, ModelReadyEvent
 from shared.http import add_common
-from shared.kafka import ConsumerLoop, make_broadcast_consumer
+from shared.kafka import ConsumerLoop, DeadLetters, make_broadcast_consumer
 from shared.ml.model import configure_torch_threads
 from shared.settings import Settings, get_settings
 from shared.store import StoreUnavailableError, open_store
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_torch_threads(settings.torch_threads)
         store = await open_store(settings.store_url)
         holder = ModelHolder(settings)
-        inference_log = InferenceLog(store)
+        inference_log = InferenceLog(store, max_backlog=settings.inference_log_max_backlog)
         app.state.store, app.state.holder, app.state.inference_log = store, holder, inference_log
         loop = asyncio.get_running_loop()
         catalogue_version = {"value": await store.resources_version()}
@@ -51,7 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 asyncio.run_coroutine_threadsafe(holder.reload(event.location), loop).result()
 
         consumer = ConsumerLoop(lambda: make_broadcast_consumer(settings, MODEL_READY_TOPIC),
-                                MODEL_READY_TOPIC, on_model_ready, name="model-ready").start()
+                                MODEL_READY_TOPIC, on_model_ready, name="model-ready",
+                                dead_letters=DeadLetters(settings)).start()
         app.state.consumer = consumer
 
         async def watch() -> None:

@@ -3,7 +3,8 @@
 Records are written in batches (whatever queued up while the previous write ran, up to
 `max_batch`); a failed write is retried with backoff, and a clean shutdown drains the
 queue, so no record is lost unless the process is killed or the store stays down for
-the whole drain deadline (then the count left behind is logged as an error).
+the whole drain deadline (then the count left behind is logged as an error). While the store
+is down, records wait in memory up to a bound; past it, searches are refused with a 503.
 """
 
 from __future__ import annotations
@@ -12,21 +13,31 @@ import asyncio
 import logging
 
 from shared import metrics
-from shared.store import Inference, Store
+from shared.store import Inference, Store, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
 
 class InferenceLog:
-    def __init__(self, store: Store, max_batch: int = 200, drain_timeout_s: float = 30.0) -> None:
+    def __init__(self, store: Store, max_batch: int = 200, drain_timeout_s: float = 30.0,
+                 max_backlog: int = 10_000) -> None:
         self.store = store
         self.max_batch = max_batch
+        self.max_backlog = max_backlog
         self.drain_timeout_s = drain_timeout_s
         self.queue: asyncio.Queue[Inference] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self._writing = 0
+
+    def check_room(self) -> None:
+        """Refuses a search (503) whose record could not be kept: the store has been down so long
+        that `max_backlog` records wait. Memory stays bounded and no answered search goes unlogged."""
+        waiting = self.queue.qsize() + self._writing
+        if waiting >= self.max_backlog:
+            raise StoreUnavailableError(f"{waiting} search records wait to be written, searches resume "
+                                        "once the store takes them")
 
     def add(self, inference: Inference) -> None:
         self._idle.clear()

@@ -5,7 +5,8 @@ calls lives on the reranker's own origin:
 
 - `/api/feedback` forwards the click to the collector unchanged (body, status, error
   message), so the browser needs neither the collector's address (internal in compose and
-  Kubernetes) nor CORS, and the collector keeps the only copy of the validation rules;
+  Kubernetes) nor CORS, and the collector keeps the only copy of the validation rules; where
+  feedback writes need a key, it adds `EDURANKER_PAGE_FEEDBACK_KEY` (or passes the caller's own);
 - `/api/ui/status` gathers the served model, the aggregator's training progress and the
   recent training runs, each with a short timeout, and says which part is down;
 - `/reports/{version}` serves a registry version's `report.html`, resolved by the registry.
@@ -211,6 +212,8 @@ async def forward_feedback(request: Request) -> Response:
     headers = {name: value for name in FORWARDED_HEADERS if (value := request.headers.get(name))}
     if request.client:
         headers["x-forwarded-for"] = request.client.host
+    if key := settings.page_feedback_key.get_secret_value():  # server side only: never in the page
+        headers["x-api-key"] = key
     url = f"{settings.collector_url.rstrip('/')}/api/feedback"
     try:
         async with httpx.AsyncClient(timeout=FEEDBACK_TIMEOUT_S) as client:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from services.reranker.inference_log import InferenceLog
 from services.reranker.serving import ModelHolder, ServingState
 from shared import metrics
+from shared.auth import require_admin, require_search
 from shared.events import new_id
 from shared.ml.retrieval import CatalogueIndex
 from shared.settings import Settings
@@ -92,11 +93,13 @@ def rank(state: ServingState, query: str, use_reranker: bool, n_candidates: int,
     return positions, scores, np.argsort(-scores["fused"], kind="stable")[:top_k]
 
 
-@router.post("/api/reranking/search-with-reranking", response_model=SearchResponse, tags=["search"])
+@router.post("/api/reranking/search-with-reranking", response_model=SearchResponse, tags=["search"],
+             dependencies=[Depends(require_search)])
 async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
                  inference_log: Annotated[InferenceLog, Depends(get_inference_log)]) -> SearchResponse:
     """First-stage BM25, then (with `use_reranker`) the served pipeline on the top candidates."""
     start = time.perf_counter()
+    inference_log.check_room()
     state = holder.state
     query = body.query_text.strip()
     if not query:
@@ -159,7 +162,8 @@ class RerankResponse(BaseModel):
     results: list[RerankScore]
 
 
-@router.post("/api/reranking/rerank", response_model=RerankResponse, tags=["search"])
+@router.post("/api/reranking/rerank", response_model=RerankResponse, tags=["search"],
+             dependencies=[Depends(require_search)])
 async def rerank(body: RerankRequest, holder: Holder) -> RerankResponse:
     """Scores caller-supplied documents with the served pipeline (BM25 computed over them).
 
@@ -200,7 +204,7 @@ class ResourceBatch(BaseModel):
     resources: list[Resource] = Field(min_length=1, max_length=1000)
 
 
-@router.post("/api/resources", tags=["catalogue"])
+@router.post("/api/resources", tags=["catalogue"], dependencies=[Depends(require_admin)])
 async def upsert_resources(body: ResourceBatch, request: Request, store: StoreDep) -> dict:
     """Adds or updates resources by id; the search index follows without a restart."""
     ids = [r.id for r in body.resources]

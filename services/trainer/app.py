@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import threading
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
 from services.trainer.operations import VersionActionError, Versions, request_training
 from services.trainer.worker import Trainer, consume
+from shared.auth import require_admin
 from shared.http import add_common
 from shared.kafka import ensure_topics
 from shared.ml.hyperparameters import Hyperparameters
@@ -20,23 +20,6 @@ from shared.ml.model import configure_torch_threads
 from shared.ml.registry import VERSION_RE
 from shared.settings import Settings, get_settings
 from shared.store import StoreUnavailableError, open_store
-
-
-def admin_keys(settings: Settings) -> list[str]:
-    return [k.strip() for k in settings.admin_keys.split(",") if k.strip()]
-
-
-async def require_admin(request: Request, x_api_key: str | None = Header(default=None)) -> None:
-    """The admin key check: open while EDURANKER_ADMIN_KEYS is empty; 401 without a key, 403 a wrong one."""
-    keys = admin_keys(request.app.state.settings)
-    if not keys:
-        return
-    if not x_api_key:
-        raise HTTPException(401, "this admin API needs a key: send it in the X-API-Key header",
-                            headers={"WWW-Authenticate": "X-API-Key"})
-    if not any(secrets.compare_digest(x_api_key.encode(), key.encode()) for key in keys):
-        raise HTTPException(403, "the X-API-Key given is not an admin key (EDURANKER_ADMIN_KEYS)")
-
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 VersionName = Path(pattern=VERSION_RE.pattern, description="A registry version, like v0003.")

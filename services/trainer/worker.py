@@ -28,7 +28,7 @@ from shared.events import (
     new_id,
     utcnow,
 )
-from shared.kafka import make_group_consumer, make_producer, parse, publish
+from shared.kafka import DeadLetters, make_group_consumer, make_producer, publish
 from shared.ml.candidate import index_for_pairs, summarise, train_candidate
 from shared.ml.dataset import build_pairs, not_enough_reason
 from shared.ml.pipeline import load_champion
@@ -77,9 +77,10 @@ class Trainer:
 
     async def handle(self, request: TrainingRequestedEvent) -> ModelReadyEvent | None:
         runs = await self.store.list_training_runs(limit=500)
-        if any(r.request_event_id == request.event_id and r.status != "running" for r in runs):
-            log.info("event=duplicate_request_ignored request=%s", request.event_id)
-            return None
+        done = next((r for r in runs if r.request_event_id == request.event_id and r.status != "running"),
+                    None)
+        if done is not None:
+            return self._answer_again(request, done)
         run = TrainingRun(run_id=new_id(), request_event_id=request.event_id, reason=request.reason)
         await self.store.save_training_run(run)
         log.info("event=training_started run=%s request=%s reason=%s", run.run_id, request.event_id,
@@ -104,6 +105,18 @@ class Trainer:
         metrics.TRAINING_RUNS.labels(run.status).inc()
         metrics.TRAINING_DURATION.observe(time.perf_counter() - started)
         return ready
+
+    def _answer_again(self, request: TrainingRequestedEvent, run: TrainingRun) -> ModelReadyEvent | None:
+        """A request delivered again: its run already ended (a crash before the commit, or a kill
+        mid-run that `recover` marked failed). Its outcome is announced again rather than trained
+        twice, so whoever waits on the request (the aggregator's pending slot) is not left waiting;
+        a promoted version that is no longer the champion is not announced again."""
+        if run.status == "promoted" and self.registry.champion() != run.version:
+            log.info("event=duplicate_request_ignored request=%s", request.event_id)
+            return None
+        log.info("event=duplicate_request_answered request=%s run=%s status=%s", request.event_id,
+                 run.run_id, run.status)
+        return self._event(request, run, run.status)
 
     def _event(self, request: TrainingRequestedEvent, run: TrainingRun, decision: str) -> ModelReadyEvent:
         return ModelReadyEvent(
@@ -176,6 +189,7 @@ def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoo
     """The consumer thread: one request at a time, partitions paused while it trains."""
     producer = None
     consumer = None
+    dead_letters = DeadLetters(settings)
     while not stop.is_set():
         try:
             if consumer is None:
@@ -187,7 +201,7 @@ def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoo
                 joined.set()
             for records in batches.values():
                 for record in records:
-                    request = parse(TRAINING_REQUESTED_TOPIC, record.value)
+                    request = dead_letters.decode(record)
                     if not isinstance(request, TrainingRequestedEvent):
                         continue
                     assigned = list(consumer.assignment())
@@ -218,3 +232,4 @@ def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoo
         consumer.close()
     if producer is not None:
         producer.close(5)
+    dead_letters.close()

@@ -52,16 +52,17 @@ class CatalogueIndex:
         self.position = {r.id: i for i, r in enumerate(resources)}
         self.embeddings = embeddings
         self.bm25: bm25s.BM25 | None = None
-        if resources:
+        tokens = tokenize([r.text for r in resources]) if resources else []
+        if any(tokens):  # bm25s cannot index texts that are all stop words ("the", "0"): all score 0
             self.bm25 = bm25s.BM25()
-            self.bm25.index(tokenize([r.text for r in resources]), show_progress=False)
+            self.bm25.index(tokens, show_progress=False)
 
     def __len__(self) -> int:
         return len(self.resources)
 
     def bm25_all(self, query: str) -> np.ndarray:
         if self.bm25 is None:
-            return np.zeros(0, dtype=np.float32)
+            return np.zeros(len(self.resources), dtype=np.float32)
         tokens = tokenize([query])[0]
         if not tokens:
             return np.zeros(len(self.resources), dtype=np.float32)

@@ -11,6 +11,7 @@ import contextlib
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, ReturnDocument
@@ -63,15 +64,29 @@ def _unavailable_on_outage(fn: Callable[P, Awaitable[T]]) -> Callable[P, Corouti
 
 
 class MongoStore(Store):
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 10.0, tls_ca_file: Path | None = None) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self.tls_ca_file = tls_ca_file
         self._client: AsyncMongoClient[Doc] | None = None
         self._db: AsyncDatabase[Doc] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> MongoStore:
-        return cls(url)
+        """User, password and `tls=true` come in the URL; a private CA from `EDURANKER_MONGO_TLS_CA_FILE`."""
+        from shared.settings import get_settings
+
+        return cls(url, tls_ca_file=get_settings().mongo_tls_ca_file)
+
+    def client_options(self) -> dict[str, Any]:
+        """What `AsyncMongoClient` is given besides the URL."""
+        ms = int(self.timeout_s * 1000)
+        # tz_aware: BSON dates come back as UTC-aware datetimes, like the models hold them.
+        options: dict[str, Any] = {"serverSelectionTimeoutMS": ms, "timeoutMS": ms, "tz_aware": True,
+                                   "tzinfo": UTC}
+        if self.tls_ca_file is not None:
+            options |= {"tls": True, "tlsCAFile": str(self.tls_ca_file)}  # a CA implies TLS
+        return options
 
     @property
     def db(self) -> AsyncDatabase[Doc]:
@@ -84,11 +99,7 @@ class MongoStore(Store):
 
     @_unavailable_on_outage
     async def init(self) -> None:
-        ms = int(self.timeout_s * 1000)
-        # tz_aware: BSON dates come back as UTC-aware datetimes, like the models hold them.
-        self._client = AsyncMongoClient(
-            self.url, serverSelectionTimeoutMS=ms, timeoutMS=ms, tz_aware=True, tzinfo=UTC
-        )
+        self._client = AsyncMongoClient(self.url, **self.client_options())
         self._db = self._client.get_default_database(DEFAULT_DATABASE)
         await self._col("inferences").create_index("model_version")
         await self._col("training_runs").create_index([("started_at", DESCENDING)])

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,6 +59,8 @@ CREATE TABLE IF NOT EXISTS training_runs (
 CREATE TABLE IF NOT EXISTS model_versions (
     version TEXT PRIMARY KEY, doc TEXT NOT NULL
 );
+-- One row rewritten by `ping` after a failed write, to learn when writes work again.
+CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
 """
 
 
@@ -67,6 +70,9 @@ class SQLiteStore(Store):
         self.timeout_s = timeout_s
         self._db: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        # Reads go on when writes fail (a full disk, a lock held elsewhere): remember the failure so
+        # that `ping`, hence /ready, reports it until a write works again.
+        self._write_failed: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -95,17 +101,36 @@ class SQLiteStore(Store):
     async def _tx(self, begin: str = "BEGIN IMMEDIATE") -> AsyncIterator[aiosqlite.Connection]:
         """One write transaction at a time per process; IMMEDIATE takes the file lock up front."""
         async with self._write_lock:
-            try:
-                await self.db.execute(begin)
-            except sqlite3.OperationalError as exc:
-                raise StoreUnavailableError(f"store busy: {exc}") from exc
+            await self._begin(begin)
             try:
                 yield self.db
-            except BaseException:
-                await self.db.execute("ROLLBACK")
-                raise
-            else:
                 await self.db.execute("COMMIT")
+            except BaseException as exc:
+                # SQLite may have rolled back already (I/O errors, a full disk): nothing half-written.
+                with suppress(sqlite3.OperationalError):
+                    await self.db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    self._write_failed = f"store write failed: {exc}"
+                    raise StoreUnavailableError(self._write_failed) from exc
+                raise
+            if begin != "BEGIN":
+                self._write_failed = None
+
+    async def _begin(self, begin: str) -> None:
+        """BEGIN, tried again until `timeout_s`: under concurrent writers from several processes,
+        WAL mode sometimes answers "database is locked" at once instead of waiting its busy timeout."""
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.01
+        while True:
+            try:
+                await self.db.execute(begin)
+                return
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() + delay >= deadline:
+                    self._write_failed = f"store busy: {exc}"
+                    raise StoreUnavailableError(self._write_failed) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     async def _all(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         try:
@@ -115,7 +140,13 @@ class SQLiteStore(Store):
             raise StoreUnavailableError(str(exc)) from exc
 
     async def ping(self) -> None:
+        """Reads, and after a failed write a probe write: the store is usable only when both work."""
         await self._all("SELECT 1")
+        if self._write_failed is None:
+            return
+        async with self._tx() as db:
+            await db.execute("INSERT OR REPLACE INTO write_probe (id, at) VALUES (1, ?)",
+                             (utcnow().isoformat(),))
 
     # Resources
     async def upsert_resources(self, resources: list[Resource]) -> int:

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared.localstack import LocalStack, wait_for
 from shared.store import open_store
 from tests.conftest import SAMPLE_CATALOGUE
+from tests.unit.test_deploy import (
+    DASHBOARD,
+    SUFFIXES,
+    alert_rules,
+    dashboard_exprs,
+    grafana_to_promql,
+    metric_names,
+)
 
 QUERIES = [
     "machine learning tutorial",
@@ -159,3 +169,24 @@ def test_every_service_reports_health_and_metrics(stack: LocalStack) -> None:
         exported = httpx.get(f"{stack.url(name)}/metrics").text
         assert "eduranker_" in exported, name
     assert "eduranker_http_requests_total" in httpx.get(f"{stack.url('reranker')}/metrics").text
+
+
+def scraped_metric_names(text: str) -> set[str]:
+    """Sample names a scrape offers, labelled families with no sample yet included."""
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names.update(sample.name for sample in family.samples)
+        names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
+    return names
+
+
+def test_every_metric_the_dashboard_and_alerts_use_is_scraped_from_the_services(stack: LocalStack) -> None:
+    """Prometheus reads the running processes, not shared/metrics.py: scrape them the same way."""
+    scraped: set[str] = set()
+    for name in ("reranker", "collector", "aggregator", "trainer"):
+        scraped |= scraped_metric_names(httpx.get(f"{stack.url(name)}/metrics", timeout=10).text)
+    used = {n for expr in dashboard_exprs(json.loads(DASHBOARD.read_text()))
+            for n in metric_names(grafana_to_promql(expr))}
+    used |= {n for rule in alert_rules() for n in metric_names(rule["expr"])}
+    missing = used - scraped - {"up"}
+    assert used and not missing, f"used by dashboard or alerts, scraped from no service: {sorted(missing)}"

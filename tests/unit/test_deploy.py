@@ -195,6 +195,7 @@ def test_overlay_renders_the_whole_stack(overlay: str) -> None:
         ("PodDisruptionBudget", "reranker"),
         ("NetworkPolicy", "default-deny"),
         ("Job", "load-catalogue"),
+        ("PrometheusRule", "eduranker-alerts"),
     ]:
         assert expected in kinds
     assert any(kind == "ConfigMap" and name.startswith("eduranker-settings") for kind, name in kinds)
@@ -219,7 +220,7 @@ def test_rendered_objects_validate_against_kubernetes_schemas(overlay: str) -> N
         except kv.ValidationError as exc:
             where = "/".join(str(p) for p in exc.path)
             pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} at {where}: {exc.message}")
-    assert custom == len(SERVICES)
+    assert custom == len(SERVICES) + 1  # a ServiceMonitor per service and the PrometheusRule
 
 
 def test_strict_validation_catches_a_misspelt_field() -> None:
@@ -289,6 +290,28 @@ def test_ingress_routes_the_api_on_one_host(overlay: str) -> None:
         "/api/resources": "reranker",
         "/api/feedback": "collector",
     }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_operator_gets_the_same_alert_rules_as_plain_prometheus(overlay: str) -> None:
+    (rule,) = objects(overlay, "PrometheusRule").values()
+    assert rule["spec"] == load_yaml(ALERTS)
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_let_the_search_page_reach_collector_and_aggregator(overlay: str) -> None:
+    """Default deny is on: the page's feedback proxy and progress call need their own openings."""
+    policies = objects(overlay, "NetworkPolicy")
+    egress = policies["allow-reranker-page-to-collector-and-aggregator"]["spec"]["egress"]
+    reached = {(rule["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+                rule["ports"][0]["port"]) for rule in egress}
+    assert reached == {("collector", 8001), ("aggregator", 8002)}
+    ingress = policies["allow-collector-and-aggregator-from-the-reranker"]["spec"]
+    assert set(ingress["podSelector"]["matchExpressions"][0]["values"]) == {"collector", "aggregator"}
+    settings = next(o for o in render(overlay) if o["kind"] == "ConfigMap")["data"]
+    assert settings["EDURANKER_AGGREGATOR_URL"] == "http://aggregator:8002"
+    assert settings["EDURANKER_COLLECTOR_URL"] == "http://collector:8001"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
