@@ -352,6 +352,27 @@ def test_broken_versions_and_outside_locations_are_refused(server: Server, workd
     assert any("event=reload_failed location=v0003" in e for e in errors)
 
 
+def test_every_replica_reloads_an_announced_version_and_a_late_one_starts_on_the_champion(
+        workdir: Path, tiny_model: Path, broker: EmbeddedBroker) -> None:
+    """Replicas read `model.ready` without a consumer group, so each one gets every event.
+
+    The registry's `current` is not moved before the event: only the broadcast can make both
+    replicas switch. A replica started afterwards never sees the event and loads the champion.
+    """
+    registry = Registry(settings_for(workdir, tiny_model, broker).model_dir)
+    write_version(registry, "v0010", tiny_model)
+    with Server(settings_for(workdir, tiny_model, broker)) as first, \
+            Server(settings_for(workdir, tiny_model, broker)) as second:
+        assert first.info()["version"] != "v0010" and second.info()["version"] != "v0010"
+        announce(first.app.state.settings, "v0010")
+        for replica in (first, second):
+            wait_for(lambda r=replica: r.info()["version"] == "v0010", 120, 0.2, "every replica on v0010")
+            assert replica.search("python", top_k=3)["model_version"] == "v0010"
+        registry.set_champion("v0010")
+        with Server(settings_for(workdir, tiny_model, broker)) as late:
+            assert late.info()["version"] == "v0010"
+
+
 def test_startup_falls_back_to_version_zero_when_the_champion_is_broken(
         tmp_path: Path, tiny_model: Path, broker: EmbeddedBroker) -> None:
     settings = settings_for(tmp_path, tiny_model, broker, backend="torch")
