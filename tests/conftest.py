@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from shared.broker import EmbeddedBroker
+from shared.localstack import SERVICES, LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOGUE = ROOT / "data" / "sample_catalogue.jsonl"
@@ -44,3 +46,18 @@ def broker() -> Iterator[EmbeddedBroker]:
 def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
     shutil.rmtree(tmp_path / "models", ignore_errors=True)
+
+
+def tiny_env(tiny_model: Path, **settings: object) -> dict[str, str]:
+    """A stack's environment on the tiny model; `settings` are EDURANKER_* overrides by field name."""
+    return {"EDURANKER_BASE_MODEL": str(tiny_model), "EDURANKER_EMBEDDING_MODEL": str(tiny_model),
+            **{f"EDURANKER_{name.upper()}": str(value) for name, value in settings.items()}}
+
+
+@contextmanager
+def tiny_stack(workdir: Path, tiny_model: Path, services: tuple[str, ...] = SERVICES,
+               **settings: object) -> Iterator[LocalStack]:
+    """The broker and `services` as real processes on the tiny model, serving the sample catalogue."""
+    with LocalStack(workdir, env=tiny_env(tiny_model, **settings)) as running:
+        running.start(catalogue=SAMPLE_CATALOGUE, services=services)
+        yield running

@@ -167,8 +167,10 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
         "embedding_model": champion.spec.embedding_model or settings.embedding_model,
         "cross_encoder": CE_FOLDER if cross is not None else None,
     })
-    memory_of_train = FeedbackMemory.build(embedder, [(p.query, p.resource_id, p.label) for p in train])
-    candidate = RankingModel(spec=spec, embedder=embedder, cross=cross, memory=memory_of_train)
+    # Every rated query is embedded once; the gate sees only what the training split taught.
+    memory = FeedbackMemory.build(embedder, [(p.query, p.resource_id, p.label) for p in pairs])
+    candidate = RankingModel(spec=spec, embedder=embedder, cross=cross,
+                             memory=memory.restricted_to({p.query for p in train}))
     candidate.spec = candidate.spec.model_copy(
         update={"weights": choose_weights(champion, candidate, index, train, grid)})
     evaluations = {"champion": before["champion"], "bm25": before["bm25"], "candidate": evaluate(candidate)}
@@ -214,7 +216,6 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
 
     # Model selection happened on the split; what is served then remembers every query users rated
     # (validation ones too), the way a model is refit on all its data once its settings are chosen.
-    memory = FeedbackMemory.build(embedder, [(p.query, p.resource_id, p.label) for p in pairs])
     meta["memory_queries"] = len(memory.queries)
 
     def write(folder: Path) -> None:

@@ -32,7 +32,7 @@ from shared.events import (
 from shared.kafka import DEADLETTER_TOPIC
 from shared.localstack import LocalStack, wait_for
 from shared.store import TrainingRun, open_store
-from tests.conftest import ROOT, SAMPLE_CATALOGUE
+from tests.conftest import ROOT, tiny_stack
 from tests.integration.test_loop import search
 
 MIN_NEW = 20
@@ -40,17 +40,10 @@ MIN_NEW = 20
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LocalStack]:
-    env = {
-        "EDURANKER_BASE_MODEL": str(tiny_model),
-        "EDURANKER_EMBEDDING_MODEL": str(tiny_model),
-        "EDURANKER_TRAIN_MIN_FEEDBACK": "10",
-        "EDURANKER_TRAIN_MIN_NEW_FEEDBACK": str(MIN_NEW),
-        "EDURANKER_TRAIN_MIN_PER_CLASS": "3",
-        "EDURANKER_TRAIN_MAX_IMBALANCE": "0.9",
-        "EDURANKER_TRAIN_COOLDOWN_S": "1h",
-    }
-    with LocalStack(tmp_path_factory.mktemp("aggregator"), env=env) as running:
-        running.start(catalogue=SAMPLE_CATALOGUE, services=("reranker", "collector", "aggregator"))
+    with tiny_stack(tmp_path_factory.mktemp("aggregator"), tiny_model,
+                    services=("reranker", "collector", "aggregator"), train_min_feedback=10,
+                    train_min_new_feedback=MIN_NEW, train_min_per_class=3, train_max_imbalance=0.9,
+                    train_cooldown_s="1h") as running:
         yield running
 
 

@@ -30,7 +30,7 @@ from shared.events import MODEL_READY_TOPIC, ModelReadyEvent
 from shared.kafka import make_broadcast_consumer, parse
 from shared.localstack import LocalStack, wait_for
 from shared.store import open_store
-from tests.conftest import ROOT, SAMPLE_CATALOGUE
+from tests.conftest import ROOT, tiny_stack
 from tests.integration.test_feedback import aggregator_stats, collector_feedback, metric, wait_until_equal
 from tests.integration.test_trainer import request
 
@@ -43,18 +43,10 @@ MAX_BACKLOG = 25
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LocalStack]:
-    env = {
-        "EDURANKER_BASE_MODEL": str(tiny_model),
-        "EDURANKER_EMBEDDING_MODEL": str(tiny_model),
-        "EDURANKER_TRAIN_MIN_NEW_FEEDBACK": "1000000",  # training only when a test asks for it
-        "EDURANKER_AGGREGATOR_RECOVER_AFTER_S": "2",
-        "EDURANKER_INFERENCE_LOG_MAX_BACKLOG": str(MAX_BACKLOG),
-        "EDURANKER_NUM_EPOCHS": "1",
-        "EDURANKER_MAX_LENGTH": "64",
-        "EDURANKER_TORCH_THREADS": "1",
-    }
-    with LocalStack(tmp_path_factory.mktemp("faults"), env=env) as running:
-        running.start(catalogue=SAMPLE_CATALOGUE)
+    with tiny_stack(tmp_path_factory.mktemp("faults"), tiny_model,
+                    train_min_new_feedback=1000000,  # training only when a test asks for it
+                    aggregator_recover_after_s=2, inference_log_max_backlog=MAX_BACKLOG, num_epochs=1,
+                    max_length=64, torch_threads=1) as running:
         yield running
 
 

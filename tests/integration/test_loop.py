@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.localstack import LocalStack, wait_for
 from shared.store import open_store
-from tests.conftest import SAMPLE_CATALOGUE
+from tests.conftest import tiny_stack
 from tests.unit.test_deploy import (
     DASHBOARD,
     SUFFIXES,
@@ -35,16 +35,9 @@ QUERIES = [
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LocalStack]:
-    env = {
-        "EDURANKER_BASE_MODEL": str(tiny_model),
-        "EDURANKER_EMBEDDING_MODEL": str(tiny_model),
-        "EDURANKER_TRAIN_MIN_NEW_FEEDBACK": "40",
-        # The gate is exercised by the trainer tests; here any candidate must get through.
-        "EDURANKER_GATE_MARGIN": "1.0",
-        "EDURANKER_NUM_EPOCHS": "2",
-    }
-    with LocalStack(tmp_path_factory.mktemp("loop"), env=env) as running:
-        running.start(catalogue=SAMPLE_CATALOGUE)
+    # The gate is exercised by the trainer tests; here any candidate must get through (margin 1).
+    with tiny_stack(tmp_path_factory.mktemp("loop"), tiny_model, train_min_new_feedback=40,
+                    gate_margin=1.0, num_epochs=2) as running:
         yield running
 
 

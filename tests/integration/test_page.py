@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 
 from shared.broker import free_port
 from shared.localstack import LocalStack
-from tests.conftest import ROOT, SAMPLE_CATALOGUE
+from tests.conftest import ROOT, tiny_stack
 
 ARTIFACTS = ROOT / "test-artifacts"
 THRESHOLD = 12
@@ -34,16 +34,9 @@ INSTALL_TIMEOUT_S = 600
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LocalStack]:
-    env = {
-        "EDURANKER_BASE_MODEL": str(tiny_model),
-        "EDURANKER_EMBEDDING_MODEL": str(tiny_model),
-        "EDURANKER_TRAIN_MIN_NEW_FEEDBACK": str(THRESHOLD),
-        # Any candidate gets through: the gate itself is tested with the trainer.
-        "EDURANKER_GATE_MARGIN": "1.0",
-        "EDURANKER_NUM_EPOCHS": "1",
-    }
-    with LocalStack(tmp_path_factory.mktemp("page"), env=env) as running:
-        running.start(catalogue=SAMPLE_CATALOGUE)
+    # Any candidate gets through (margin 1): the gate itself is tested with the trainer.
+    with tiny_stack(tmp_path_factory.mktemp("page"), tiny_model, train_min_new_feedback=THRESHOLD,
+                    gate_margin=1.0, num_epochs=1) as running:
         yield running
 
 

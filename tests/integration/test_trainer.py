@@ -28,6 +28,7 @@ from shared.kafka import make_broadcast_consumer, make_producer, parse, publish
 from shared.localstack import LocalStack, wait_for
 from shared.ml.registry import Registry
 from shared.store import Feedback, Inference, Resource, ShownResult, open_store
+from tests.conftest import tiny_env
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TOPICS = ("algebra", "geometry", "physics", "chemistry", "history", "biology", "poetry", "economics",
@@ -120,16 +121,8 @@ class ReadyListener:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LocalStack]:
-    env = {
-        "EDURANKER_BASE_MODEL": str(tiny_model),
-        "EDURANKER_EMBEDDING_MODEL": str(tiny_model),
-        "EDURANKER_LEARNING_RATE": "5e-3",
-        "EDURANKER_NUM_EPOCHS": "8",
-        "EDURANKER_TRAIN_EARLY_STOPPING_PATIENCE": "3",
-        "EDURANKER_MAX_LENGTH": "64",
-        "EDURANKER_TORCH_THREADS": "1",
-        "EDURANKER_ADMIN_KEYS": f"other-key,{KEY}",
-    }
+    env = tiny_env(tiny_model, learning_rate="5e-3", num_epochs=8, train_early_stopping_patience=3,
+                   max_length=64, torch_threads=1, admin_keys=f"other-key,{KEY}")
     with LocalStack(tmp_path_factory.mktemp("trainer"), env=env) as running:
         running.start_broker()
         Feedbacks(running.settings.store_url).run(lambda store: store.upsert_resources(resources()))
