@@ -8,6 +8,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -99,13 +100,15 @@ def _common(settings: Settings) -> dict[str, object]:
     }
 
 
-def ensure_topics(settings: Settings, topics: tuple[str, ...] = (*ALL_TOPICS, DEADLETTER_TOPIC)) -> None:
+def ensure_topics(settings: Settings, topics: tuple[str, ...] = (*ALL_TOPICS, DEADLETTER_TOPIC),
+                  partitions: int | None = None, config: dict[str, str] | None = None) -> None:
     """Create EduRanker's topics if missing (idempotent; production clusters may pre-create them)."""
     admin = KafkaAdminClient(**_common(settings))
     try:
         existing = set(admin.list_topics())
         missing = [
-            NewTopic(name=t, num_partitions=settings.kafka_topic_partitions, replication_factor=1)
+            NewTopic(name=t, num_partitions=partitions or settings.kafka_topic_partitions,
+                     replication_factor=1, topic_configs=config or {})
             for t in topics
             if t not in existing
         ]
@@ -163,6 +166,43 @@ def make_broadcast_consumer(settings: Settings, topic: str) -> KafkaConsumer:
     for tp in tps:
         consumer.position(tp)  # resolve now, so events sent after this call are seen
     return consumer
+
+
+def unreadable_partitions(settings: Settings, topic: str, timeout_s: float | None = None) -> list[int]:
+    """Partitions of `topic` that report records but return none when read from their start.
+
+    A broker that lost a log's data but kept its offsets looks like this (the embedded broker,
+    restarted empty under a running Faust worker, ends up so); a reader that waits for those
+    records, like Faust's table recovery, waits forever.
+    """
+    consumer = KafkaConsumer(**_common(settings), enable_auto_commit=False)
+    try:
+        if topic not in consumer.topics():  # also loads the metadata that partitions_for_topic reads
+            return []
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        begin, end = consumer.beginning_offsets(tps), consumer.end_offsets(tps)
+        waiting = {tp for tp in tps if end[tp] > begin[tp]}
+        if not waiting:
+            return []
+        consumer.assign(sorted(waiting))
+        consumer.seek_to_beginning(*waiting)
+        deadline = time.monotonic() + (settings.kafka_timeout_s if timeout_s is None else timeout_s)
+        while waiting and time.monotonic() < deadline:
+            for tp, records in consumer.poll(timeout_ms=200, max_records=100).items():
+                if records:
+                    waiting.discard(tp)
+                    consumer.pause(tp)  # one record proves it readable: read no further
+        return sorted(tp.partition for tp in waiting)
+    finally:
+        consumer.close()
+
+
+def delete_topic(settings: Settings, topic: str) -> None:
+    admin = KafkaAdminClient(**_common(settings))
+    try:
+        admin.delete_topics([topic])
+    finally:
+        admin.close()
 
 
 def decode_or_reason(topic: str, payload: bytes | None) -> Event | str:

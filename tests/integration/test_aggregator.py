@@ -220,3 +220,19 @@ def test_traffic_labels_from_relevance_judgments(stack: LocalStack, tmp_path: Pa
     (tmp_path / "other.tsv").write_text("query-id\tcorpus-id\tscore\nq9\tres-0001\t1\n")
     refused = traffic(stack, "--queries", judged[1], "--qrels", str(tmp_path / "other.tsv"))
     assert refused.returncode == 2 and "the query ids must match" in refused.stdout
+
+
+def test_a_readable_changelog_is_kept(stack: LocalStack) -> None:
+    """The start-up check that drops an unreadable changelog leaves a healthy one alone: the
+    aggregator's own changelog has records, an empty topic has nothing to read, a missing one
+    is not there. (The unreadable case is the broker-restart test in test_faults.py.)"""
+    from services.aggregator.app import state
+    from shared.kafka import ensure_topics, unreadable_partitions
+
+    changelog = state.table.changelog_topic.get_topic_name()
+    ensure_topics(stack.settings, ("eduranker.test.empty.v1",))
+    end = KafkaConsumer(bootstrap_servers=stack.settings.kafka_bootstrap).end_offsets(
+        [TopicPartition(changelog, 0)])
+    assert next(iter(end.values())) > 0, "the aggregator has written its changelog"
+    for topic in (changelog, "eduranker.test.empty.v1", "eduranker.test.missing.v1"):
+        assert unreadable_partitions(stack.settings, topic, timeout_s=5) == [], topic
