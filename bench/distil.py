@@ -1,0 +1,136 @@
+"""Offline experiment: distil version 0 into the cross-encoder, then fuse it with version 0.
+
+Not part of the loop: it did not lift held-out queries reliably (README, "Does it learn?")
+and each training takes ~13 min on a 2-core CPU. Kept so that those figures can be
+reproduced and the idea taken further, e.g. on a GPU with more epochs or pseudo-queries. For one seed of
+`make eval`'s split: simulated users rate version 0's top 10 of each feedback query (the
+harness's users, offline); the teacher is version 0's fused score over BM25's top
+`--candidates`, with liked results raised above its best and disliked ones below its worst;
+the student (the offline weights as a cross-encoder) is trained listwise, a query per step.
+Prints held-out nDCG@10 of version 0 and of version 0 + w * student for a few w.
+
+    .venv/bin/python bench/distil.py --seed 1 [--no-feedback] [--candidates 50 --max-length 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from quality import DEFAULT_DATASET, Collection, Users  # noqa: E402
+
+from shared.catalogue import read_catalogue  # noqa: E402
+from shared.ml.evaluate import ndcg_at  # noqa: E402
+from shared.ml.model import configure_torch_threads, embed, load_cross_encoder, load_embedder  # noqa: E402
+from shared.ml.pipeline import zscore  # noqa: E402
+from shared.ml.retrieval import CatalogueIndex  # noqa: E402
+from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=3e-5, help="the head learns 20x faster")
+    parser.add_argument("--candidates", type=int, default=50, help="teacher's top-k trained on, per query")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--no-feedback", action="store_true", help="distil version 0 alone")
+    args = parser.parse_args()
+    configure_torch_threads(0)
+    torch.manual_seed(args.seed)
+
+    collection = Collection.load(args.dataset)
+    resources = list(read_catalogue(collection.corpus))
+    index = CatalogueIndex(resources)
+    embedder = load_embedder(OFFLINE_BASE_MODEL, 128, "cpu")
+    started = time.perf_counter()
+    documents = embed(embedder, [r.text for r in resources])
+    queries = dict(zip(collection.queries, embed(embedder, list(collection.queries.values())), strict=True))
+    print(f"version 0 built in {time.perf_counter() - started:.0f} s", flush=True)
+    feedback_queries, held_out = collection.split(args.seed)
+
+    def version_zero(qid: str) -> tuple[np.ndarray, np.ndarray]:
+        top, bm25 = index.bm25_top(collection.queries[qid], 50)
+        return top, zscore(bm25) + zscore(documents[top] @ queries[qid])
+
+    def ndcg(qid: str, order: np.ndarray) -> float:
+        relevant = collection.qrels[qid]
+        return ndcg_at([float(relevant.get(resources[p].id, 0)) for p in order],
+                       [float(g) for g in relevant.values()], 10)
+
+    users = Users(rng=random.Random(args.seed))
+    labels: dict[tuple[str, int], int] = {}
+    if not args.no_feedback:
+        for qid in random.Random(args.seed).sample(feedback_queries, len(feedback_queries)):
+            top, fused = version_zero(qid)
+            for rank, position in enumerate(top[np.argsort(-fused, kind="stable")][:10], start=1):
+                label = users.label(rank, resources[position].id in collection.qrels[qid])
+                if label:
+                    labels[(qid, int(position))] = int(label == "like")
+    print(f"feedback: {len(labels)} ratings on {len(feedback_queries)} queries", flush=True)
+
+    groups = []
+    for qid in feedback_queries:
+        top, fused = version_zero(qid)
+        target = fused.copy()
+        for i, position in enumerate(top):
+            if (qid, int(position)) in labels:
+                target[i] = fused.max() + 1.0 if labels[(qid, int(position))] else fused.min()
+        keep = np.argsort(-fused)[: args.candidates]
+        groups.append((collection.queries[qid], [resources[top[i]].text for i in keep], target[keep]))
+
+    cross = load_cross_encoder(OFFLINE_BASE_MODEL, args.max_length, "cpu")
+    model, tokenizer = cross.model, cross.tokenizer
+    head = [p for n, p in model.named_parameters() if "classifier" in n]
+    body = [p for n, p in model.named_parameters() if "classifier" not in n]
+    optimizer = torch.optim.AdamW([{"params": body, "lr": args.learning_rate},
+                                   {"params": head, "lr": args.learning_rate * 20}])
+
+    def logits(query: str, texts: list[str]) -> torch.Tensor:
+        batch = tokenizer([query] * len(texts), texts, padding=True, truncation=True,
+                          max_length=args.max_length, return_tensors="pt")
+        return model(**batch).logits.squeeze(-1)
+
+    model.train()
+    started = time.perf_counter()
+    for epoch in range(args.epochs):
+        random.Random(epoch).shuffle(groups)
+        losses = []
+        for query, texts, target in groups:
+            wanted = torch.softmax(torch.tensor(target, dtype=torch.float32), 0)
+            loss = -(wanted * torch.log_softmax(logits(query, texts), 0)).sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        print(f"epoch {epoch + 1}: loss {statistics.mean(losses):.3f}, {time.perf_counter() - started:.0f} s",
+              flush=True)
+
+    model.eval()
+    scored = []
+    with torch.inference_mode():
+        for qid in held_out:
+            top, fused = version_zero(qid)
+            student = logits(collection.queries[qid], [resources[p].text for p in top]).numpy()
+            scored.append((qid, top, fused, student))
+    for name, weight in (("version 0", 0.0), ("+ 0.25 student", 0.25), ("+ 0.5 student", 0.5),
+                         ("+ 1.0 student", 1.0), ("student alone", None)):
+        values = [ndcg(qid, top[np.argsort(-(student if weight is None else fused + weight * zscore(student)),
+                                            kind="stable")]) for qid, top, fused, student in scored]
+        print(f"held-out nDCG@10, {name}: {statistics.mean(values):.4f}")
+
+
+if __name__ == "__main__":
+    main()
