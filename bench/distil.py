@@ -33,9 +33,9 @@ from quality import DEFAULT_DATASET, Collection, Users  # noqa: E402
 from shared.catalogue import read_catalogue  # noqa: E402
 from shared.ml.evaluate import ndcg_at  # noqa: E402
 from shared.ml.model import configure_torch_threads, embed, load_cross_encoder, load_embedder  # noqa: E402
-from shared.ml.pipeline import zscore  # noqa: E402
+from shared.ml.pipeline import fuse, version_zero  # noqa: E402
 from shared.ml.retrieval import CatalogueIndex  # noqa: E402
-from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
+from shared.settings import OFFLINE_BASE_MODEL, get_settings  # noqa: E402
 
 
 def main() -> None:
@@ -54,16 +54,22 @@ def main() -> None:
     collection = Collection.load(args.dataset)
     resources = list(read_catalogue(collection.corpus))
     index = CatalogueIndex(resources)
-    embedder = load_embedder(OFFLINE_BASE_MODEL, 128, "cpu")
+    v0 = version_zero(get_settings().model_copy(update={"base_model": OFFLINE_BASE_MODEL,
+                                                        "embedding_model": OFFLINE_BASE_MODEL}))
+    embedder = load_embedder(v0.embedding_model, v0.max_length, "cpu")
     started = time.perf_counter()
     documents = embed(embedder, [r.text for r in resources])
     queries = dict(zip(collection.queries, embed(embedder, list(collection.queries.values())), strict=True))
     print(f"version 0 built in {time.perf_counter() - started:.0f} s", flush=True)
     feedback_queries, held_out = collection.split(args.seed)
 
-    def version_zero(qid: str) -> tuple[np.ndarray, np.ndarray]:
+    def first_stage(qid: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         top, bm25 = index.bm25_top(collection.queries[qid], 50)
-        return top, zscore(bm25) + zscore(documents[top] @ queries[qid])
+        return top, {"bm25": bm25, "dense": documents[top] @ queries[qid]}
+
+    def teacher(qid: str) -> tuple[np.ndarray, np.ndarray]:
+        top, scores = first_stage(qid)
+        return top, fuse(scores, v0.weights)
 
     def ndcg(qid: str, order: np.ndarray) -> float:
         relevant = collection.qrels[qid]
@@ -74,7 +80,7 @@ def main() -> None:
     labels: dict[tuple[str, int], int] = {}
     if not args.no_feedback:
         for qid in random.Random(args.seed).sample(feedback_queries, len(feedback_queries)):
-            top, fused = version_zero(qid)
+            top, fused = teacher(qid)
             for rank, position in enumerate(top[np.argsort(-fused, kind="stable")][:10], start=1):
                 label = users.label(rank, resources[position].id in collection.qrels[qid])
                 if label:
@@ -83,7 +89,7 @@ def main() -> None:
 
     groups = []
     for qid in feedback_queries:
-        top, fused = version_zero(qid)
+        top, fused = teacher(qid)
         target = fused.copy()
         for i, position in enumerate(top):
             if (qid, int(position)) in labels:
@@ -122,13 +128,15 @@ def main() -> None:
     scored = []
     with torch.inference_mode():
         for qid in held_out:
-            top, fused = version_zero(qid)
-            student = logits(collection.queries[qid], [resources[p].text for p in top]).numpy()
-            scored.append((qid, top, fused, student))
-    for name, weight in (("version 0", 0.0), ("+ 0.25 student", 0.25), ("+ 0.5 student", 0.5),
-                         ("+ 1.0 student", 1.0), ("student alone", None)):
-        values = [ndcg(qid, top[np.argsort(-(student if weight is None else fused + weight * zscore(student)),
-                                            kind="stable")]) for qid, top, fused, student in scored]
+            top, scores = first_stage(qid)
+            scores["cross"] = logits(collection.queries[qid], [resources[p].text for p in top]).numpy()
+            scored.append((qid, top, scores))
+    blends = {"version 0": v0.weights,
+              **{f"+ {w} student": {**v0.weights, "cross": w} for w in (0.25, 0.5, 1.0)},
+              "student alone": {"cross": 1.0}}
+    for name, weights in blends.items():
+        values = [ndcg(qid, top[np.argsort(-fuse(scores, weights), kind="stable")])
+                  for qid, top, scores in scored]
         print(f"held-out nDCG@10, {name}: {statistics.mean(values):.4f}")
 
 

@@ -2,6 +2,7 @@
 
 import logging
 import sys
+from typing import Any
 
 from shared.events import ALL_TOPICS
 from shared.kafka import DEADLETTER_TOPIC, delete_topic, ensure_topics, unreadable_partitions
@@ -11,22 +12,24 @@ from shared.settings import get_settings
 log = logging.getLogger("services.aggregator")
 
 
-def drop_unreadable_changelog(topic: str) -> None:
-    """Faust's table recovery waits forever for changelog records the broker reports but cannot serve.
+def drop_unreadable_changelog(changelog: Any) -> None:
+    """Faust's table recovery would wait forever on a changelog the broker cannot serve.
 
-    Seen with the embedded broker restarted empty under a running worker: the worker's later
-    writes leave offsets behind that the changelog, once created again, reports but never
-    returns. So the changelog is created here (one partition, compacted, as Faust would) and
-    read; if it cannot be, it is deleted and Faust creates a clean one. The table is only a
-    cache of the store: the worker rebuilds its counts from the store, as after a first start.
+    Such a changelog appears only once created again (after a broker that lost its data), so it
+    is created here first, from Faust's own declaration of it, then read. One that cannot be
+    read is deleted: Faust creates a clean one, and the worker rebuilds its counts from the
+    store, of which the table is only a cache.
     """
     settings = get_settings()
-    ensure_topics(settings, (topic,), partitions=1, config={"cleanup.policy": "compact"})
-    lost = unreadable_partitions(settings, topic)
+    name = changelog.get_topic_name()
+    policies = [p for p, on in (("compact", changelog.compacting), ("delete", changelog.deleting)) if on]
+    config = {**(changelog.config or {}), **({"cleanup.policy": ",".join(policies)} if policies else {})}
+    ensure_topics(settings, (name,), partitions=changelog.partitions, config=config)
+    lost = unreadable_partitions(settings, name)
     if lost:
         log.warning("event=changelog_unreadable topic=%s partitions=%s action=delete_and_rebuild_from_store",
-                    topic, lost)
-        delete_topic(settings, topic)
+                    name, lost)
+        delete_topic(settings, name)
 
 
 if __name__ == "__main__":
@@ -34,6 +37,6 @@ if __name__ == "__main__":
     ensure_topics(get_settings(), (*ALL_TOPICS, DEADLETTER_TOPIC))
     from services.aggregator.app import app, state
 
-    drop_unreadable_changelog(state.table.changelog_topic.get_topic_name())
+    drop_unreadable_changelog(state.table.changelog_topic)
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn"]
     app.main()

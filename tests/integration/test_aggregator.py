@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import timedelta
 from pathlib import Path
 
@@ -231,8 +232,8 @@ def test_a_readable_changelog_is_kept(stack: LocalStack) -> None:
 
     changelog = state.table.changelog_topic.get_topic_name()
     ensure_topics(stack.settings, ("eduranker.test.empty.v1",))
-    end = KafkaConsumer(bootstrap_servers=stack.settings.kafka_bootstrap).end_offsets(
-        [TopicPartition(changelog, 0)])
+    with closing(KafkaConsumer(bootstrap_servers=stack.settings.kafka_bootstrap)) as consumer:
+        end = consumer.end_offsets([TopicPartition(changelog, 0)])
     assert next(iter(end.values())) > 0, "the aggregator has written its changelog"
     for topic in (changelog, "eduranker.test.empty.v1", "eduranker.test.missing.v1"):
         assert unreadable_partitions(stack.settings, topic, timeout_s=5) == [], topic
