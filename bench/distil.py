@@ -2,12 +2,14 @@
 
 Not part of the loop: it did not lift held-out queries reliably (README, "Does it learn?")
 and each training takes ~13 min on a 2-core CPU. Kept so that those figures can be
-reproduced and the idea taken further, e.g. on a GPU with more epochs or pseudo-queries. For one seed of
-`make eval`'s split: simulated users rate version 0's top 10 of each feedback query (the
-harness's users, offline); the teacher is version 0's fused score over BM25's top
-`--candidates`, with liked results raised above its best and disliked ones below its worst;
-the student (the offline weights as a cross-encoder) is trained listwise, a query per step.
-Prints held-out nDCG@10 of version 0 and of version 0 + w * student for a few w.
+reproduced and the idea taken further, e.g. on a GPU with more epochs or pseudo-queries.
+"Version 0" here is BM25 + dense, without pseudo-relevance feedback, as when the figures
+were measured. For one seed of `make eval`'s split: simulated users rate version 0's top 10
+of each feedback query (the harness's users, offline); the teacher is version 0's fused
+score over BM25's top `--candidates`, with liked results raised above its best and disliked
+ones below its worst; the student (the offline weights as a cross-encoder) is trained
+listwise, a query per step. Prints held-out nDCG@10 of version 0 and of
+version 0 + w * student for a few w.
 
     .venv/bin/python bench/distil.py --seed 1 [--no-feedback] [--candidates 50 --max-length 128]
 """
@@ -55,7 +57,8 @@ def main() -> None:
     resources = list(read_catalogue(collection.corpus))
     index = CatalogueIndex(resources)
     v0 = version_zero(get_settings().model_copy(update={"base_model": OFFLINE_BASE_MODEL,
-                                                        "embedding_model": OFFLINE_BASE_MODEL}))
+                                                        "embedding_model": OFFLINE_BASE_MODEL,
+                                                        "pseudo_relevance_docs": 0}))
     embedder = load_embedder(v0.embedding_model, v0.max_length, "cpu")
     started = time.perf_counter()
     documents = embed(embedder, [r.text for r in resources])

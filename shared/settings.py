@@ -52,6 +52,8 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("CROSS_ENCODER_PATH", "EDURANKER_CROSS_ENCODER_PATH"),
     )
     max_length: int = 128
+    # Version 0 expands each query with its best first-pass results (0: plain BM25 + dense).
+    pseudo_relevance_docs: int = Field(default=5, ge=0, le=50)
     # Fine-tune a cross-encoder in each run: auto = unless the base is the offline bi-encoder weights.
     train_cross_encoder: Literal["auto", "on", "off"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"

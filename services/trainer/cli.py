@@ -91,7 +91,7 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print(json.dumps(listing, indent=2))
             return 0
-        print(f"champion: {listing['champion'] or 'none (version 0: BM25 + dense)'}   "
+        print(f"champion: {listing['champion'] or 'none (version 0)'}   "
               f"previous champion: {listing['previous_champion'] or 'none'}")
         header = "".join(f"{m.split('_', 1)[1]:>10}" for m in SHOWN_METRICS)
         print(f"{'version':<9}{'status':<10}{'':<3}{header}  created / reason")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -53,6 +54,7 @@ class CatalogueIndex:
         self.embeddings = embeddings
         self.bm25: bm25s.BM25 | None = None
         tokens = tokenize([r.text for r in resources]) if resources else []
+        self.tokens: list[list[str]] = tokens
         if any(tokens):  # bm25s cannot index texts that are all stop words ("the", "0"): all score 0
             self.bm25 = bm25s.BM25()
             self.bm25.index(tokens, show_progress=False)
@@ -61,12 +63,28 @@ class CatalogueIndex:
         return len(self.resources)
 
     def bm25_all(self, query: str) -> np.ndarray:
-        if self.bm25 is None:
+        return self.bm25_terms(tokenize([query])[0])
+
+    def bm25_terms(self, terms: list[str]) -> np.ndarray:
+        """BM25 of every resource for already-tokenized terms (e.g. expansion terms)."""
+        if self.bm25 is None or not terms:
             return np.zeros(len(self.resources), dtype=np.float32)
-        tokens = tokenize([query])[0]
-        if not tokens:
-            return np.zeros(len(self.resources), dtype=np.float32)
-        return np.asarray(self.bm25.get_scores(tokens), dtype=np.float32)
+        return np.asarray(self.bm25.get_scores(terms), dtype=np.float32)
+
+    def expansion_terms(self, positions: np.ndarray, query: str, count: int) -> list[str]:
+        """The terms that make up most of the given resources, the query's own left out (RM1).
+
+        Each resource counts equally, whatever its length: a term's weight is the sum of its
+        share of each resource's tokens. Ties break alphabetically, so expansion is repeatable.
+        """
+        own = set(tokenize([query])[0])
+        weights: Counter[str] = Counter()
+        for position in positions:
+            tokens = self.tokens[int(position)]
+            for term, n in Counter(tokens).items():
+                if term not in own:
+                    weights[term] += n / len(tokens)
+        return [term for term, _ in sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))[:count]]
 
     def bm25_top(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Positions and scores of the k best documents with a positive BM25 score."""

@@ -67,7 +67,7 @@ def test_feedback_retrains_and_the_reranker_reloads(stack: LocalStack) -> None:
     reranker = stack.url("reranker")
     info = httpx.get(f"{reranker}/api/reranking/info-modele").json()
     assert info["version"] == "v0"
-    assert info["kind"] == "bm25+dense"
+    assert info["kind"] == "bm25+dense+bm25_prf+dense_prf"
     before = search(stack, "machine learning tutorial")
     assert before["model_version"] == "v0"
     assert len(before["results"]) == 10

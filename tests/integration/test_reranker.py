@@ -132,7 +132,7 @@ def test_starts_on_version_zero_and_reports_the_model(server: Server) -> None:
     info = server.info()
     if info["version"] != "v0":
         pytest.skip("another test already reloaded the shared server")
-    assert info["kind"] == "bm25+dense"
+    assert info["kind"] == "bm25+dense+bm25_prf+dense_prf"
     for key in ("version", "base_model", "path", "device", "backend", "loaded_at", "metrics",
                 "inferences_served"):
         assert key in info, key
@@ -423,4 +423,5 @@ def test_benchmark_writes_every_key(tmp_path: Path, tiny_model: Path) -> None:
             assert result[f"search_{p}_ms_{n}"] > 0
         assert result["search"][str(n)]["mean_candidates"] > 0
     assert result["machine"]["cores"] >= 1 and result["settings"]["backend"] == "torch"
-    assert result["served"]["backend"] == "torch" and result["served"]["v0_kind"] == "bm25+dense"
+    assert result["served"]["backend"] == "torch"
+    assert result["served"]["v0_kind"] == "bm25+dense+bm25_prf+dense_prf"

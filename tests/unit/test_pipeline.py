@@ -1,0 +1,73 @@
+"""Version 0's pseudo-relevance feedback: where its expansion comes from and what it scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared.ml.model import embed, load_embedder
+from shared.ml.pipeline import RankingModel, fuse, version_zero
+from shared.ml.retrieval import CatalogueIndex
+from shared.settings import Settings
+from shared.store import Resource
+
+TEXTS = [
+    ("Wing flutter", "Flutter of a swept wing: aeroelastic divergence and torsional stiffness."),
+    ("Flutter testing", "Wing flutter in the wind tunnel: aeroelastic models, stiffness and damping."),
+    ("Aeroelastic divergence", "Torsional stiffness sets the divergence speed of an aeroelastic structure."),
+    ("Boundary layers", "Laminar boundary layer transition on a flat plate at supersonic speed."),
+    ("Heat transfer", "Heat transfer in a hypersonic boundary layer with a cooled wall."),
+]
+
+
+@pytest.fixture(scope="module")
+def index(tiny_model: Path) -> tuple[CatalogueIndex, RankingModel]:
+    resources = [Resource(id=f"r{i}", title=t, description=d) for i, (t, d) in enumerate(TEXTS)]
+    # The two flutter resources are the first pass's best two.
+    settings = Settings(base_model=str(tiny_model), embedding_model=str(tiny_model), pseudo_relevance_docs=2)
+    model = RankingModel.load(version_zero(settings), None, "cpu",
+                              embedder=load_embedder(str(tiny_model), 64, "cpu"))
+    return CatalogueIndex(resources, embed(model.embedder, [r.text for r in resources])), model
+
+
+def test_expansion_terms_are_what_the_best_results_share_minus_the_query(
+        index: tuple[CatalogueIndex, RankingModel]) -> None:
+    catalogue, _ = index
+    terms = catalogue.expansion_terms(np.array([0, 1]), "wing flutter", 4)
+    assert len(terms) == 4
+    assert "wing" not in terms and "flutter" not in terms
+    # In both results: ahead of words that only one of them has.
+    assert set(terms[:2]) == {"aeroelast", "stiff"}
+    assert terms == catalogue.expansion_terms(np.array([1, 0]), "wing flutter", 4)
+    assert catalogue.expansion_terms(np.array([], dtype=np.int64), "wing", 4) == []
+
+
+def test_version_zero_finds_a_resource_that_shares_no_word_with_the_query(
+        index: tuple[CatalogueIndex, RankingModel]) -> None:
+    catalogue, model = index
+    assert model.spec.kind == "bm25+dense+bm25_prf+dense_prf"
+    positions = np.arange(len(catalogue))
+    query = "wing flutter"
+    scores = model.score(catalogue, query, positions)
+    assert {"bm25", "dense", "bm25_prf", "dense_prf", "fused"} <= set(scores)
+    # "Aeroelastic divergence" has neither query word; the best results' words reach it.
+    assert scores["bm25"][2] == 0 and scores["bm25_prf"][2] > 0
+    assert scores["bm25_prf"][3] == scores["bm25_prf"][4] == 0
+    plain = fuse({k: scores[k] for k in ("bm25", "dense")}, {"bm25": 1.0, "dense": 1.0})
+    assert not np.allclose(plain, scores["fused"])
+
+
+def test_prf_off_and_no_expansion_weight(index: tuple[CatalogueIndex, RankingModel]) -> None:
+    catalogue, model = index
+    positions = np.arange(len(catalogue))
+    no_prf = RankingModel(spec=model.spec.model_copy(update={"prf_docs": 0}), embedder=model.embedder)
+    scores = no_prf.score(catalogue, "wing flutter", positions)
+    assert "bm25_prf" not in scores and "dense_prf" not in scores
+    assert np.allclose(scores["fused"], fuse(scores, {"bm25": 1.0, "dense": 1.0}))
+    # The query's own embedding, not moved at all: the expanded dense score is the dense score.
+    still = RankingModel(spec=model.spec.model_copy(update={"prf_beta": 0.0}), embedder=model.embedder)
+    scores = still.score(catalogue, "wing flutter", positions)
+    assert np.allclose(scores["dense_prf"], scores["dense"], atol=1e-5)
+    assert version_zero(Settings(pseudo_relevance_docs=0)).weights == {"bm25": 1.0, "dense": 1.0}
