@@ -92,6 +92,10 @@ class EmbeddedBroker:
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=_die_with_parent,
+            # Out of the terminal's process group: Ctrl-C reaches the services, and the broker
+            # stays up until they have shut down (a Faust worker whose broker vanished first
+            # retries until it is killed). It still dies with its parent.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

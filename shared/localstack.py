@@ -139,6 +139,7 @@ class LocalStack:
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
+            log.warning("event=service_killed service=%s stopping_for_s=%s", name, timeout_s)
             process.kill()
             process.wait()
 

@@ -1,0 +1,46 @@
+"""`make run`'s launcher: Ctrl-C stops every part by itself, the broker last."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from shared.broker import free_port
+from shared.localstack import wait_for
+from tests.conftest import ROOT, tiny_env
+
+PORTS = ("reranker", "collector", "aggregator", "trainer")
+
+
+def test_ctrl_c_stops_every_service_cleanly(workdir: Path, tiny_model: Path) -> None:
+    ports = {name: free_port() for name in PORTS}
+    env = {**os.environ, **tiny_env(tiny_model),
+           **{f"EDURANKER_{name.upper()}_PORT": str(port) for name, port in ports.items()}}
+    log = workdir / "run.log"
+    with log.open("wb") as out:
+        # A session of its own: the test is the terminal, and SIGINT to the group is its Ctrl-C.
+        launcher = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "run", "--workdir", str(workdir / "var")],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: "Ctrl-C stops everything" in log.read_text(), 240, what="the stack up")
+        reranker = f"http://127.0.0.1:{ports['reranker']}"
+        search = httpx.post(f"{reranker}/api/reranking/search-with-reranking",
+                            json={"query_text": "algebra", "top_k": 3}, timeout=30)
+        assert search.status_code == 200, search.text
+        broker_pid = int(log.read_text().split("event=broker_started")[1].split("pid=")[1].split()[0])
+
+        os.killpg(launcher.pid, signal.SIGINT)
+        assert launcher.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert "event=service_killed" not in output, output[-3000:]
+    assert "event=broker_stopped" in output
+    assert not Path(f"/proc/{broker_pid}").exists()
