@@ -90,6 +90,8 @@ def scored_groups(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
     """Labels and every scorer's raw scores, per query: fusions can be compared without rescoring.
 
     `leave_query_out`: the feedback memory does not recall the scored query's own labels.
+    Only the rated results are scored, so pseudo-relevance feedback expands each query from
+    the best of those (mostly the served top 10), not from the served top 50.
     """
     groups = []
     for query_pairs in group_by_query(pairs).values():
