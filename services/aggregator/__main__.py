@@ -2,17 +2,20 @@
 
 import logging
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from shared.events import ALL_TOPICS
 from shared.kafka import DEADLETTER_TOPIC, delete_topic, ensure_topics, unreadable_partitions
 from shared.logging import configure
 from shared.settings import get_settings
 
+if TYPE_CHECKING:
+    from faust.types import TopicT
+
 log = logging.getLogger("services.aggregator")
 
 
-def drop_unreadable_changelog(changelog: Any) -> None:
+def drop_unreadable_changelog(changelog: "TopicT") -> None:
     """Faust's table recovery would wait forever on a changelog the broker cannot serve.
 
     Such a changelog appears only once created again (after a broker that lost its data), so it

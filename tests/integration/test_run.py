@@ -11,16 +11,14 @@ from pathlib import Path
 import httpx
 
 from shared.broker import free_port
-from shared.localstack import wait_for
+from shared.localstack import PORT_FIELDS, wait_for
 from tests.conftest import ROOT, tiny_env
-
-PORTS = ("reranker", "collector", "aggregator", "trainer")
 
 
 def test_ctrl_c_stops_every_service_cleanly(workdir: Path, tiny_model: Path) -> None:
-    ports = {name: free_port() for name in PORTS}
+    ports = {service: free_port() for service in PORT_FIELDS}
     env = {**os.environ, **tiny_env(tiny_model),
-           **{f"EDURANKER_{name.upper()}_PORT": str(port) for name, port in ports.items()}}
+           **{f"EDURANKER_{PORT_FIELDS[service].upper()}": str(port) for service, port in ports.items()}}
     log = workdir / "run.log"
     with log.open("wb") as out:
         # A session of its own: the test is the terminal, and SIGINT to the group is its Ctrl-C.
