@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from shared.ml.dataset import Pair
+from shared.ml.explore import score_difference
 from shared.ml.model import embed
 from shared.ml.pipeline import RankingModel, fuse, version_zero
 from shared.ml.retrieval import CatalogueIndex
@@ -76,3 +80,21 @@ def test_prf_off_or_unmoved_gives_back_the_plain_scores(index: tuple[CatalogueIn
     scores = still.score(catalogue, "wing flutter", positions)
     assert np.allclose(scores["dense_prf"], scores["dense"], atol=1e-5)
     assert version_zero(Settings(pseudo_relevance_docs=0)).weights == {"bm25": 1.0, "dense": 1.0}
+
+
+def test_score_difference_ignores_float_noise_and_catches_a_changed_model(
+        index: tuple[CatalogueIndex, RankingModel]) -> None:
+    catalogue, model = index
+    pairs = [Pair("wing flutter", f"r{i}", "", int(i < 2)) for i in range(len(TEXTS))]
+    assert score_difference(model, model, catalogue, pairs) == 0.0
+    # Weights a step of training away (noise of 1e-3): the dense scores move by more than rounding.
+    nudged = copy.deepcopy(model.embedder)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in nudged.parameters():
+            param.add_(torch.randn_like(param), alpha=1e-3)
+    moved = RankingModel(spec=model.spec, embedder=nudged)
+    assert score_difference(moved, model, catalogue, pairs) > 1e-5
+    reweighted = RankingModel(spec=model.spec.model_copy(update={"weights": {"bm25": 1.0}}),
+                              embedder=model.embedder)
+    assert score_difference(reweighted, model, catalogue, pairs) == float("inf")
