@@ -46,9 +46,9 @@ eval: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# The code is wrapped by hand at 110 columns; `ruff check` is the lint, not `ruff format`.
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check shared services tests
 
 # Jupyter on 127.0.0.1 only, started in notebooks/; installed on first use (optional group `notebook`).
 # More options: make notebook NOTEBOOK_ARGS="--no-browser --port=8888"
