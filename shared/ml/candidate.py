@@ -83,7 +83,6 @@ class CandidateResult:
     folder: Path
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
     train_result: TrainResult | None = None
-    model: RankingModel | None = None  # the candidate as evaluated, before it was written
 
 
 def index_for_pairs(resources: list[Resource], pairs: list[Pair], model: RankingModel) -> CatalogueIndex:
@@ -234,8 +233,7 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
     candidate.folder = folder
     log.info("event=candidate_done version=%s decision=%s reason=%r", version, meta["decision"], reason)
     return CandidateResult(version=version, promoted=promoted, reason=reason, metadata=meta, folder=folder,
-                           evaluations=evaluations, train_result=result,
-                           model=candidate)
+                           evaluations=evaluations, train_result=result)
 
 
 def summarise(metrics: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -77,6 +77,8 @@ class Evaluation:
     labels: np.ndarray
     scores: np.ndarray
     confusion: list[list[int]] = field(default_factory=list)
+    # Each query's raw score per scorer, before fusion: a saved model can be checked against them.
+    scorers: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
 Groups = list[tuple[np.ndarray, np.ndarray]]
@@ -111,8 +113,12 @@ def scored_groups(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
 def pair_scores(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
                 leave_query_out: bool = False) -> tuple[Groups, np.ndarray, np.ndarray]:
     """Fused scores of labelled pairs, normalised within each query's labelled set."""
-    groups = [(labels, scores["fused"]) for labels, scores in
-              scored_groups(model, index, pairs, leave_query_out)]
+    return fused(scored_groups(model, index, pairs, leave_query_out))
+
+
+def fused(scored: ScoredGroups) -> tuple[Groups, np.ndarray, np.ndarray]:
+    """Per-query (labels, fused scores), and both concatenated over the queries."""
+    groups = [(labels, scores["fused"]) for labels, scores in scored]
     if not groups:
         return [], np.array([], dtype=int), np.array([], dtype=float)
     return (groups, np.concatenate([g[0] for g in groups]).astype(int),
@@ -122,10 +128,12 @@ def pair_scores(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
 def evaluate_pairs(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
                    threshold: float | None = None) -> Evaluation:
     """Both metric families on one split; the threshold comes from the training split when given."""
-    groups, labels, scores = pair_scores(model, index, pairs)
+    scored = scored_groups(model, index, pairs)
+    groups, labels, scores = fused(scored)
     if threshold is None:
         threshold = choose_threshold(labels, scores)
     metrics = {**ranking_metrics(groups), **classification_metrics(labels, scores, threshold)}
     predicted = (scores >= threshold).astype(int)
     confusion = confusion_matrix(labels, predicted, labels=[0, 1]).tolist() if labels.size else []
-    return Evaluation(metrics=metrics, labels=labels, scores=scores, confusion=confusion)
+    return Evaluation(metrics=metrics, labels=labels, scores=scores, confusion=confusion,
+                      scorers=[raw for _, raw in scored])

@@ -21,7 +21,7 @@ from sentence_transformers import CrossEncoder
 
 from shared.ml.candidate import CandidateResult, Gate, summarise
 from shared.ml.dataset import Pair, group_by_query, normalise_query
-from shared.ml.evaluate import Evaluation, choose_threshold, evaluate_pairs, pair_scores, scored_groups
+from shared.ml.evaluate import Evaluation, choose_threshold, evaluate_pairs, pair_scores
 from shared.ml.model import cross_scores
 from shared.ml.pipeline import PipelineSpec, RankingModel
 from shared.ml.registry import Registry
@@ -286,25 +286,25 @@ def gains_table(before: Evaluation, after: Evaluation) -> pd.DataFrame:
     return frame
 
 
-def score_difference(saved: RankingModel, trained: RankingModel, index: CatalogueIndex,
-                     pairs: list[Pair]) -> float:
+def score_difference(saved: Evaluation, trained: Evaluation) -> float:
     """Largest gap between the reloaded version and the model as training left it (0: identical).
 
     Compared scorer by scorer on the raw scores, as |a - b| / (1 + |b|): relative for large
     scores, absolute for small ones. Not on the fused score, whose per-query z-scoring divides
     by the spread of each scorer: a barely trained cross-encoder's logits spread by 1e-5, which
     turns float32 rounding (1e-9) into gaps of 1e-4. A model left in bfloat16 autocast differs
-    by 1e-3 or more.
+    by 1e-3 or more. Other scorers, or other queries, are a difference of their own (inf).
     """
-    if saved.spec.weights != trained.spec.weights:
+    if len(saved.scorers) != len(trained.scorers):
         return float("inf")
     gap = 0.0
-    groups = zip(scored_groups(saved, index, pairs), scored_groups(trained, index, pairs), strict=True)
-    for (_, ours), (_, theirs) in groups:
+    for ours, theirs in zip(saved.scorers, trained.scorers, strict=True):
         if ours.keys() != theirs.keys():
             return float("inf")
         for name in ours.keys() - {"fused"}:
             a, b = np.asarray(ours[name], dtype=float), np.asarray(theirs[name], dtype=float)
+            if a.shape != b.shape:
+                return float("inf")
             if a.size:
                 gap = max(gap, float((np.abs(a - b) / (1.0 + np.abs(b))).max()))
     return gap

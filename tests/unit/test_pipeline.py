@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from shared.ml.dataset import Pair
+from shared.ml.evaluate import evaluate_pairs
 from shared.ml.explore import score_difference
 from shared.ml.model import embed
 from shared.ml.pipeline import RankingModel, fuse, version_zero
@@ -86,7 +87,8 @@ def test_score_difference_ignores_float_noise_and_catches_a_changed_model(
         index: tuple[CatalogueIndex, RankingModel]) -> None:
     catalogue, model = index
     pairs = [Pair("wing flutter", f"r{i}", "", int(i < 2)) for i in range(len(TEXTS))]
-    assert score_difference(model, model, catalogue, pairs) == 0.0
+    evaluated = evaluate_pairs(model, catalogue, pairs)
+    assert score_difference(evaluate_pairs(model, catalogue, pairs), evaluated) == 0.0
     # Weights a step of training away (noise of 1e-3): the dense scores move by more than rounding.
     nudged = copy.deepcopy(model.embedder)
     torch.manual_seed(0)
@@ -94,7 +96,7 @@ def test_score_difference_ignores_float_noise_and_catches_a_changed_model(
         for param in nudged.parameters():
             param.add_(torch.randn_like(param), alpha=1e-3)
     moved = RankingModel(spec=model.spec, embedder=nudged)
-    assert score_difference(moved, model, catalogue, pairs) > 1e-5
+    assert score_difference(evaluate_pairs(moved, catalogue, pairs), evaluated) > 1e-5
     reweighted = RankingModel(spec=model.spec.model_copy(update={"weights": {"bm25": 1.0}}),
                               embedder=model.embedder)
-    assert score_difference(reweighted, model, catalogue, pairs) == float("inf")
+    assert score_difference(evaluate_pairs(reweighted, catalogue, pairs), evaluated) == float("inf")
