@@ -296,33 +296,52 @@ def test_store_unavailable_answers_503_says_not_ready_and_recovers(stack: LocalS
     wait_until_equal(lambda: aggregator_stats(stack)["feedback"], collector_feedback(stack), 60, "the counts")
 
 
-def in_progress(stack: LocalStack, service: str) -> float:
-    """Requests being handled, less the /metrics request asking."""
-    return metric(stack, service, f'eduranker_http_requests_in_progress{{service="{service}"}}') - 1
+def in_progress(client: httpx.Client, service: str) -> float:
+    """Requests being handled, less the /metrics request asking.
+
+    `client` is made before the burst: making one costs ~20 ms of CPU, during which a fast
+    server answers a good part of the burst."""
+    name = f'eduranker_http_requests_in_progress{{service="{service}"}} '
+    lines = client.get("/metrics").text.splitlines()
+    return next(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name)) - 1
 
 
-def burst(url: str, payloads: list[dict]) -> tuple[list[threading.Thread], list[httpx.Response | str]]:
-    """Every request sent at once, once all are ready to go.
+def burst(url: str, payloads: list[dict], server: subprocess.Popen
+          ) -> tuple[list[threading.Thread], list[httpx.Response | str]]:
+    """Every request written to the server's socket while it is stopped, then the server resumed.
 
-    A client costs ~20 ms of CPU to make; made one after the other inside the threads, they
-    spread the requests over a second, which a fast server answers as they come, and a test
-    waiting for several in flight at once sees one or two.
+    Sent from this process's threads, requests reach the server only as fast as the GIL lets
+    them go, and a fast server answers each before the next comes: CI once saw fewer than 8 in
+    flight out of 40. Held in the kernel's buffers, they all arrive at once.
     """
     answers: list[httpx.Response | str] = []
-    ready = threading.Barrier(len(payloads) + 1)
+    written = threading.Semaphore(0)
 
     def send(payload: dict) -> None:
-        with httpx.Client(timeout=60) as client:
-            ready.wait(timeout=60)
-            try:
-                answers.append(client.post(url, json=payload))
-            except httpx.HTTPError as exc:
-                answers.append(f"{type(exc).__name__}: {exc}")
+        done = threading.Event()
+
+        def trace(event: str, info: dict) -> None:
+            if event.startswith("http11.send_request_body.") and not done.is_set():
+                done.set()
+                written.release()
+
+        try:
+            with httpx.Client(timeout=60) as client:
+                answers.append(client.post(url, json=payload, extensions={"trace": trace}))
+        except httpx.HTTPError as exc:
+            answers.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            trace("http11.send_request_body.never", {})  # failed before writing: still counted
 
     threads = [threading.Thread(target=send, args=(p,), daemon=True) for p in payloads]
-    for thread in threads:
-        thread.start()
-    ready.wait(timeout=60)
+    server.send_signal(signal.SIGSTOP)
+    try:
+        for thread in threads:
+            thread.start()
+        for _ in payloads:
+            assert written.acquire(timeout=60), "a request could not be written to the stopped server"
+    finally:
+        server.send_signal(signal.SIGCONT)
     return threads, answers
 
 
@@ -344,9 +363,11 @@ def test_sigterm_finishes_requests_drains_logs_and_keeps_the_outbox(stack: Local
     # Reranker: a burst of searches in flight when SIGTERM comes; every one answered and logged.
     logged = read_store(stack, "inferences")
     assert isinstance(logged, int)
-    threads, answers = burst(reranker + SEARCH, [{"query_text": q, "candidates": 200, "top_k": 50}
-                                                 for q in QUERIES * 2])
-    wait_for(lambda: in_progress(stack, "reranker") >= 8, 30, 0.01, "searches in flight")
+    with httpx.Client(base_url=reranker, timeout=30) as poll:
+        in_progress(poll, "reranker")  # connected before the burst: no accept behind 80 others
+        threads, answers = burst(reranker + SEARCH, [{"query_text": q, "candidates": 200, "top_k": 50}
+                                                     for q in QUERIES * 4], stack.processes["reranker"])
+        wait_for(lambda: in_progress(poll, "reranker") >= 8, 30, 0.01, "searches in flight")
     assert terminate(stack, "reranker", threads)
     # Requests being handled finish; one that had not reached a handler yet may find the
     # server closing (no answer at all: refused, closed or reset; the client retries),
@@ -369,9 +390,12 @@ def test_sigterm_finishes_requests_drains_logs_and_keeps_the_outbox(stack: Local
                 "feedback": "like"})
             assert answer.status_code == 200, answer.text
         # An inference not logged (yet): the collector looks again for ~2 s before its 404.
-        threads, answers = burst(collector + "/api/feedback", [
-            {"inference_id": f"not-logged-{n}", "resource_id": "r", "feedback": "like"} for n in range(4)])
-        wait_for(lambda: in_progress(stack, "collector") >= 4, 30, 0.02, "slow feedback requests in flight")
+        with httpx.Client(base_url=collector, timeout=30) as poll:
+            in_progress(poll, "collector")
+            unknown = [{"inference_id": f"not-logged-{n}", "resource_id": "r", "feedback": "like"}
+                       for n in range(4)]
+            threads, answers = burst(collector + "/api/feedback", unknown, stack.processes["collector"])
+            wait_for(lambda: in_progress(poll, "collector") >= 4, 30, 0.02, "slow feedback in flight")
         assert terminate(stack, "collector", threads)
         assert [a.status_code if isinstance(a, httpx.Response) else a for a in answers] == [404] * 4
         left = read_store(stack, "outbox")
