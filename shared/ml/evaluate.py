@@ -88,7 +88,7 @@ ScoredGroups = list[tuple[np.ndarray, dict[str, np.ndarray]]]
 
 
 def scored_groups(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
-                  leave_query_out: bool = False) -> ScoredGroups:
+                  leave_query_out: bool = False, with_cross: bool = False) -> ScoredGroups:
     """Labels and every scorer's raw scores, per query: fusions can be compared without rescoring.
 
     `leave_query_out`: the feedback memory does not recall the scored query's own labels.
@@ -103,7 +103,7 @@ def scored_groups(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
         positions = np.array([index.position[p.resource_id] for p in known])
         model.memory_exclude = known[0].query if leave_query_out else None
         try:
-            scores = model.score(index, known[0].query, positions)
+            scores = model.score(index, known[0].query, positions, with_cross=with_cross)
         finally:
             model.memory_exclude = None
         groups.append((np.array([p.label for p in known], dtype=float), scores))
@@ -127,8 +127,11 @@ def fused(scored: ScoredGroups) -> tuple[Groups, np.ndarray, np.ndarray]:
 
 def evaluate_pairs(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
                    threshold: float | None = None) -> Evaluation:
-    """Both metric families on one split; the threshold comes from the training split when given."""
-    scored = scored_groups(model, index, pairs)
+    """Both metric families on one split; the threshold comes from the training split when given.
+
+    The cross-encoder is scored even at weight 0 (fusion leaves it out): `scorers` then holds
+    its raw scores, by which the notebook checks the saved version against the trained one."""
+    scored = scored_groups(model, index, pairs, with_cross=True)
     groups, labels, scores = fused(scored)
     if threshold is None:
         threshold = choose_threshold(labels, scores)

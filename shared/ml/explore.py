@@ -294,6 +294,7 @@ def score_difference(saved: Evaluation, trained: Evaluation) -> float:
     by the spread of each scorer: a barely trained cross-encoder's logits spread by 1e-5, which
     turns float32 rounding (1e-9) into gaps of 1e-4. A model left in bfloat16 autocast differs
     by 1e-3 or more. Other scorers, or other queries, are a difference of their own (inf).
+    The cross-encoder is compared even when fusion gives it weight 0 (`evaluate_pairs` scores it).
     """
     if len(saved.scorers) != len(trained.scorers):
         return float("inf")

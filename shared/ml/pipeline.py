@@ -184,8 +184,11 @@ class RankingModel:
         return embed(self.embedder, texts, progress=progress)
 
     def score(self, index: CatalogueIndex, query: str, positions: np.ndarray,
-              bm25: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Every scorer's raw score for the candidates at `positions`, plus `fused`."""
+              bm25: np.ndarray | None = None, with_cross: bool = False) -> dict[str, np.ndarray]:
+        """Every scorer's raw score for the candidates at `positions`, plus `fused`.
+
+        `with_cross`: the loaded cross-encoder scores even at weight 0, so that an evaluation
+        can check a saved version's cross-encoder, which serving at weight 0 never runs."""
         positions = np.asarray(positions, dtype=np.int64)
         scores: dict[str, np.ndarray] = {
             "bm25": bm25 if bm25 is not None else index.bm25_all(query)[positions]
@@ -200,7 +203,7 @@ class RankingModel:
         if query_vector is not None and self.memory is not None:
             ids = [index.resources[p].id for p in positions]
             scores["memory"] = self.memory.scores(query_vector, ids, exclude=self.memory_exclude)
-        if self.cross is not None and self.spec.weights.get("cross"):
+        if self.cross is not None and (with_cross or self.spec.weights.get("cross")):
             texts = [index.resources[p].text for p in positions]
             scores["cross"] = cross_scores(self.cross, query, texts)
         scores["fused"] = fuse(scores, self.spec.weights)

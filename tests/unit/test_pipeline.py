@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from sentence_transformers import CrossEncoder
 
 from shared.ml.dataset import Pair
 from shared.ml.evaluate import evaluate_pairs
@@ -100,3 +101,26 @@ def test_score_difference_ignores_float_noise_and_catches_a_changed_model(
     reweighted = RankingModel(spec=model.spec.model_copy(update={"weights": {"bm25": 1.0}}),
                               embedder=model.embedder)
     assert score_difference(evaluate_pairs(reweighted, catalogue, pairs), evaluated) == float("inf")
+
+
+def test_a_cross_encoder_at_weight_zero_is_evaluated_but_not_served(
+        index: tuple[CatalogueIndex, RankingModel], tiny_model: Path) -> None:
+    """Fusion may give the fine-tuned cross-encoder 0: the saved one must still be checked."""
+    catalogue, model = index
+    pairs = [Pair("wing flutter", f"r{i}", "", int(i < 2)) for i in range(len(TEXTS))]
+    weights = {**model.spec.weights, "cross": 0.0}
+    spec = model.spec.model_copy(update={"cross_encoder": "cross", "weights": weights})
+    cross = CrossEncoder(str(tiny_model), num_labels=1, max_length=64, device="cpu")
+    with_cross = RankingModel(spec=spec, embedder=model.embedder, cross=cross)
+    assert "cross" not in with_cross.score(catalogue, "wing flutter", np.arange(len(catalogue)))
+    evaluated = evaluate_pairs(with_cross, catalogue, pairs)
+    assert all("cross" in scored for scored in evaluated.scorers)
+    without = evaluate_pairs(model, catalogue, pairs)
+    assert np.allclose(evaluated.scores, without.scores), "fusion leaves it out"
+    nudged = copy.deepcopy(cross)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in nudged.model.parameters():
+            param.add_(torch.randn_like(param), alpha=1e-3)
+    moved = RankingModel(spec=spec, embedder=model.embedder, cross=nudged)
+    assert score_difference(evaluate_pairs(moved, catalogue, pairs), evaluated) > 1e-5
