@@ -19,11 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi.testclient import TestClient
 
 from shared.broker import free_port
 from shared.localstack import LocalStack
 from tests.conftest import ROOT, tiny_stack
+from tests.integration.served import Served
 
 ARTIFACTS = ROOT / "test-artifacts"
 THRESHOLD = 12
@@ -127,7 +127,8 @@ def test_a_part_that_is_down_is_reported_and_the_rest_still_shown(stack: LocalSt
 
     closed = f"http://127.0.0.1:{free_port()}"
     settings = stack.settings.model_copy(update={"aggregator_url": closed, "collector_url": closed})
-    with TestClient(create_app(settings)) as client:
+    with Served(create_app(settings), free_port(), "reranker") as served, \
+            httpx.Client(base_url=served.url, timeout=30) as client:
         status = client.get("/api/ui/status").json()
         assert status["model"]["version"] == "v0"
         assert status["progress"] is None
