@@ -126,12 +126,12 @@ def fused(scored: ScoredGroups) -> tuple[Groups, np.ndarray, np.ndarray]:
 
 
 def evaluate_pairs(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
-                   threshold: float | None = None) -> Evaluation:
+                   threshold: float | None = None, with_cross: bool = False) -> Evaluation:
     """Both metric families on one split; the threshold comes from the training split when given.
 
-    The cross-encoder is scored even at weight 0 (fusion leaves it out): `scorers` then holds
-    its raw scores, by which the notebook checks the saved version against the trained one."""
-    scored = scored_groups(model, index, pairs, with_cross=True)
+    `with_cross`: a cross-encoder at weight 0 is scored too (fusion leaves it out), so that
+    `scorers` can check a saved version's cross-encoder against the one just trained."""
+    scored = scored_groups(model, index, pairs, with_cross=with_cross)
     groups, labels, scores = fused(scored)
     if threshold is None:
         threshold = choose_threshold(labels, scores)
@@ -140,3 +140,13 @@ def evaluate_pairs(model: RankingModel, index: CatalogueIndex, pairs: list[Pair]
     confusion = confusion_matrix(labels, predicted, labels=[0, 1]).tolist() if labels.size else []
     return Evaluation(metrics=metrics, labels=labels, scores=scores, confusion=confusion,
                       scorers=[raw for _, raw in scored])
+
+
+def evaluate_split(model: RankingModel, index: CatalogueIndex, train: list[Pair], val: list[Pair],
+                   with_cross: bool = False) -> Evaluation:
+    """Validation metrics, the decision threshold chosen on the training split.
+
+    The training split is scored leave-one-query-out: the memory, built from it, would
+    otherwise recall each query's own labels and set the threshold on answers it knows."""
+    _, labels, scores = pair_scores(model, index, train, leave_query_out=True)
+    return evaluate_pairs(model, index, val, choose_threshold(labels, scores), with_cross)

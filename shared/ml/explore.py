@@ -21,7 +21,7 @@ from sentence_transformers import CrossEncoder
 
 from shared.ml.candidate import CandidateResult, Gate, summarise
 from shared.ml.dataset import Pair, group_by_query, normalise_query
-from shared.ml.evaluate import Evaluation, choose_threshold, evaluate_pairs, pair_scores
+from shared.ml.evaluate import Evaluation
 from shared.ml.model import cross_scores
 from shared.ml.pipeline import PipelineSpec, RankingModel
 from shared.ml.registry import Registry
@@ -250,13 +250,6 @@ def cross_only(model: CrossEncoder, name: str) -> RankingModel:
                                           weights={"cross": 1.0}), cross=model)
 
 
-def evaluate_split(model: RankingModel, index: CatalogueIndex, train: list[Pair],
-                   val: list[Pair]) -> Evaluation:
-    """Validation metrics with the decision threshold chosen on the training split, as the trainer does."""
-    _, labels, scores = pair_scores(model, index, train)
-    return evaluate_pairs(model, index, val, threshold=choose_threshold(labels, scores))
-
-
 def metrics_table(evaluations: dict[str, Evaluation]) -> pd.DataFrame:
     return pd.DataFrame({name: {m: ev.metrics.get(m, float("nan")) for m in (*COMPARED, "threshold")}
                          for name, ev in evaluations.items()}).T
@@ -294,7 +287,7 @@ def score_difference(saved: Evaluation, trained: Evaluation) -> float:
     by the spread of each scorer: a barely trained cross-encoder's logits spread by 1e-5, which
     turns float32 rounding (1e-9) into gaps of 1e-4. A model left in bfloat16 autocast differs
     by 1e-3 or more. Other scorers, or other queries, are a difference of their own (inf).
-    The cross-encoder is compared even when fusion gives it weight 0 (`evaluate_pairs` scores it).
+    The cross-encoder is compared even when fusion gives it weight 0 (evaluated `with_cross`).
     """
     if len(saved.scorers) != len(trained.scorers):
         return float("inf")
