@@ -296,14 +296,12 @@ def test_store_unavailable_answers_503_says_not_ready_and_recovers(stack: LocalS
     wait_until_equal(lambda: aggregator_stats(stack)["feedback"], collector_feedback(stack), 60, "the counts")
 
 
-def in_progress(client: httpx.Client, service: str) -> float:
+def in_progress(stack: LocalStack, service: str, client: httpx.Client) -> float:
     """Requests being handled, less the /metrics request asking.
 
-    `client` is made before the burst: making one costs ~20 ms of CPU, during which a fast
-    server answers a good part of the burst."""
-    name = f'eduranker_http_requests_in_progress{{service="{service}"}} '
-    lines = client.get("/metrics").text.splitlines()
-    return next(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(name)) - 1
+    `client` is connected before the burst: a new one costs ~20 ms of CPU and its connection
+    is accepted behind the burst's, while a fast server answers a good part of it."""
+    return metric(stack, service, f'eduranker_http_requests_in_progress{{service="{service}"}}', client) - 1
 
 
 def burst(url: str, payloads: list[dict], server: subprocess.Popen
@@ -318,12 +316,16 @@ def burst(url: str, payloads: list[dict], server: subprocess.Popen
     written = threading.Semaphore(0)
 
     def send(payload: dict) -> None:
-        done = threading.Event()
+        counted = threading.Event()
+
+        def count() -> None:
+            if not counted.is_set():
+                counted.set()
+                written.release()
 
         def trace(event: str, info: dict) -> None:
-            if event.startswith("http11.send_request_body.") and not done.is_set():
-                done.set()
-                written.release()
+            if event.startswith("http11.send_request_body."):  # .complete or .failed
+                count()
 
         try:
             with httpx.Client(timeout=60) as client:
@@ -331,7 +333,7 @@ def burst(url: str, payloads: list[dict], server: subprocess.Popen
         except httpx.HTTPError as exc:
             answers.append(f"{type(exc).__name__}: {exc}")
         finally:
-            trace("http11.send_request_body.never", {})  # failed before writing: still counted
+            count()  # failed before writing: counted all the same, or the wait would hang
 
     threads = [threading.Thread(target=send, args=(p,), daemon=True) for p in payloads]
     server.send_signal(signal.SIGSTOP)
@@ -363,11 +365,11 @@ def test_sigterm_finishes_requests_drains_logs_and_keeps_the_outbox(stack: Local
     # Reranker: a burst of searches in flight when SIGTERM comes; every one answered and logged.
     logged = read_store(stack, "inferences")
     assert isinstance(logged, int)
-    with httpx.Client(base_url=reranker, timeout=30) as poll:
-        in_progress(poll, "reranker")  # connected before the burst: no accept behind 80 others
+    with httpx.Client(timeout=30) as poll:
+        in_progress(stack, "reranker", poll)  # connected before the burst: no accept behind 80 others
         threads, answers = burst(reranker + SEARCH, [{"query_text": q, "candidates": 200, "top_k": 50}
                                                      for q in QUERIES * 4], stack.processes["reranker"])
-        wait_for(lambda: in_progress(poll, "reranker") >= 8, 30, 0.01, "searches in flight")
+        wait_for(lambda: in_progress(stack, "reranker", poll) >= 8, 30, 0.01, "searches in flight")
     assert terminate(stack, "reranker", threads)
     # Requests being handled finish; one that had not reached a handler yet may find the
     # server closing (no answer at all: refused, closed or reset; the client retries),
@@ -390,12 +392,12 @@ def test_sigterm_finishes_requests_drains_logs_and_keeps_the_outbox(stack: Local
                 "feedback": "like"})
             assert answer.status_code == 200, answer.text
         # An inference not logged (yet): the collector looks again for ~2 s before its 404.
-        with httpx.Client(base_url=collector, timeout=30) as poll:
-            in_progress(poll, "collector")
+        with httpx.Client(timeout=30) as poll:
+            in_progress(stack, "collector", poll)
             unknown = [{"inference_id": f"not-logged-{n}", "resource_id": "r", "feedback": "like"}
                        for n in range(4)]
             threads, answers = burst(collector + "/api/feedback", unknown, stack.processes["collector"])
-            wait_for(lambda: in_progress(poll, "collector") >= 4, 30, 0.02, "slow feedback in flight")
+            wait_for(lambda: in_progress(stack, "collector", poll) >= 4, 30, 0.02, "slow feedback in flight")
         assert terminate(stack, "collector", threads)
         assert [a.status_code if isinstance(a, httpx.Response) else a for a in answers] == [404] * 4
         left = read_store(stack, "outbox")

@@ -130,8 +130,11 @@ def store_labels(stack: LocalStack) -> dict[tuple[int, int, str | None], str]:
     return {(int(f.inference_id[4:]), int(f.resource_id[4:]), f.user_id): f.label for f in stored}
 
 
-def metric(stack: LocalStack, service: str, name: str) -> float:
-    for line in httpx.get(f"{stack.url(service)}/metrics", timeout=10).text.splitlines():
+def metric(stack: LocalStack, service: str, name: str, client: httpx.Client | None = None) -> float:
+    """`client`: one already connected, for a poll that must not wait behind a burst's connections."""
+    url = f"{stack.url(service)}/metrics"
+    answer = client.get(url) if client is not None else httpx.get(url, timeout=10)
+    for line in answer.text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0

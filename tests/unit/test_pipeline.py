@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from shared.ml.pipeline import RankingModel, fuse, version_zero
 from shared.ml.retrieval import CatalogueIndex
 from shared.settings import Settings
 from shared.store import Resource
+
+T = TypeVar("T", bound=torch.nn.Module)
 
 TEXTS = [
     ("Wing flutter", "Flutter of a swept wing: aeroelastic divergence and torsional stiffness."),
@@ -84,19 +87,24 @@ def test_prf_off_or_unmoved_gives_back_the_plain_scores(index: tuple[CatalogueIn
     assert version_zero(Settings(pseudo_relevance_docs=0)).weights == {"bm25": 1.0, "dense": 1.0}
 
 
+def nudged(model: T) -> T:
+    """A copy a step of training away: noise of 1e-3 on every weight."""
+    copied = copy.deepcopy(model)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in copied.parameters():
+            param.add_(torch.randn_like(param), alpha=1e-3)
+    return copied
+
+
 def test_score_difference_ignores_float_noise_and_catches_a_changed_model(
         index: tuple[CatalogueIndex, RankingModel]) -> None:
     catalogue, model = index
     pairs = [Pair("wing flutter", f"r{i}", "", int(i < 2)) for i in range(len(TEXTS))]
     evaluated = evaluate_pairs(model, catalogue, pairs)
     assert score_difference(evaluate_pairs(model, catalogue, pairs), evaluated) == 0.0
-    # Weights a step of training away (noise of 1e-3): the dense scores move by more than rounding.
-    nudged = copy.deepcopy(model.embedder)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in nudged.parameters():
-            param.add_(torch.randn_like(param), alpha=1e-3)
-    moved = RankingModel(spec=model.spec, embedder=nudged)
+    # Weights a step of training away: the dense scores move by more than rounding.
+    moved = RankingModel(spec=model.spec, embedder=nudged(model.embedder))
     assert score_difference(evaluate_pairs(moved, catalogue, pairs), evaluated) > 1e-5
     reweighted = RankingModel(spec=model.spec.model_copy(update={"weights": {"bm25": 1.0}}),
                               embedder=model.embedder)
@@ -113,14 +121,10 @@ def test_a_cross_encoder_at_weight_zero_is_evaluated_but_not_served(
     cross = CrossEncoder(str(tiny_model), num_labels=1, max_length=64, device="cpu")
     with_cross = RankingModel(spec=spec, embedder=model.embedder, cross=cross)
     assert "cross" not in with_cross.score(catalogue, "wing flutter", np.arange(len(catalogue)))
-    evaluated = evaluate_pairs(with_cross, catalogue, pairs)
+    assert all("cross" not in scored for scored in evaluate_pairs(with_cross, catalogue, pairs).scorers)
+    evaluated = evaluate_pairs(with_cross, catalogue, pairs, with_cross=True)
     assert all("cross" in scored for scored in evaluated.scorers)
     without = evaluate_pairs(model, catalogue, pairs)
     assert np.allclose(evaluated.scores, without.scores), "fusion leaves it out"
-    nudged = copy.deepcopy(cross)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for param in nudged.model.parameters():
-            param.add_(torch.randn_like(param), alpha=1e-3)
-    moved = RankingModel(spec=spec, embedder=model.embedder, cross=nudged)
-    assert score_difference(evaluate_pairs(moved, catalogue, pairs), evaluated) > 1e-5
+    moved = RankingModel(spec=spec, embedder=model.embedder, cross=nudged(cross))
+    assert score_difference(evaluate_pairs(moved, catalogue, pairs, with_cross=True), evaluated) > 1e-5
