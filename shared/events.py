@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 FEEDBACK_TOPIC = "eduranker.feedback.v1"
 TRAINING_REQUESTED_TOPIC = "eduranker.training.requested.v1"
 MODEL_READY_TOPIC = "eduranker.model.ready.v1"
-ALL_TOPICS = (FEEDBACK_TOPIC, TRAINING_REQUESTED_TOPIC, MODEL_READY_TOPIC)
+EXPERIMENT_DECIDED_TOPIC = "eduranker.experiment.decided.v1"
+ALL_TOPICS = (FEEDBACK_TOPIC, TRAINING_REQUESTED_TOPIC, MODEL_READY_TOPIC, EXPERIMENT_DECIDED_TOPIC)
 
 Label = Literal["like", "dislike"]
+Team = Literal["champion", "challenger"]
 
 
 def utcnow() -> datetime:
@@ -35,6 +37,16 @@ class Event(BaseModel):
     schema_version: Literal[1] = 1
 
 
+class Interleaved(BaseModel):
+    """Where a rated result came from when its list interleaved two rankers (shared/interleaving.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    experiment_id: str
+    team: Team
+    query_key: str = Field(default="", description="Hash of the normalised query, for per-query credit.")
+
+
 class FeedbackEvent(Event):
     """A like/dislike given on one shown result; `previous_label` is set when a user changes it."""
 
@@ -47,6 +59,7 @@ class FeedbackEvent(Event):
     model_version: str
     user_id: str | None = None
     session_id: str | None = None
+    interleaved: Interleaved | None = None
 
 
 class Counts(BaseModel):
@@ -69,21 +82,40 @@ class TrainingRequestedEvent(Event):
 
 
 class ModelReadyEvent(Event):
-    """Sent for every finished run; the reranker only loads `decision == "promoted"`."""
+    """Sent for every finished run and every change of what is served.
+
+    `promoted`: a new champion; `challenger`: a version users now try against the champion
+    (experiment `experiment_id`); `retired`: a challenger leaves serving. Rerankers follow the
+    registry and the store's running experiment on each of these; the rest report a run.
+    """
 
     version: str
     location: str = Field(description="Version folder relative to the registry root.")
     base_model: str
     metrics: dict[str, float] = Field(default_factory=dict)
-    decision: Literal["promoted", "rejected", "skipped", "failed"]
+    decision: Literal["promoted", "challenger", "retired", "rejected", "skipped", "failed"]
     reason: str = ""
     request_event_id: str | None = None
+    experiment_id: str | None = None
+
+
+class ExperimentDecidedEvent(Event):
+    """Users decided an online experiment (the aggregator's test); the trainer acts on it."""
+
+    experiment_id: str
+    kind: Literal["challenge", "watch"]
+    champion: str
+    challenger: str
+    decision: Literal["promote", "retire", "rollback", "keep"]
+    reason: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
 
 
 TOPIC_EVENTS: dict[str, type[Event]] = {
     FEEDBACK_TOPIC: FeedbackEvent,
     TRAINING_REQUESTED_TOPIC: TrainingRequestedEvent,
     MODEL_READY_TOPIC: ModelReadyEvent,
+    EXPERIMENT_DECIDED_TOPIC: ExperimentDecidedEvent,
 }
 
 

@@ -109,6 +109,26 @@ class Settings(BaseSettings):
     # auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere.
     train_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     registry_keep_rejected: int = Field(default=5, ge=0)  # newest rejected versions kept on disk
+
+    # Promotion. online: a candidate that passes the offline safety checks becomes the challenger and
+    # users decide by interleaving (services/aggregator, shared/sequential.py); offline: the gate alone
+    # promotes a candidate not worse than the champion and BM25 on validation.
+    promotion: Literal["online", "offline"] = "online"
+    # Online: how far below BM25 on validation a candidate may be and still be tried on users (the
+    # validation sample is what the champion chose to show, where BM25 can look better than it is).
+    gate_safety_margin: float = Field(default=0.1, ge=0)
+    # Share of reranked searches answered with an interleaved list while a challenger is tried.
+    experiment_share: float = Field(default=0.5, ge=0, le=1)
+    # After a promotion, the previous champion stays as the comparison on this share (0: no watch).
+    experiment_watch_share: float = Field(default=0.1, ge=0, le=1)
+    experiment_alpha: float = Field(default=0.05, gt=0, lt=0.5)  # error rate of the sequential test
+    # The preference the test is tuned for: the challenger's share of impressions with a winner, minus 1/2.
+    experiment_effect: float = Field(default=0.07, gt=0, lt=0.5)
+    experiment_min_impressions: int = Field(default=200, ge=1)  # interleaved searches before any decision
+    experiment_max_impressions: int = Field(default=20_000, ge=1)  # no decision by then: champion kept
+    experiment_max_s: Seconds = 14 * 86400.0
+    experiment_watch_impressions: int = Field(default=5_000, ge=1)  # a watch ends there, champion kept
+    experiment_watch_s: Seconds = 7 * 86400.0
     # Access (shared/auth.py): keys sent in X-API-Key, comma-separated; a role with no key is open.
     # Admin keys: the trainer's /admin routes and catalogue writes; they also pass every other check.
     admin_keys: SecretStr = SecretStr("")

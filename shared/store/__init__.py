@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from shared.store.base import (
+    Experiment,
     Feedback,
     FeedbackOutcome,
     Inference,
+    InterleavingRecord,
     ModelVersion,
     OutboxEntry,
     Resource,
@@ -16,8 +18,8 @@ from shared.store.base import (
 )
 
 __all__ = [
-    "Feedback", "FeedbackOutcome", "Inference", "ModelVersion", "OutboxEntry", "Resource",
-    "ShownResult", "Store", "StoreUnavailableError", "TrainingRun", "open_store",
+    "Experiment", "Feedback", "FeedbackOutcome", "Inference", "InterleavingRecord", "ModelVersion",
+    "OutboxEntry", "Resource", "ShownResult", "Store", "StoreUnavailableError", "TrainingRun", "open_store",
 ]
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from shared.events import FEEDBACK_TOPIC, FeedbackEvent, Label, utcnow
+from shared.events import FEEDBACK_TOPIC, FeedbackEvent, Interleaved, Label, Team, utcnow
 
 
 class StoreUnavailableError(RuntimeError):
@@ -41,6 +41,19 @@ class ShownResult(BaseModel):
     first_stage_score: float
     rerank_score: float | None = None
     scores: dict[str, float] = Field(default_factory=dict)
+    team: Team | None = Field(default=None, description="In an interleaved list: the ranker that placed it.")
+
+
+class InterleavingRecord(BaseModel):
+    """What an interleaved search showed and why: enough to replay it or to score either ranker."""
+
+    experiment_id: str
+    kind: Literal["challenge", "watch"]
+    champion: str
+    challenger: str
+    # Each ranker's own top results, best first: what it would have shown alone.
+    champion_ranking: list[str]
+    challenger_ranking: list[str]
 
 
 class Inference(BaseModel):
@@ -51,6 +64,7 @@ class Inference(BaseModel):
     results: list[ShownResult]
     latency_ms: float
     created_at: datetime = Field(default_factory=utcnow)
+    interleaving: InterleavingRecord | None = None
 
     def shown(self, resource_id: str) -> ShownResult | None:
         return next((r for r in self.results if r.resource_id == resource_id), None)
@@ -69,6 +83,7 @@ class Feedback(BaseModel):
     is_test: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+    interleaved: Interleaved | None = None
 
     @property
     def identity(self) -> tuple[str, str, str]:
@@ -106,21 +121,56 @@ class TrainingRun(BaseModel):
     run_id: str
     request_event_id: str | None = None
     reason: str = ""
-    status: Literal["running", "promoted", "rejected", "skipped", "failed"] = "running"
+    # challenger: passed the offline safety checks, users decide online (`online` says how it ended).
+    status: Literal["running", "promoted", "challenger", "rejected", "skipped", "failed"] = "running"
     detail: str = ""
     version: str | None = None
     pairs: int = 0
     metrics: dict[str, Any] = Field(default_factory=dict)
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+    # What users decided about this run's version online: experiment, decision, reason, evidence.
+    online: list[dict[str, Any]] = Field(default_factory=list)
+
+
+ExperimentDecision = Literal["promote", "retire", "rollback", "keep", "stopped", "superseded"]
+
+
+class Experiment(BaseModel):
+    """An online comparison of two versions by interleaving; the store's record is the truth.
+
+    `challenge`: a new challenger against the champion. `watch`: after a promotion, the previous
+    champion stays as the challenger on a small share, so that users can ask for it back.
+    The limits are the settings when it started, so the trainer and aggregator judge it alike.
+    """
+
+    experiment_id: str
+    kind: Literal["challenge", "watch"]
+    champion: str
+    challenger: str
+    share: float
+    alpha: float
+    effect: float
+    min_impressions: int
+    max_impressions: int
+    max_s: float
+    status: Literal["running", "ended"] = "running"
+    decision: ExperimentDecision | None = None
+    reason: str = ""
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    started_by: str = ""
+    run_id: str | None = None
+    started_at: datetime = Field(default_factory=utcnow)
+    ended_at: datetime | None = None
 
 
 class ModelVersion(BaseModel):
     version: str
     location: str
-    # promoted: passed the gate or promoted by an operator; retired: rolled back by an operator;
+    # promoted: passed the gate, won online or promoted by an operator; challenger: being tried on
+    # users; retired: rolled back (by users or an operator); rejected: by the gate or by users;
     # pruned: a rejected version whose folder retention removed (the entry stays as history).
-    status: Literal["promoted", "rejected", "retired", "pruned"]
+    status: Literal["promoted", "challenger", "rejected", "retired", "pruned"]
     base_model: str
     metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
@@ -138,6 +188,7 @@ def feedback_event(feedback: Feedback, previous_label: Label | None) -> OutboxEn
         model_version=feedback.model_version,
         user_id=feedback.user_id,
         session_id=feedback.session_id,
+        interleaved=feedback.interleaved,
     )
     return OutboxEntry(
         event_id=event.event_id,
@@ -234,3 +285,26 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_model_versions(self) -> list[ModelVersion]: ...
+
+    # Online experiments
+    @abc.abstractmethod
+    async def save_experiment(self, experiment: Experiment) -> None: ...
+
+    @abc.abstractmethod
+    async def get_experiment(self, experiment_id: str) -> Experiment | None: ...
+
+    @abc.abstractmethod
+    async def list_experiments(self, limit: int = 50) -> list[Experiment]:
+        """Newest first."""
+
+    async def running_experiment(self) -> Experiment | None:
+        """The experiment users are deciding now; one at a time."""
+        return next((e for e in await self.list_experiments(limit=20) if e.status == "running"), None)
+
+    @abc.abstractmethod
+    async def count_impressions(self, experiment_id: str) -> int:
+        """Interleaved searches logged for the experiment."""
+
+    @abc.abstractmethod
+    async def experiment_feedback(self, experiment_id: str) -> list[Feedback]:
+        """Feedback given on the experiment's interleaved results (test feedback included)."""

@@ -21,6 +21,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 
 from shared.events import utcnow
 from shared.store.base import (
+    Experiment,
     Feedback,
     FeedbackOutcome,
     FeedbackSnapshot,
@@ -102,6 +103,8 @@ class MongoStore(Store):
         self._client = AsyncMongoClient(self.url, **self.client_options())
         self._db = self._client.get_default_database(DEFAULT_DATABASE)
         await self._col("inferences").create_index("model_version")
+        await self._col("inferences").create_index("interleaving.experiment_id", sparse=True)
+        await self._col("experiments").create_index([("started_at", DESCENDING)])
         await self._col("training_runs").create_index([("started_at", DESCENDING)])
         await self._col("feedback").create_indexes(
             [
@@ -119,6 +122,7 @@ class MongoStore(Store):
                     name="outbox_pending",
                 ),
                 IndexModel("outbox.event_id", name="outbox_event"),
+                IndexModel("interleaved.experiment_id", sparse=True, name="feedback_experiment"),
             ]
         )
 
@@ -369,6 +373,32 @@ class MongoStore(Store):
     async def list_model_versions(self) -> list[ModelVersion]:
         cursor = self._col("model_versions").find({}).sort("_id", ASCENDING)
         return [ModelVersion.model_validate(d) async for d in cursor]
+
+    # Online experiments
+    @_unavailable_on_outage
+    async def save_experiment(self, experiment: Experiment) -> None:
+        doc = {"_id": experiment.experiment_id, **experiment.model_dump(mode="python")}
+        await self._col("experiments").replace_one({"_id": experiment.experiment_id}, doc, upsert=True)
+
+    @_unavailable_on_outage
+    async def get_experiment(self, experiment_id: str) -> Experiment | None:
+        doc = await self._col("experiments").find_one({"_id": experiment_id})
+        return Experiment.model_validate(doc) if doc else None
+
+    @_unavailable_on_outage
+    async def list_experiments(self, limit: int = 50) -> list[Experiment]:
+        cursor = self._col("experiments").find({}).sort([("started_at", DESCENDING), ("_id", DESCENDING)])
+        return [Experiment.model_validate(d) async for d in cursor.limit(limit)]
+
+    @_unavailable_on_outage
+    async def count_impressions(self, experiment_id: str) -> int:
+        return await self._col("inferences").count_documents({"interleaving.experiment_id": experiment_id})
+
+    @_unavailable_on_outage
+    async def experiment_feedback(self, experiment_id: str) -> list[Feedback]:
+        cursor = self._col("feedback").find({"interleaved.experiment_id": experiment_id},
+                                            FEEDBACK_FIELDS).sort("_id", ASCENDING)
+        return [Feedback.model_validate(d) async for d in cursor]
 
 
 def _entry(entry: OutboxEntry) -> Doc:

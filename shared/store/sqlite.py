@@ -14,6 +14,7 @@ import aiosqlite
 
 from shared.events import utcnow
 from shared.store.base import (
+    Experiment,
     Feedback,
     FeedbackOutcome,
     FeedbackSnapshot,
@@ -61,6 +62,17 @@ CREATE TABLE IF NOT EXISTS model_versions (
 );
 -- One row rewritten by `ping` after a failed write, to learn when writes work again.
 CREATE TABLE IF NOT EXISTS write_probe (id INTEGER PRIMARY KEY, at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment_id TEXT PRIMARY KEY, started_at TEXT NOT NULL, doc TEXT NOT NULL
+);
+"""
+# Columns added after a file may have been created: (table, column, declaration), then their indexes.
+COLUMNS = (("inferences", "experiment_id", "TEXT"), ("feedback", "experiment_id", "TEXT"))
+INDEXES = """
+CREATE INDEX IF NOT EXISTS inferences_experiment ON inferences(experiment_id)
+    WHERE experiment_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS feedback_experiment ON feedback(experiment_id)
+    WHERE experiment_id IS NOT NULL;
 """
 
 
@@ -85,6 +97,11 @@ class SQLiteStore(Store):
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.execute(f"PRAGMA busy_timeout={int(self.timeout_s * 1000)}")
         await self._db.executescript(SCHEMA)
+        for table, column, declaration in COLUMNS:
+            present = {row[1] for row in await self._db.execute_fetchall(f"PRAGMA table_info({table})")}
+            if column not in present:
+                await self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+        await self._db.executescript(INDEXES)
 
     async def close(self) -> None:
         if self._db is not None:
@@ -182,10 +199,11 @@ class SQLiteStore(Store):
     async def add_inferences(self, inferences: list[Inference]) -> None:
         async with self._tx() as db:
             await db.executemany(
-                "INSERT OR IGNORE INTO inferences (inference_id, model_version, doc, created_at) "
-                "VALUES (?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO inferences (inference_id, model_version, doc, created_at, "
+                "experiment_id) VALUES (?, ?, ?, ?, ?)",
                 [
-                    (i.inference_id, i.model_version, i.model_dump_json(), i.created_at.isoformat())
+                    (i.inference_id, i.model_version, i.model_dump_json(), i.created_at.isoformat(),
+                     i.interleaving.experiment_id if i.interleaving else None)
                     for i in inferences
                 ],
             )
@@ -234,9 +252,10 @@ class SQLiteStore(Store):
             outcome = FeedbackOutcome(status="created", feedback=feedback)
             await db.execute(
                 "INSERT INTO feedback (feedback_id, inference_id, resource_id, user_key, "
-                "request_id, doc) VALUES (?, ?, ?, ?, ?, ?)",
+                "request_id, doc, experiment_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (feedback.feedback_id, feedback.inference_id, feedback.resource_id, user_key,
-                 feedback.request_id, feedback.model_dump_json()),
+                 feedback.request_id, feedback.model_dump_json(),
+                 feedback.interleaved.experiment_id if feedback.interleaved else None),
             )
         else:
             stored = Feedback.model_validate_json(row)
@@ -353,6 +372,33 @@ class SQLiteStore(Store):
     async def list_model_versions(self) -> list[ModelVersion]:
         rows = await self._all("SELECT doc FROM model_versions ORDER BY version")
         return [ModelVersion.model_validate_json(r[0]) for r in rows]
+
+    # Online experiments
+    async def save_experiment(self, experiment: Experiment) -> None:
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO experiments (experiment_id, started_at, doc) VALUES (?, ?, ?) "
+                "ON CONFLICT(experiment_id) DO UPDATE SET doc=excluded.doc",
+                (experiment.experiment_id, _iso(experiment.started_at), experiment.model_dump_json()),
+            )
+
+    async def get_experiment(self, experiment_id: str) -> Experiment | None:
+        rows = await self._all("SELECT doc FROM experiments WHERE experiment_id = ?", (experiment_id,))
+        return Experiment.model_validate_json(rows[0][0]) if rows else None
+
+    async def list_experiments(self, limit: int = 50) -> list[Experiment]:
+        rows = await self._all("SELECT doc FROM experiments ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                               (limit,))
+        return [Experiment.model_validate_json(r[0]) for r in rows]
+
+    async def count_impressions(self, experiment_id: str) -> int:
+        rows = await self._all("SELECT COUNT(*) FROM inferences WHERE experiment_id = ?", (experiment_id,))
+        return int(rows[0][0])
+
+    async def experiment_feedback(self, experiment_id: str) -> list[Feedback]:
+        rows = await self._all("SELECT doc FROM feedback WHERE experiment_id = ? ORDER BY rowid",
+                               (experiment_id,))
+        return [Feedback.model_validate_json(r[0]) for r in rows]
 
 
 def _iso(moment: datetime) -> str:

@@ -18,10 +18,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from shared.events import FEEDBACK_TOPIC, FeedbackEvent, decode
+from shared.events import FEEDBACK_TOPIC, FeedbackEvent, Interleaved, decode
 from shared.store.base import (
+    Experiment,
     Feedback,
     Inference,
+    InterleavingRecord,
     ModelVersion,
     Resource,
     ShownResult,
@@ -299,6 +301,61 @@ async def test_concurrent_label_changes_have_one_winner(store: Store) -> None:
     assert labels == [("dislike", "like"), ("like", None)]
 
 
+def make_experiment(n: int, **fields: Any) -> Experiment:
+    values: dict[str, Any] = {
+        "experiment_id": f"exp-{n}", "kind": "challenge", "champion": "v0001", "challenger": f"v000{n + 2}",
+        "share": 0.5, "alpha": 0.05, "effect": 0.07, "min_impressions": 100, "max_impressions": 1000,
+        "max_s": 3600.0, "started_at": at(n * 60), "started_by": "training run r1", "run_id": "r1",
+    }
+    return Experiment(**(values | fields))
+
+
+async def test_experiments_save_update_list_newest_first_and_find_the_running_one(store: Store) -> None:
+    assert await store.running_experiment() is None and await store.list_experiments() == []
+    first, second = make_experiment(0), make_experiment(1)
+    await store.save_experiment(second)
+    await store.save_experiment(first)
+    assert await store.list_experiments() == [second, first]
+    assert await store.get_experiment("exp-0") == first and await store.get_experiment("nope") is None
+    ended = second.model_copy(update={"status": "ended", "decision": "promote", "reason": "users decided",
+                                      "evidence": {"challenger_wins": 40, "champion_wins": 12,
+                                                   "queries": {"challenger": 5}},
+                                      "ended_at": at(600)})
+    await store.save_experiment(ended)
+    assert await store.list_experiments(limit=1) == [ended]
+    assert await store.running_experiment() == first
+    await store.save_experiment(first.model_copy(update={"status": "ended", "decision": "stopped"}))
+    assert await store.running_experiment() is None
+
+
+async def test_impressions_and_feedback_are_found_by_experiment(store: Store) -> None:
+    def search(n: int, experiment: str | None) -> Inference:
+        record = None if experiment is None else InterleavingRecord(
+            experiment_id=experiment, kind="challenge", champion="v0001", challenger="v0002",
+            champion_ranking=["a", "b"], challenger_ranking=["b", "a"])
+        results = [ShownResult(resource_id=r, rank=i + 1, first_stage_score=1.0,
+                               team=None if experiment is None else ("champion", "challenger")[i])
+                   for i, r in enumerate("ab")]
+        return Inference(inference_id=f"inf-{n}", query="q", model_version="v0001", use_reranker=True,
+                         results=results, latency_ms=1.0, created_at=at(n), interleaving=record)
+
+    await store.add_inferences([search(0, "exp-a"), search(1, "exp-a"), search(2, "exp-b"), search(3, None)])
+    assert (await store.count_impressions("exp-a"), await store.count_impressions("exp-b")) == (2, 1)
+    assert await store.count_impressions("exp-z") == 0
+    assert (await store.get_inference("inf-0")).results[1].team == "challenger"  # type: ignore[union-attr]
+    tagged = Interleaved(experiment_id="exp-a", team="challenger", query_key="k1")
+    await store.record_feedback(make_feedback(0, inference_id="inf-0", interleaved=tagged))
+    await store.record_feedback(make_feedback(1, inference_id="inf-3"))
+    changed = await store.record_feedback(make_feedback(0, feedback_id="fb-x", inference_id="inf-0",
+                                                        label="dislike", updated_at=at(9)))
+    assert changed.status == "updated" and changed.feedback.interleaved == tagged
+    found = await store.experiment_feedback("exp-a")
+    assert [(f.feedback_id, f.label, f.interleaved) for f in found] == [("fb-0", "dislike", tagged)]
+    assert await store.experiment_feedback("exp-b") == []
+    events = [payload_event(e.payload) for e in await store.pending_outbox()]
+    assert [e.interleaved for e in events if e.feedback_id == "fb-0"] == [tagged, tagged]
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -329,3 +386,27 @@ async def test_mongo_store_fails_fast_when_no_server_answers() -> None:
         assert unnamed.db.name == "eduranker"
     finally:
         await unnamed.close()
+
+
+async def test_sqlite_file_from_before_experiments_gains_their_columns(tmp_path: Path) -> None:
+    """A store written by an earlier EduRanker opens, keeps its rows and counts impressions."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.executescript(
+            "CREATE TABLE inferences (inference_id TEXT PRIMARY KEY, model_version TEXT NOT NULL, "
+            "doc TEXT NOT NULL, created_at TEXT NOT NULL);"
+            "CREATE TABLE feedback (feedback_id TEXT PRIMARY KEY, inference_id TEXT NOT NULL, "
+            "resource_id TEXT NOT NULL, user_key TEXT NOT NULL, request_id TEXT, doc TEXT NOT NULL, "
+            "UNIQUE (inference_id, resource_id, user_key));")
+        old.execute("INSERT INTO feedback VALUES ('fb-0', 'inf-1', 'res-0', 'user-1', NULL, ?)",
+                    (make_feedback(0).model_dump_json(),))
+    store = SQLiteStore(path)
+    await store.init()
+    try:
+        assert [f.feedback_id for f in await store.list_feedback()] == ["fb-0"]
+        assert await store.count_impressions("exp-a") == 0
+        assert await store.experiment_feedback("exp-a") == []
+    finally:
+        await store.close()
