@@ -25,6 +25,7 @@ from sentence_transformers import CrossEncoder
 
 from services.reranker.app import create_app
 from services.reranker.inference_log import InferenceLog
+from services.reranker.routes import MAX_QUERY_CHARS, query_as_read
 from shared.broker import EmbeddedBroker, free_port
 from shared.catalogue import load_catalogue, read_catalogue
 from shared.events import MODEL_READY_TOPIC, ModelReadyEvent, new_id
@@ -212,6 +213,30 @@ def test_rerank_with_caller_documents_and_its_limits(server: Server) -> None:
         response = httpx.post(server.url + "/api/reranking/rerank", json={"query": "q", "documents": docs})
         assert response.status_code == 422, response.text[:200]
         assert message in response.text
+
+
+def test_a_pasted_paragraph_is_searched_on_what_the_rankers_read(server: Server) -> None:
+    paragraph = ("Linear algebra for beginners: vectors, matrices, determinants and eigenvalues, "
+                 "with worked exercises on systems of equations. ") * 60  # about 7,500 characters
+    body = server.search(paragraph, top_k=3)
+    assert len(paragraph) > 3 * MAX_QUERY_CHARS and body["query_text"] == query_as_read(paragraph)
+    assert len(body["query_text"]) <= MAX_QUERY_CHARS and paragraph.startswith(body["query_text"])
+    assert body["results"] and body["results"][0]["first_stage_score"] > 0
+
+    async def logged() -> Inference | None:
+        store = await open_store(server.app.state.settings.store_url)
+        try:
+            return await store.get_inference(body["inference_id"])
+        finally:
+            await store.close()
+
+    # Feedback on it trains on the query as read, as it was ranked.
+    assert wait_for(lambda: asyncio.run(logged()), 10, 0.1, "the inference").query == body["query_text"]
+    rerank = httpx.post(server.url + "/api/reranking/rerank", timeout=60, json={
+        "query": paragraph, "documents": [{"id": "a", "text": "eigenvalues of a matrix"},
+                                          {"id": "b", "text": "baking bread"}]})
+    assert rerank.status_code == 200, rerank.text
+    assert rerank.json()["results"][0]["id"] == "a"
 
 
 def test_every_search_is_logged_completely(server: Server) -> None:
