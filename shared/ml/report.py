@@ -146,6 +146,27 @@ def learned(meta: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cross_encoder_reading(alone: dict[str, float], bm25: dict[str, float], base: dict[str, float],
+                          weight: float, metric: str = "ndcg@10") -> str:
+    """What the fine-tuned cross-encoder's own numbers mean for what is served."""
+    own, lexical, before = alone.get(metric, 0.0), bm25.get(metric, 0.0), base.get(metric, 0.0)
+    lines = [f"On its own the fine-tuned cross-encoder reaches {metric} {own:.3f} on the validation "
+             f"queries (before fine-tuning: {before:.3f}); BM25 alone reaches {lexical:.3f}."]
+    if own < lexical:
+        lines.append("It ranks below BM25: a cross-encoder whose scoring head started random (the "
+                     "offline weights) learns little from this much feedback. More feedback and epochs "
+                     "move it, and a base that is already a cross-encoder "
+                     "(cross-encoder/ms-marco-MiniLM-L-6-v2, where a model hub is reachable) starts "
+                     "above BM25.")
+    if weight:
+        lines.append(f"The candidate fuses it at weight {weight:g}: it changes what would be served.")
+    else:
+        lines.append("The candidate fuses it at weight 0: the training split ranks best without it, so "
+                     "it changes nothing that would be served (the candidate is the champion's scorers "
+                     "plus the feedback memory). It is saved with the version all the same.")
+    return "\n".join(lines)
+
+
 def png(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
