@@ -10,12 +10,20 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install run test test-fast lint bench loadtest eval notebook up down clean
 
+# The first time takes minutes (torch alone is several hundred MB): each step says what it installs
+# and pip shows its progress. Later runs skip this until pyproject.toml or requirements.lock change.
 $(STAMP): pyproject.toml requirements.lock
+	@echo "==> First install into $(VENV): 1 to 5 minutes on 2 CPU cores, depending on how fast the"
+	@echo "    wheels come (later runs skip it). In order:"
+	@echo "    pip, torch 2.13.0 (CPU), then EduRanker with its dev tools, pinned by requirements.lock."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
+	$(BIN)/python -m pip install --upgrade "pip>=24"
+	@echo "==> torch 2.13.0 (CPU build, the largest download)"
+	$(BIN)/python -m pip install --progress-bar on "torch==2.13.0"
+	@echo "==> EduRanker (editable) and its dependencies, pinned by requirements.lock"
+	$(BIN)/python -m pip install --progress-bar on -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
+	@echo "==> Installed into $(VENV)."
 
 install: $(STAMP)
 
@@ -53,7 +61,8 @@ lint: install
 # Jupyter on 127.0.0.1 only, started in notebooks/; installed on first use (optional group `notebook`).
 # More options: make notebook NOTEBOOK_ARGS="--no-browser --port=8888"
 notebook: install
-	test -x $(BIN)/jupyter-notebook || $(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev,notebook]"
+	@test -x $(BIN)/jupyter-notebook || { echo "==> Jupyter into $(VENV) (first use only, about a minute)"; \
+		$(BIN)/python -m pip install --progress-bar on -c requirements.lock -e ".[dev,notebook]"; }
 	cd notebooks && $(abspath $(BIN))/jupyter notebook --ip=127.0.0.1 $(NOTEBOOK_ARGS) fine_tune_cross_encoder.ipynb
 
 up:

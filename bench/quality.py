@@ -86,20 +86,49 @@ class Users:
         return "like" if like else "dislike"
 
 
+class Refusals:
+    """Searches the reranker refused: each logged once with its query, status and message, then
+    left out, so one odd query of a collection costs that query, not the run."""
+
+    def __init__(self) -> None:
+        self.queries: dict[str, dict] = {}
+
+    def search(self, client: httpx.Client, reranker: str, qid: str, body: dict) -> dict | None:
+        answer = client.post(f"{reranker}/api/reranking/search-with-reranking", json=body)
+        if answer.status_code == 200:
+            return answer.json()
+        try:
+            message = answer.json().get("detail")
+        except ValueError:
+            message = answer.text[:300]
+        if qid not in self.queries:
+            self.queries[qid] = {"status": answer.status_code, "message": message,
+                                 "query_chars": len(body["query_text"])}
+            log.warning("search refused: query %s (%d characters) got %d: %s; left out of this run",
+                        qid, len(body["query_text"]), answer.status_code, message)
+        return None
+
+
 def measure(client: httpx.Client, reranker: str, collection: Collection, queries: list[str],
-            use_reranker: bool) -> dict[str, float]:
-    ndcg, mrr, recall = [], [], []
+            use_reranker: bool, refusals: Refusals) -> dict[str, float]:
+    ndcg, mrr, recall, version = [], [], [], None
     for qid in queries:
-        body = client.post(f"{reranker}/api/reranking/search-with-reranking", json={
+        body = refusals.search(client, reranker, qid, {
             "query_text": collection.queries[qid], "use_reranker": use_reranker, "top_k": 50,
-            "candidates": 50}).json()
+            "candidates": 50})
+        if body is None:
+            continue
         rel = collection.qrels[qid]
         gains = [float(rel.get(r["resource_id"], 0)) for r in body["results"]]
         ndcg.append(ndcg_at(gains, [float(g) for g in rel.values()], 10))
         mrr.append(mrr_at(gains, 10))
         recall.append(sum(g > 0 for g in gains) / len(rel))
+        version = body["model_version"]
+    if not ndcg:
+        raise SystemExit(f"the reranker refused every one of {len(queries)} queries; the first: "
+                         f"{next(iter(refusals.queries.items()), None)}")
     return {"ndcg@10": statistics.mean(ndcg), "mrr@10": statistics.mean(mrr),
-            "recall@50": statistics.mean(recall), "version": body["model_version"]}
+            "recall@50": statistics.mean(recall), "version": version, "queries": len(ndcg)}
 
 
 def settled(client: httpx.Client, stack: LocalStack, sent: int) -> bool:
@@ -119,14 +148,15 @@ def run_one(collection: Collection, seed: int, flipped: bool, args: argparse.Nam
            "EDURANKER_TRAIN_MIN_NEW_FEEDBACK": str(args.min_new), "EDURANKER_SEED": str(seed),
            "EDURANKER_MAX_LENGTH": str(args.max_length), "HF_HUB_OFFLINE": "1"}
     users = Users(args.position_bias, args.noise, args.skip, flipped, random.Random(seed))
+    refusals = Refusals()
     started = time.perf_counter()
     with LocalStack(workdir, env=env) as stack, httpx.Client(timeout=120) as client:
         stack.start(catalogue=collection.corpus, ready_timeout_s=1200)
         startup_s = time.perf_counter() - started
         reranker, collector = stack.url("reranker"), stack.url("collector")
-        bm25 = measure(client, reranker, collection, held_out, use_reranker=False)
-        v0 = measure(client, reranker, collection, held_out, use_reranker=True)
-        seen_v0 = measure(client, reranker, collection, feedback_q, use_reranker=True)
+        bm25 = measure(client, reranker, collection, held_out, use_reranker=False, refusals=refusals)
+        v0 = measure(client, reranker, collection, held_out, use_reranker=True, refusals=refusals)
+        seen_v0 = measure(client, reranker, collection, feedback_q, use_reranker=True, refusals=refusals)
         log.info("seed=%d flipped=%s bm25=%.4f v0=%.4f", seed, flipped, bm25["ndcg@10"], v0["ndcg@10"])
         curve = [{"feedback": 0, **v0}]
         sent, served, next_check = 0, v0["version"], args.min_new
@@ -134,9 +164,9 @@ def run_one(collection: Collection, seed: int, flipped: bool, args: argparse.Nam
             order = list(feedback_q)
             users.rng.shuffle(order)
             for qid in order:
-                body = client.post(f"{reranker}/api/reranking/search-with-reranking", json={
-                    "query_text": collection.queries[qid], "use_reranker": True, "top_k": 10}).json()
-                for result in body["results"]:
+                body = refusals.search(client, reranker, qid, {
+                    "query_text": collection.queries[qid], "use_reranker": True, "top_k": 10})
+                for result in body["results"] if body else ():
                     label = users.label(result["rank"], result["resource_id"] in collection.qrels[qid])
                     if label is None:
                         continue
@@ -151,13 +181,14 @@ def run_one(collection: Collection, seed: int, flipped: bool, args: argparse.Nam
                     now = client.get(f"{reranker}/api/reranking/info-modele").json()["version"]
                     if now != served:
                         served = now
-                        point = measure(client, reranker, collection, held_out, use_reranker=True)
+                        point = measure(client, reranker, collection, held_out, use_reranker=True,
+                                        refusals=refusals)
                         curve.append({"feedback": sent, **point})
                         log.info("seed=%d version=%s feedback=%d ndcg=%.4f", seed, now, sent,
                                  point["ndcg@10"])
         wait_for(lambda n=sent: settled(client, stack, n), args.train_timeout, 1.0, "the last training")
-        final = measure(client, reranker, collection, held_out, use_reranker=True)
-        seen_final = measure(client, reranker, collection, feedback_q, use_reranker=True)
+        final = measure(client, reranker, collection, held_out, use_reranker=True, refusals=refusals)
+        seen_final = measure(client, reranker, collection, feedback_q, use_reranker=True, refusals=refusals)
         runs = client.get(f"{stack.url('trainer')}/admin/runs", params={"limit": 200}).json()["runs"]
     done = [r for r in runs if r["status"] in ("promoted", "rejected")]
     return {
@@ -165,6 +196,7 @@ def run_one(collection: Collection, seed: int, flipped: bool, args: argparse.Nam
         "bm25": bm25, "v0": v0, "final": final, "curve": curve,
         # The feedback queries asked again: what users taught, for the questions they asked.
         "seen_v0": seen_v0, "seen_final": seen_final, "feedback_sent": sent,
+        "refused_queries": refusals.queries,
         "runs": [{k: r.get(k) for k in ("version", "status", "detail", "pairs", "started_at", "finished_at")}
                  for r in runs],
         "promoted": sum(r["status"] == "promoted" for r in done),
@@ -280,6 +312,7 @@ def main() -> int:
         "never_below_bm25": all(p["ndcg@10"] >= r["bm25"]["ndcg@10"] for r in runs for p in r["curve"]),
         "gate_rejected_flipped": bool(flipped_runs) and all(
             r["promoted"] == 0 and r["final"]["version"] == "v0" for r in flipped_runs),
+        "refused_queries": {qid: info for r in runs for qid, info in r["refused_queries"].items()},
         "settings": {k: str(v) for k, v in vars(args).items()},
         "runs": runs,
     }

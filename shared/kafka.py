@@ -19,6 +19,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import ValidationError
 
 from shared import metrics
+from shared.broker import BrokerOutage
 from shared.events import ALL_TOPICS, TOPIC_EVENTS, Event, decode, encode, utcnow
 from shared.settings import Settings
 
@@ -282,12 +283,14 @@ class ConsumerLoop:
 
     `handle` is called for each decoded event; offsets are committed after it returns
     (for group consumers), which gives at-least-once delivery. Malformed messages go to
-    `dead_letters` when given (otherwise they are logged and skipped).
+    `dead_letters` when given (otherwise they are logged and skipped). A broker that does not
+    answer is waited for quietly (`BrokerOutage`).
     """
 
     consumer_factory: Callable[[], KafkaConsumer]
     topic: str
     handle: Callable[[Event], None]
+    settings: Settings
     name: str = "consumer"
     dead_letters: DeadLetters | None = None
 
@@ -306,12 +309,17 @@ class ConsumerLoop:
 
     def _run(self) -> None:
         consumer: KafkaConsumer | None = None
+        outage = BrokerOutage(self.settings, self.name)
         while not self._stop.is_set():
             try:
                 if consumer is None:
+                    if not outage.reachable():
+                        self._stop.wait(1.0)
+                        continue
                     consumer = self.consumer_factory()
                     self.ready.set()
                 batches = consumer.poll(timeout_ms=500)
+                outage.check()
                 for records in batches.values():
                     for record in records:
                         event = (self.dead_letters.decode(record) if self.dead_letters
@@ -321,7 +329,7 @@ class ConsumerLoop:
                 if batches and consumer.config.get("group_id"):
                     consumer.commit()
             except KafkaError as exc:
-                log.warning("event=consumer_error name=%s error=%s", self.name, exc)
+                outage.failed(exc)
                 self._stop.wait(1.0)
             except Exception:
                 log.exception("event=consumer_handler_failed name=%s", self.name)

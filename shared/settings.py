@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_topic_partitions: int = 1
     kafka_timeout_s: float = 10.0
+    # A broker that does not answer is waited for quietly (it may be starting); past this, one error.
+    kafka_unreachable_after_s: Seconds = 30.0
     faust_datadir: Path = Path("var/faust")
 
     # Model

@@ -43,6 +43,7 @@ from services.aggregator.policy import (
 )
 from services.aggregator.table import OnePartitionTable, State
 from shared import metrics
+from shared.broker import BrokerOutage
 from shared.events import (
     FEEDBACK_TOPIC,
     MODEL_READY_TOPIC,
@@ -113,6 +114,7 @@ state = State(app.tables.add(OnePartitionTable(app, name="aggregator-state", def
                                                beacon=app.tables.beacon)))
 
 lock = asyncio.Lock()
+outage = BrokerOutage(settings, "aggregator")  # aiokafka retries in silence (shared.logging)
 _store: Store | None = None
 _recover_cursor: datetime | None = None
 _last_purge = time.monotonic()
@@ -304,6 +306,11 @@ async def housekeeping() -> None:
             log.info("event=dedup_expired removed=%d kept=%d", removed, state.seen_entries())
     async with lock:
         await maybe_request()
+
+
+@app.timer(interval=outage.probe_every_s)
+async def watch_broker() -> None:
+    await asyncio.to_thread(outage.check)
 
 
 async def recover_undelivered(page: int = 1000) -> None:

@@ -17,6 +17,7 @@ from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
 from shared import metrics
+from shared.broker import BrokerOutage
 from shared.events import utcnow
 from shared.kafka import ensure_topics, make_producer
 from shared.settings import Settings
@@ -33,6 +34,7 @@ class OutboxRelay:
         self.wake = asyncio.Event()
         self.connected = False
         self._producer: KafkaProducer | None = None
+        self.outage = BrokerOutage(settings, "outbox-relay")
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -77,6 +79,8 @@ class OutboxRelay:
             try:
                 sent = await self.publish_pending()
                 self.connected = True
+                if sent:
+                    self.outage.ok()
                 delay = 0.2
                 await self._update_backlog()
                 if sent < self.batch:
@@ -86,7 +90,7 @@ class OutboxRelay:
             except (KafkaError, OSError) as exc:
                 self.connected = False
                 metrics.PUBLISH_FAILURES.inc()
-                log.warning("event=outbox_publish_failed retry_in_s=%.1f error=%s", delay, exc)
+                self.outage.failed(f"{exc} (retry in {delay:.1f} s)")
                 if self._producer is not None:
                     producer, self._producer = self._producer, None
                     await asyncio.to_thread(producer.close, 0)

@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 asyncio.run_coroutine_threadsafe(holder.reload(event.location), loop).result()
 
         consumer = ConsumerLoop(lambda: make_broadcast_consumer(settings, MODEL_READY_TOPIC),
-                                MODEL_READY_TOPIC, on_model_ready, name="model-ready",
+                                MODEL_READY_TOPIC, on_model_ready, settings, name="model-ready",
                                 dead_letters=DeadLetters(settings)).start()
         app.state.consumer = consumer
 

@@ -22,6 +22,20 @@ router = APIRouter()
 
 MAX_RERANK_DOCUMENTS = 200
 MAX_DOCUMENT_CHARS = 10_000
+MAX_QUERY_CHARS = 2_000
+"""What the rankers read of a query. A longer one (a pasted paragraph, a long test-collection
+query) is accepted up to the body limit and cut here: the cross-encoder and the embedder read
+`max_length` (128) tokens, about 500 characters, of it anyway, and BM25 over more than a
+paragraph finds nothing better. The answer's `query_text` is the query as read."""
+
+
+def query_as_read(text: str) -> str:
+    """The query without surrounding spaces, cut to `MAX_QUERY_CHARS` at a word break."""
+    query = text.strip()
+    if len(query) <= MAX_QUERY_CHARS:
+        return query
+    words = query[:MAX_QUERY_CHARS + 1].split()
+    return " ".join(words[:-1]) if len(words) > 1 else query[:MAX_QUERY_CHARS]
 
 
 def get_holder(request: Request) -> ModelHolder:
@@ -49,7 +63,9 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 class SearchRequest(BaseModel):
-    query_text: str = Field(min_length=1, max_length=1000, examples=["machine learning tutorial"])
+    query_text: str = Field(min_length=1, examples=["machine learning tutorial"], description=(
+        f"Any length up to the body limit; the rankers read the first {MAX_QUERY_CHARS} characters "
+        "(cut at a word break), and the answer's `query_text` is what they read."))
     use_reranker: bool = True
     top_k: int = Field(default=10, ge=1, le=100)
     candidates: int | None = Field(default=None, ge=1, le=200,
@@ -101,7 +117,7 @@ async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
     start = time.perf_counter()
     inference_log.check_room()
     state = holder.state
-    query = body.query_text.strip()
+    query = query_as_read(body.query_text)
     if not query:
         raise HTTPException(422, "query_text must contain at least one non-space character")
     top_k = min(body.top_k, settings.max_top_k)
@@ -143,7 +159,8 @@ class RerankDocument(BaseModel):
 
 
 class RerankRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=1000)
+    query: str = Field(min_length=1, description=(
+        f"Any length up to the body limit; the rankers read the first {MAX_QUERY_CHARS} characters."))
     documents: list[RerankDocument] = Field(
         min_length=1, max_length=MAX_RERANK_DOCUMENTS,
         description=f"1 to {MAX_RERANK_DOCUMENTS} documents with unique ids; send more in several calls.")
@@ -171,7 +188,7 @@ async def rerank(body: RerankRequest, holder: Holder) -> RerankResponse:
     them could not become training pairs.
     """
     start = time.perf_counter()
-    query = body.query.strip()
+    query = query_as_read(body.query)
     if not query:
         raise HTTPException(422, "query must contain at least one non-space character")
     ids = [d.id for d in body.documents]

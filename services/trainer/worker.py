@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from services.trainer.operations import Versions
 from shared import metrics
+from shared.broker import BrokerOutage
 from shared.events import (
     MODEL_READY_TOPIC,
     TRAINING_REQUESTED_TOPIC,
@@ -190,13 +191,18 @@ def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoo
     producer = None
     consumer = None
     dead_letters = DeadLetters(settings)
+    outage = BrokerOutage(settings, "trainer-consumer")
     while not stop.is_set():
         try:
             if consumer is None:
+                if not outage.reachable():
+                    stop.wait(1.0)
+                    continue
                 consumer = make_group_consumer(settings, TRAINING_REQUESTED_TOPIC, GROUP_ID)
             if producer is None:
                 producer = make_producer(settings)
             batches = consumer.poll(timeout_ms=500, max_records=1)
+            outage.check()
             if consumer.assignment():
                 joined.set()
             for records in batches.values():
@@ -218,7 +224,7 @@ def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoo
             if batches:
                 consumer.commit()
         except KafkaError as exc:
-            log.warning("event=trainer_consumer_error error=%s", exc)
+            outage.failed(exc)
             stop.wait(1.0)
         except Exception:
             # The request stays uncommitted: a new group member is handed it again after the pause.

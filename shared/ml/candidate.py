@@ -125,11 +125,19 @@ def choose_weights(champion: RankingModel, candidate: RankingModel, index: Catal
     return best_weights
 
 
-def trains_cross_encoder(settings: Settings) -> bool:
-    """`auto`: not from the offline bi-encoder weights, whose random head a few pairs cannot fix."""
-    if settings.train_cross_encoder == "auto":
-        return settings.base_model != OFFLINE_BASE_MODEL
-    return settings.train_cross_encoder == "on"
+def why_no_cross_encoder(settings: Settings) -> str | None:
+    """None when this run fine-tunes a cross-encoder; else why not, in the words the reports use.
+
+    `auto` trains none from the offline bi-encoder weights: loaded as a cross-encoder their
+    scoring head is random, and a few hundred pairs leave it far below BM25.
+    """
+    if settings.train_cross_encoder == "off":
+        return "EDURANKER_TRAIN_CROSS_ENCODER=off"
+    if settings.train_cross_encoder == "auto" and settings.base_model == OFFLINE_BASE_MODEL:
+        return (f"EDURANKER_TRAIN_CROSS_ENCODER=auto trains none from the offline weights "
+                f"({OFFLINE_BASE_MODEL}, a bi-encoder: as a cross-encoder its scoring head starts random, "
+                "and a few hundred pairs leave it far below BM25); `on` trains one anyway")
+    return None
 
 
 def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex, champion: RankingModel,
@@ -150,7 +158,8 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
         champion.spec.embedding_model or settings.embedding_model, settings.max_length, settings.device)
     grid: dict[str, tuple[float, ...]] = {"memory": MEMORY_WEIGHTS}
     cross, result, start_from = champion.cross, None, None
-    if trains_cross_encoder(settings):
+    skipped_cross = why_no_cross_encoder(settings)
+    if skipped_cross is None:
         start_from = str(champion.folder / champion.spec.cross_encoder) if (
             champion.cross is not None and champion.folder and champion.spec.cross_encoder
         ) else settings.base_model
@@ -190,6 +199,7 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
         "reason": reason,
         "champion_version": champion.version,
         "weights": candidate.spec.weights,
+        "champion_weights": champion.spec.weights,
         "dataset": {"pairs": len(pairs), "train": len(train), "validation": len(val),
                     "train_queries": sorted({p.query for p in train}),
                     "validation_queries": sorted({p.query for p in val}),
@@ -199,6 +209,7 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
                               "validation_likes": sum(p.label for p in val)}},
         "hyperparameters": result.config if result else {},
         "cross_encoder_trained": result is not None,
+        "cross_encoder_skipped": skipped_cross,
         "metrics": metrics,
         "gate": {"metric": gate.metric, "margin": gate.margin},
         "durations": {"train_s": train_s, "total_s": time.perf_counter() - started},
@@ -214,6 +225,10 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
     # Model selection happened on the split; what is served then remembers every query users rated
     # (validation ones too), the way a model is refit on all its data once its settings are chosen.
     meta["memory_queries"] = len(memory.queries)
+    votes = [label for labels in memory.labels for label in labels.values()]
+    meta["memory"] = {"queries": len(memory.queries),
+                      "resources": len({r for labels in memory.labels for r in labels}),
+                      "likes": votes.count(1), "dislikes": votes.count(-1)}
 
     def write(folder: Path) -> None:
         if cross is not None:

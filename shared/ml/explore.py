@@ -309,8 +309,9 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 def example_predictions(index: CatalogueIndex, pairs: list[Pair], models: dict[str, RankingModel],
-                        cross: CrossEncoder, queries: int = 3) -> pd.DataFrame:
-    """Labelled results per query: each pipeline's score and the cross-encoder's like probability."""
+                        cross: CrossEncoder | None, queries: int = 3) -> pd.DataFrame:
+    """Labelled results per query: each pipeline's score and the cross-encoder's like probability
+    (none without a cross-encoder)."""
     rows = []
     for group in list(group_by_query(pairs).values())[:queries]:
         known = [p for p in group if p.resource_id in index.position]
@@ -319,12 +320,13 @@ def example_predictions(index: CatalogueIndex, pairs: list[Pair], models: dict[s
         positions = np.array([index.position[p.resource_id] for p in known])
         scores = {name: model.score(index, known[0].query, positions)["fused"]
                   for name, model in models.items()}
-        probability = sigmoid(cross_scores(cross, known[0].query, [p.text for p in known]))
+        probability = (sigmoid(cross_scores(cross, known[0].query, [p.text for p in known]))
+                       if cross is not None else None)
         for i, p in enumerate(known):
+            liked = {} if probability is None else {"like probability": round(float(probability[i]), 3)}
             rows.append({"query": p.query, "resource": index.resources[positions[i]].title,
                          "actual": "like" if p.label else "dislike",
-                         **{name: round(float(s[i]), 3) for name, s in scores.items()},
-                         "like probability": round(float(probability[i]), 3)})
+                         **{name: round(float(s[i]), 3) for name, s in scores.items()}, **liked})
     frame = pd.DataFrame(rows)
     if rows:
         frame = frame.sort_values(["query", list(models)[-1]], ascending=[True, False])

@@ -18,7 +18,7 @@ class Hyperparameters(BaseModel):
     batch_size: int | None = Field(default=None, ge=1, le=1024)
     learning_rate: float | None = Field(default=None, gt=0, le=0.01)
     warmup_ratio: float | None = Field(default=None, ge=0, le=0.5)
-    seed: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0, le=2**32 - 1)  # transformers seeds numpy with it
     early_stopping_patience: int | None = Field(default=None, ge=0, le=100)
     auto: bool | None = None
     precision: Precision | None = None

@@ -103,6 +103,70 @@ def distribution_figure(evaluations: dict[str, Evaluation]) -> Figure:
     return fig
 
 
+def moved(meta: dict[str, Any]) -> bool:
+    """Whether any validation metric differs between the champion and the candidate."""
+    rows = gains(meta["metrics"]["champion"], meta["metrics"]["candidate"])
+    return any(abs(r["delta"]) > 1e-9 for r in rows)
+
+
+def _weights(weights: dict[str, float], before: dict[str, float]) -> str:
+    def one(name: str, value: float) -> str:
+        if name not in before:
+            return f"{name} {value:g} (new)"
+        return f"{name} {value:g}" + ("" if before[name] == value else f" (was {before[name]:g})")
+
+    return ", ".join(one(name, value) for name, value in weights.items())
+
+
+def learned(meta: dict[str, Any]) -> list[str]:
+    """What the run added to the served pipeline, in sentences: a run that fine-tuned nothing
+    still learned a feedback memory and fusion weights, and says so instead of a flat table."""
+    lines = []
+    memory = meta.get("memory")
+    if memory:
+        lines.append(f"feedback memory: {memory['queries']} queries and {memory['resources']} resources "
+                     f"users rated ({memory['likes']} likes, {memory['dislikes']} dislikes), recalled "
+                     "for the same or similar new queries")
+    lines.append("fusion weights (fit on the training split): "
+                 + _weights(meta["weights"], meta.get("champion_weights", {})))
+    if meta.get("cross_encoder_trained"):
+        weight = meta["weights"].get("cross", 0.0)
+        epochs = meta.get("hyperparameters", {}).get("epochs", "?")
+        lines.append(f"cross-encoder: fine-tuned from {meta.get('started_from')} ({epochs} epoch(s), "
+                     f"{meta['durations']['train_s']:.0f} s), fused at weight {weight:g}"
+                     + ("" if weight else ": on the training split it made the ranking no better, so "
+                        "it is saved with the version but does not change what is served"))
+    else:
+        lines.append("cross-encoder: not fine-tuned in this run: "
+                     + (meta.get("cross_encoder_skipped") or "no reason recorded"))
+    if not moved(meta):
+        lines.append("no validation metric moved: the candidate ranks the validation queries as the "
+                     "champion does (what it learned applies to the queries users rated, or to ones "
+                     "like them)")
+    return lines
+
+
+def cross_encoder_reading(alone: dict[str, float], bm25: dict[str, float], base: dict[str, float],
+                          weight: float, metric: str = "ndcg@10") -> str:
+    """What the fine-tuned cross-encoder's own numbers mean for what is served."""
+    own, lexical, before = alone.get(metric, 0.0), bm25.get(metric, 0.0), base.get(metric, 0.0)
+    lines = [f"On its own the fine-tuned cross-encoder reaches {metric} {own:.3f} on the validation "
+             f"queries (before fine-tuning: {before:.3f}); BM25 alone reaches {lexical:.3f}."]
+    if own < lexical:
+        lines.append("It ranks below BM25: a cross-encoder whose scoring head started random (the "
+                     "offline weights) learns little from this much feedback. More feedback and epochs "
+                     "move it, and a base that is already a cross-encoder "
+                     "(cross-encoder/ms-marco-MiniLM-L-6-v2, where a model hub is reachable) starts "
+                     "above BM25.")
+    if weight:
+        lines.append(f"The candidate fuses it at weight {weight:g}: it changes what would be served.")
+    else:
+        lines.append("The candidate fuses it at weight 0: the training split ranks best without it, so "
+                     "it changes nothing that would be served (the candidate is the champion's scorers "
+                     "plus the feedback memory). It is saved with the version all the same.")
+    return "\n".join(lines)
+
+
 def png(fig: Figure) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
@@ -119,11 +183,16 @@ def text_report(meta: dict[str, Any]) -> str:
              f"decision: {meta['decision']} ({meta['reason']})",
              f"pairs: {meta['dataset']['pairs']} (train {meta['dataset']['train']}, "
              f"validation {meta['dataset']['validation']})",
-             f"training seconds: {meta['durations']['train_s']:.1f}", "",
-             f"{'metric':<10}{'champion':>10}{'candidate':>11}{'gain %':>9}"]
-    for row in gains(meta["metrics"]["champion"], meta["metrics"]["candidate"]):
-        lines.append(f"{row['metric']:<10}{row['before']:>10.4f}{row['after']:>11.4f}"
-                     f"{_pct(row['gain_pct']):>9}")
+             f"training seconds: {meta['durations']['train_s']:.1f}", "", "What this run learned:",
+             *(f"- {line}" for line in learned(meta)), ""]
+    rows = gains(meta["metrics"]["champion"], meta["metrics"]["candidate"])
+    if moved(meta):
+        lines.append(f"{'metric':<10}{'champion':>10}{'candidate':>11}{'gain %':>9}")
+        lines += [f"{r['metric']:<10}{r['before']:>10.4f}{r['after']:>11.4f}{_pct(r['gain_pct']):>9}"
+                  for r in rows]
+    else:
+        lines.append(f"{'metric':<10}{'champion = candidate':>22}")
+        lines += [f"{r['metric']:<10}{r['before']:>22.4f}" for r in rows]
     lines += ["", f"BM25 alone ndcg@10: {meta['metrics']['bm25'].get('ndcg@10', 0):.4f}",
               f"fusion weights: {meta['weights']}"]
     return "\n".join(lines) + "\n"
@@ -131,16 +200,22 @@ def text_report(meta: dict[str, Any]) -> str:
 
 def html_report(meta: dict[str, Any], history: list[dict[str, float]],
                 evaluations: dict[str, Evaluation]) -> str:
+    """The plots that have something to show: no loss curve without training, no before/after
+    bars when no metric moved."""
+    changed = moved(meta)
     rows = "".join(
         f"<tr><td>{r['metric']}</td><td>{r['before']:.4f}</td><td>{r['after']:.4f}</td>"
-        f"<td>{_pct(r['gain_pct'])}</td></tr>"
+        + (f"<td>{_pct(r['gain_pct'])}</td>" if changed else "") + "</tr>"
         for r in gains(meta["metrics"]["champion"], meta["metrics"]["candidate"])
     )
-    images = [("Loss curve", png(loss_figure(history))),
-              ("Before / after", png(comparison_figure(meta["metrics"]["champion"],
-                                                       meta["metrics"]["candidate"]))),
-              ("ROC", png(roc_figure(evaluations))),
-              ("Score distributions", png(distribution_figure(evaluations)))]
+    images = []
+    if any("loss" in h or "eval_loss" in h for h in history):
+        images.append(("Loss curve", png(loss_figure(history))))
+    if changed:
+        images.append(("Before / after", png(comparison_figure(meta["metrics"]["champion"],
+                                                               meta["metrics"]["candidate"]))))
+    images += [("ROC", png(roc_figure(evaluations))),
+               ("Score distributions", png(distribution_figure(evaluations)))]
     for name, when in (("champion", "before"), ("candidate", "after")):
         if name in evaluations:
             title = f"Confusion matrix ({name}, {when})"
@@ -158,6 +233,8 @@ def html_report(meta: dict[str, Any], history: list[dict[str, float]],
         f"<p>Pairs: {meta['dataset']['pairs']} (train {meta['dataset']['train']}, "
         f"validation {meta['dataset']['validation']}); "
         f"training took {meta['durations']['train_s']:.1f} s.</p>"
-        "<table><tr><th>metric</th><th>champion</th><th>candidate</th><th>gain</th></tr>"
-        f"{rows}</table>{figures}</html>"
+        "<h2>What this run learned</h2><ul>"
+        + "".join(f"<li>{escape(line)}</li>" for line in learned(meta)) + "</ul>"
+        "<table><tr><th>metric</th><th>champion</th><th>candidate</th>"
+        + ("<th>gain</th>" if changed else "") + f"</tr>{rows}</table>{figures}</html>"
     )

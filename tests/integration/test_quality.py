@@ -1,8 +1,8 @@
 """`make eval`'s harness end to end on a small BEIR collection built from the sample catalogue.
 
 Two fresh stacks (normal and flipped users) on the tiny model: the point is the harness's
-contract (split written out, every key, the plot), not the numbers, which `make eval`
-measures on Cranfield.
+contract (split written out, every key, the plot, a collection used as it is), not the numbers,
+which `make eval` measures on Cranfield.
 """
 
 from __future__ import annotations
@@ -16,8 +16,19 @@ import pytest
 
 from tests.conftest import ROOT, SAMPLE_CATALOGUE
 
-KEYS = {"ndcg10_bm25", "ndcg10_base", "ndcg10_v0", "ndcg10_final", "ndcg10_seen_v0", "ndcg10_seen_final",
+KEYS = {"refused_queries", "ndcg10_bm25",
+         "ndcg10_base", "ndcg10_v0", "ndcg10_final", "ndcg10_seen_v0", "ndcg10_seen_final",
         "rounds", "feedback_used", "gate_rejected_flipped", "never_below_bm25", "spread", "runs", "settings"}
+
+
+def query_texts(subjects: list[str], rows: list[dict]) -> list[str]:
+    """One query per subject; the first a pasted paragraph longer than any search box (real
+    collections have such queries), the last one blank (the reranker refuses it)."""
+    texts = [f"{subject} course" for subject in subjects]
+    paragraph = " ".join(r["description"] for r in rows if r["subject"] == subjects[0])
+    texts[0] = (paragraph + " ") * (1 + 3000 // max(1, len(paragraph)))
+    texts[-1] = "   "
+    return texts
 
 
 def beir_collection(folder: Path) -> Path:
@@ -30,8 +41,8 @@ def beir_collection(folder: Path) -> Path:
             out.write(json.dumps(doc) + "\n")
     subjects = sorted({row["subject"] for row in rows})
     with (folder / "queries.jsonl").open("w") as out:
-        for number, subject in enumerate(subjects):
-            out.write(json.dumps({"_id": f"q{number}", "text": f"{subject} course"}) + "\n")
+        for number, text in enumerate(query_texts(subjects, rows)):
+            out.write(json.dumps({"_id": f"q{number}", "text": text}) + "\n")
     with (folder / "qrels.tsv").open("w") as out:
         out.write("query-id\tcorpus-id\tscore\n")
         for number, subject in enumerate(subjects):
@@ -54,6 +65,13 @@ def test_eval_harness_writes_every_key_the_split_and_the_plot(tmp_path: Path, ti
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result.keys() >= KEYS
+    # The 3,000-character query is searched (read up to the reranker's limit); the blank one is
+    # refused, named with its status and the reranker's message, and the run goes on without it.
+    blank = f"q{len((dataset / 'queries.jsonl').read_text().splitlines()) - 1}"
+    assert list(result["refused_queries"]) == [blank], result["refused_queries"]
+    assert result["refused_queries"][blank]["status"] == 422
+    assert "non-space character" in result["refused_queries"][blank]["message"]
+    assert f"search refused: query {blank} (3 characters) got 422" in done.stderr
     assert out.with_suffix(".png").stat().st_size > 0
     normal, flipped = result["runs"]
     assert not normal["flipped"] and flipped["flipped"]

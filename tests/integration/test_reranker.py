@@ -25,6 +25,7 @@ from sentence_transformers import CrossEncoder
 
 from services.reranker.app import create_app
 from services.reranker.inference_log import InferenceLog
+from services.reranker.routes import MAX_QUERY_CHARS, query_as_read
 from shared.broker import EmbeddedBroker, free_port
 from shared.catalogue import load_catalogue, read_catalogue
 from shared.events import MODEL_READY_TOPIC, ModelReadyEvent, new_id
@@ -214,18 +215,40 @@ def test_rerank_with_caller_documents_and_its_limits(server: Server) -> None:
         assert message in response.text
 
 
-def test_every_search_is_logged_completely(server: Server) -> None:
-    before = server.info()["inferences_served"]
-    body = server.search("linear algebra for beginners", use_reranker=True, top_k=4)
+def logged_inference(server: Server, inference_id: str) -> Inference:
+    """The search's record in the store, once the background inference log has written it."""
 
     async def fetch() -> Inference | None:
         store = await open_store(server.app.state.settings.store_url)
         try:
-            return await store.get_inference(body["inference_id"])
+            return await store.get_inference(inference_id)
         finally:
             await store.close()
 
-    record = wait_for(lambda: asyncio.run(fetch()), 10, 0.1, "the inference record")
+    return wait_for(lambda: asyncio.run(fetch()), 10, 0.1, "the inference record")
+
+
+def test_a_pasted_paragraph_is_searched_on_what_the_rankers_read(server: Server) -> None:
+    paragraph = ("Linear algebra for beginners: vectors, matrices, determinants and eigenvalues, "
+                 "with worked exercises on systems of equations. ") * 60  # about 7,500 characters
+    body = server.search(paragraph, top_k=3)
+    assert len(paragraph) > 3 * MAX_QUERY_CHARS and body["query_text"] == query_as_read(paragraph)
+    assert len(body["query_text"]) <= MAX_QUERY_CHARS and paragraph.startswith(body["query_text"])
+    assert body["results"] and body["results"][0]["first_stage_score"] > 0
+
+    # Feedback on it trains on the query as read, as it was ranked.
+    assert logged_inference(server, body["inference_id"]).query == body["query_text"]
+    rerank = httpx.post(server.url + "/api/reranking/rerank", timeout=60, json={
+        "query": paragraph, "documents": [{"id": "a", "text": "eigenvalues of a matrix"},
+                                          {"id": "b", "text": "baking bread"}]})
+    assert rerank.status_code == 200, rerank.text
+    assert rerank.json()["results"][0]["id"] == "a"
+
+
+def test_every_search_is_logged_completely(server: Server) -> None:
+    before = server.info()["inferences_served"]
+    body = server.search("linear algebra for beginners", use_reranker=True, top_k=4)
+    record = logged_inference(server, body["inference_id"])
     assert record.query == "linear algebra for beginners"
     assert record.model_version == body["model_version"] and record.use_reranker is True
     assert record.latency_ms > 0 and record.created_at is not None

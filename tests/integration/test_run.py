@@ -1,4 +1,5 @@
-"""`make run`'s launcher: Ctrl-C stops every part by itself, the broker last."""
+"""`make run`'s launcher: a start that logs no error, and Ctrl-C stops every part by itself, the
+broker last."""
 
 from __future__ import annotations
 
@@ -32,6 +33,11 @@ def test_ctrl_c_stops_every_service_cleanly(workdir: Path, tiny_model: Path) -> 
                             json={"query_text": "algebra", "top_k": 3}, timeout=30)
         assert search.status_code == 200, search.text
         broker_pid = int(log.read_text().split("event=broker_started")[1].split("pid=")[1].split()[0])
+        # A normal start reads like one: no error line from the launcher or any service (the
+        # broker is waited for quietly while it starts; shared.broker.BrokerOutage).
+        for path in [log, *sorted((workdir / "var" / "logs").glob("*.log"))]:
+            errors = [line for line in path.read_text().splitlines() if "level=ERROR" in line]
+            assert not errors, f"{path.name}: " + "\n".join(errors[:5])
 
         os.killpg(launcher.pid, signal.SIGINT)
         assert launcher.wait(timeout=120) == 0, log.read_text()[-3000:]

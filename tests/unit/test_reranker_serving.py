@@ -1,9 +1,10 @@
-"""Pure parts of the reranker's serving: backend choice and ranking agreement."""
+"""Pure parts of the reranker's serving: backend choice, ranking agreement, the query as read."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from services.reranker.routes import MAX_QUERY_CHARS, query_as_read
 from services.reranker.serving import calibration_sets, pick_backend, same_top_k
 from shared.ml.retrieval import CatalogueIndex
 from shared.store import Resource
@@ -47,3 +48,15 @@ def test_calibration_sets_use_catalogue_titles_and_their_bm25_candidates() -> No
         assert 2 <= top.size <= 4
         assert np.all(np.diff(bm25) <= 0)
     assert calibration_sets(CatalogueIndex([])) == []
+
+
+def test_a_long_query_is_cut_at_a_word_break_within_the_limit() -> None:
+    assert query_as_read("  machine learning  ") == "machine learning"
+    short = "word " * (MAX_QUERY_CHARS // 5)
+    assert query_as_read(short) == short.strip()
+    long = "eigenvalues\nof matrices\t" * 500
+    read = query_as_read(long)
+    assert len(read) <= MAX_QUERY_CHARS and len(read) > MAX_QUERY_CHARS - 20
+    assert read.split() == long.split()[:len(read.split())]  # whole words, in order
+    assert query_as_read("x" * 5000) == "x" * MAX_QUERY_CHARS  # no break to cut at
+    assert query_as_read("   ") == ""  # the route refuses it with a message

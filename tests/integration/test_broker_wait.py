@@ -1,0 +1,103 @@
+"""Waiting for a broker: quiet while it starts, one error with what to do once it stays away.
+
+Real Kafka clients (kafka-python) against a loopback port where nothing listens yet, then the
+real embedded broker started on that port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from shared.broker import EmbeddedBroker, broker_answers, free_port
+from shared.events import MODEL_READY_TOPIC
+from shared.kafka import ConsumerLoop, ensure_topics, make_broadcast_consumer
+from shared.localstack import wait_for
+from shared.logging import QuietConnectionRetries
+from shared.settings import Settings
+from tests.conftest import ROOT
+
+CLIENT = """
+import sys
+from shared.logging import configure
+configure("early-client")
+from shared.kafka import ensure_topics
+from shared.settings import Settings
+ensure_topics(Settings(kafka_bootstrap=sys.argv[1]))
+print("topics ready", flush=True)
+"""
+
+
+def test_a_client_started_before_the_broker_waits_without_an_error_line() -> None:
+    """What every service and the launcher do: `shared.logging.configure`, then a Kafka client."""
+    port = free_port()
+    env = {**os.environ, "EDURANKER_LOG_LEVEL": "DEBUG", "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-c", CLIENT, f"127.0.0.1:{port}"], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        # At debug the demoted lines are still there: proof that the client did try and fail.
+        wait_for(lambda: any("ECONNREFUSED" in line for line in list(lines)), 60, 0.05,
+                 "the client's first refused connection")
+        with EmbeddedBroker(port=port):
+            assert process.wait(timeout=120) == 0, "".join(lines)
+        reader.join(10)
+    finally:
+        process.kill()
+    output = "".join(lines)
+    assert "topics ready" in output
+    refused = [line for line in lines if "ECONNREFUSED" in line]
+    assert refused and all("level=DEBUG" in line for line in refused), output
+    assert not [line for line in lines if "level=ERROR" in line or "level=WARNING" in line], output
+
+
+def test_the_launchers_probe_is_quick_and_silent_while_nothing_listens(
+        caplog: pytest.LogCaptureFixture) -> None:
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO):
+        assert broker_answers(f"127.0.0.1:{free_port()}", timeout_s=1.0) is False
+    assert time.monotonic() - started < 5, "a Kafka client built while nothing listens blocks for 30 s"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_a_consumer_whose_broker_stays_away_says_so_once_then_resumes(
+        caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
+    settings = Settings(kafka_bootstrap=f"127.0.0.1:{port}", kafka_unreachable_after_s=1.0)
+    loop = ConsumerLoop(lambda: make_broadcast_consumer(settings, MODEL_READY_TOPIC), MODEL_READY_TOPIC,
+                        lambda event: None, settings, name="test-model-ready")
+
+    def messages(event: str, level: int) -> list[str]:
+        return [r.getMessage() for r in list(caplog.records)
+                if r.levelno == level and event in r.getMessage()]
+
+    with caplog.at_level(logging.DEBUG, logger="shared.broker"):
+        loop.start()
+        try:
+            wait_for(lambda: messages("event=broker_unreachable", logging.ERROR), 30, 0.1, "the outage error")
+            waits = len(messages("event=broker_wait", logging.DEBUG))
+            wait_for(lambda: len(messages("event=broker_wait", logging.DEBUG)) >= waits + 3, 30, 0.1,
+                     "three more attempts")
+            errors = messages("event=broker_unreachable", logging.ERROR)
+            assert len(errors) == 1 and "what=test-model-ready" in errors[0]
+            assert "EDURANKER_KAFKA_BOOTSTRAP" in errors[0]
+            with EmbeddedBroker(port=port):
+                ensure_topics(settings, (MODEL_READY_TOPIC,))
+                wait_for(loop.ready.is_set, 60, 0.1, "the consumer once the broker answers")
+                wait_for(lambda: messages("event=broker_reachable_again", logging.WARNING), 30, 0.1,
+                         "the all-clear")
+                loop.stop()
+        finally:
+            loop.stop()
+    quiet = QuietConnectionRetries()  # what every service's logging (shared.logging.configure) applies
+    loud = [r for r in caplog.records if r.name.startswith("kafka") and quiet.filter(r)
+            and r.levelno >= logging.WARNING]
+    assert not loud, [r.getMessage() for r in loud]
