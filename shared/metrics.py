@@ -88,6 +88,7 @@ TRAINING_PAIRS = Gauge("eduranker_training_pairs", "Pairs used by the last train
 TRAINING_METRIC = Gauge(
     "eduranker_training_metric", "Validation metrics of the last run", ["model", "metric"]
 )
+ROLLBACKS = Counter("eduranker_model_rollbacks_total", "Champion rollbacks", ["trigger"])
 
 
 class HTTPMetrics:

@@ -64,6 +64,7 @@ ALERTED_METRICS = {
     "eduranker_aggregator_feedback_since_training",
     "eduranker_training_runs_total",
     "eduranker_http_request_duration_seconds_bucket",
+    "eduranker_model_rollbacks_total",
 }
 # Sample names each metric type exposes, after its family name.
 SUFFIXES = {
