@@ -571,6 +571,9 @@ def test_prometheus_scrapes_every_service_and_loads_the_rules() -> None:
     }
     for name in SERVICES:
         assert targets[name] == [f"{name}:{getattr(settings, f'{name}_port')}"]
+    # Rule files are relative to the config, where compose mounts it.
     compose = load_yaml(COMPOSE_FILE)["services"]["prometheus"]
     mounted = {v.split(":")[1] for v in compose["volumes"] if v.startswith("./")}
-    assert set(config["rule_files"]) <= mounted
+    config_dir = Path(next(arg.split("=", 1)[1] for arg in compose["command"]
+                           if arg.startswith("--config.file="))).parent
+    assert {str(config_dir / path) for path in config["rule_files"]} <= mounted
