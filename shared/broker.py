@@ -27,8 +27,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the broker when the process that started it dies."""
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this child (the broker, Prometheus) when the process that started it dies."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
@@ -91,7 +91,7 @@ class EmbeddedBroker:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             # Out of the terminal's process group: Ctrl-C reaches the services, and the broker
             # stays up until they have shut down (a Faust worker whose broker vanished first
             # retries until it is killed). It still dies with its parent.

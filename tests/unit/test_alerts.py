@@ -18,6 +18,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared.localstack import SERVICES
+from shared.prometheus import local_config
 from tests.conftest import ROOT
 from tests.debian import debian_program
 from tests.unit.test_deploy import ALERTS, PROMETHEUS, alert_rules, load_yaml
@@ -56,6 +58,13 @@ def test_the_shipped_config_and_rules_pass_promtool_checks(promtool: str) -> Non
     assert f"SUCCESS: {len(alert_rules())} rules found" in checked.stdout
     rules = run_promtool(promtool, "check", "rules", ALERTS)
     assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_the_local_stacks_config_passes_promtool_check(promtool: str, tmp_path: Path) -> None:
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump(local_config(dict.fromkeys(SERVICES, 8000), 9090, interval_s=1)))
+    checked = run_promtool(promtool, "check", "config", config)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_every_alert_fires_when_it_should_and_stays_silent_otherwise(promtool: str) -> None:
