@@ -128,10 +128,10 @@ def exported_metric_names() -> frozenset[str]:
     return frozenset(names)
 
 
-def grafana_to_promql(expr: str) -> str:
-    """Replaces Grafana's variables with values so that the expression parses as PromQL."""
-    expr = re.sub(r"\$__(rate_interval|interval|range)\b", "5m", expr)
-    return re.sub(r"\$\{?\w+\}?", "1", expr)
+def grafana_to_promql(expr: str, window: str = "5m", value: str = "1") -> str:
+    """The PromQL Grafana sends: its intervals become `window`, the dashboard's variables `value`."""
+    expr = re.sub(r"\$__(rate_interval|interval|range)\b", window, expr)
+    return re.sub(r"\$\{?\w+\}?", value, expr)
 
 
 def metric_names(expr: str) -> set[str]:
