@@ -37,6 +37,19 @@ def die_with_parent() -> None:
         pass
 
 
+def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
+    """SIGTERM, SIGKILL if still running after `timeout_s`; False if it was not running."""
+    if process is None or process.poll() is not None:
+        return False
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    return True
+
+
 def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
     """True when the broker answers a metadata request."""
     from kafka import KafkaAdminClient
@@ -109,15 +122,8 @@ class EmbeddedBroker:
         raise BrokerStartError(f"tansu did not answer on {self.bootstrap} within {timeout_s}s")
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        log.info("event=broker_stopped bootstrap=%s", self.bootstrap)
+        if terminate(self.process, timeout_s):
+            log.info("event=broker_stopped bootstrap=%s", self.bootstrap)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
-from shared.broker import die_with_parent, free_port
+from shared.broker import die_with_parent, free_port, terminate
 
 log = logging.getLogger(__name__)
 
@@ -108,15 +108,8 @@ class LocalPrometheus:
         return answer["data"]
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        log.info("event=prometheus_stopped url=%s", self.url)
+        if terminate(self.process, timeout_s):
+            log.info("event=prometheus_stopped url=%s", self.url)
 
     def __enter__(self) -> LocalPrometheus:
         return self.start()
