@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast lint bench loadtest eval notebook up down clean
+.PHONY: install run monitor test test-fast lint bench loadtest eval notebook up down clean
 
 # The first time takes minutes (torch alone is several hundred MB): each step says what it installs
 # and pip shows its progress. Later runs skip this until pyproject.toml or requirements.lock change.
@@ -29,6 +29,13 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/python -m shared.cli run
+
+# `make run` plus Prometheus on http://127.0.0.1:$(PROMETHEUS_PORT), with deploy/prometheus's jobs
+# and alerts (docs/monitoring.md). Prometheus is not installed for you: apt-get install prometheus.
+PROMETHEUS      ?= prometheus
+PROMETHEUS_PORT ?= 9090
+monitor: install
+	$(BIN)/python -m shared.cli run --monitor --prometheus $(PROMETHEUS) --prometheus-port $(PROMETHEUS_PORT)
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -30,8 +30,8 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the broker when the process that started it dies."""
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this child (the broker, Prometheus) when the process that started it dies."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         pr_set_pdeathsig = 1
@@ -54,6 +54,19 @@ def port_open(bootstrap: str, timeout_s: float = 1.0) -> bool:
         except (OSError, ValueError):
             continue
     return False
+
+
+def terminate(process: subprocess.Popen[bytes] | None, timeout_s: float) -> bool:
+    """SIGTERM, SIGKILL if still running after `timeout_s`; False if it was not running."""
+    if process is None or process.poll() is not None:
+        return False
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    return True
 
 
 def broker_answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
@@ -112,7 +125,7 @@ class EmbeddedBroker:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             # Out of the terminal's process group: Ctrl-C reaches the services, and the broker
             # stays up until they have shut down (a Faust worker whose broker vanished first
             # retries until it is killed). It still dies with its parent.
@@ -133,15 +146,8 @@ class EmbeddedBroker:
                                "a loaded machine may need more time, or another process holds the port")
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        log.info("event=broker_stopped bootstrap=%s", self.bootstrap)
+        if terminate(self.process, timeout_s):
+            log.info("event=broker_stopped bootstrap=%s", self.bootstrap)
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import random
+import shutil
 import signal
 import sys
 import time
@@ -24,10 +25,18 @@ SAMPLE_QUERIES = ROOT / "data" / "sample_queries.txt"
 
 def cmd_run(args: argparse.Namespace) -> int:
     from shared.localstack import LocalStack, offline_defaults
+    from shared.prometheus import LocalPrometheus, PrometheusError
 
+    prometheus_bin = shutil.which(args.prometheus) if args.monitor else None
+    if args.monitor and prometheus_bin is None:
+        print(f"--monitor needs Prometheus: `{args.prometheus}` is not on PATH. Install it (Debian and "
+              "Ubuntu: apt-get install prometheus; else https://prometheus.io/download/) or name the "
+              "binary: make monitor PROMETHEUS=/path/to/prometheus", file=sys.stderr)
+        return 2
     env: dict[str, str] = {}
     offline_defaults(env)
     stack = LocalStack(Path(args.workdir), env=env, fixed_ports=True)
+    prometheus: LocalPrometheus | None = None
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -39,13 +48,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         print("starting the embedded broker, the store and the four services...", flush=True)
         stack.start(catalogue=Path(args.catalogue))
+        monitor = ""
+        if prometheus_bin is not None:
+            prometheus = LocalPrometheus(stack.workdir / "prometheus", stack.ports, port=args.prometheus_port,
+                                         binary=prometheus_bin)
+            try:
+                prometheus.start()
+            except PrometheusError as exc:
+                print(f"{exc}\nIs port {args.prometheus_port} taken (Debian's prometheus service, say)? "
+                      f"Choose another: make monitor PROMETHEUS_PORT=9091")
+                return 1
+            monitor = (f"\n  prometheus {prometheus.url}   (alerts: {prometheus.url}/alerts; "
+                       "Grafana: docs/monitoring.md)")
         reranker, collector = stack.url("reranker"), stack.url("collector")
         print(f"""
 EduRanker is up.
   reranker   {reranker}   (API docs: {reranker}/docs)
   collector  {collector}
   aggregator {stack.url('aggregator')}/stats
-  trainer    {stack.url('trainer')}/admin/runs
+  trainer    {stack.url('trainer')}/admin/runs{monitor}
   logs       {stack.workdir / 'logs'}
 
 Try:
@@ -59,10 +80,16 @@ Ctrl-C stops everything.""", flush=True)
                 if process.poll() is not None:
                     print(f"{name} exited with code {process.returncode}; see {stack.log(name)}")
                     return 1
+            if prometheus is not None and prometheus.process and prometheus.process.poll() is not None:
+                print(f"prometheus exited with code {prometheus.process.returncode}; "
+                      f"see {prometheus.log_path}")
+                return 1
             time.sleep(0.5)
         return 0
     finally:
         print("stopping...", flush=True)
+        if prometheus is not None:
+            prometheus.stop()
         stack.stop()
 
 
@@ -166,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="start the whole loop locally (embedded broker, SQLite)")
     run.add_argument("--workdir", default=str(ROOT / "var"))
     run.add_argument("--catalogue", default=str(SAMPLE_CATALOGUE))
+    run.add_argument("--monitor", action="store_true",
+                     help="also start Prometheus with deploy/prometheus's jobs and alerts (`make monitor`)")
+    run.add_argument("--prometheus", default="prometheus", help="the Prometheus binary, for --monitor")
+    run.add_argument("--prometheus-port", type=int, default=9090, help="its port on 127.0.0.1")
     run.set_defaults(func=cmd_run)
     load = sub.add_parser("load-catalogue", help="load resources from a JSONL or CSV file into the store")
     load.add_argument("path")

@@ -77,6 +77,10 @@ class LocalStack:
                      if k.startswith("EDURANKER_")}
         return Settings(**overrides)
 
+    @property
+    def ports(self) -> dict[str, int]:
+        return {service: getattr(self.settings, port) for service, port in PORT_FIELDS.items()}
+
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{getattr(self.settings, PORT_FIELDS[service])}"
 

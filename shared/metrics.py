@@ -88,6 +88,18 @@ TRAINING_PAIRS = Gauge("eduranker_training_pairs", "Pairs used by the last train
 TRAINING_METRIC = Gauge(
     "eduranker_training_metric", "Validation metrics of the last run", ["model", "metric"]
 )
+ROLLBACKS = Counter("eduranker_model_rollbacks_total", "Champion rollbacks", ["trigger"])
+
+# The label values the alerts count, exported at 0 from a process's start: increase() over a
+# series that first appears at 1 sees no increase, so a process's first failure would not alert.
+ALERTED_LABEL_VALUES: dict[Counter, tuple[str, ...]] = {
+    MODEL_RELOADS: ("success", "failed"),
+    TRAINING_RUNS: ("promoted", "rejected", "skipped", "failed"),
+    ROLLBACKS: ("automatic", "operator"),
+}
+for _counter, _values in ALERTED_LABEL_VALUES.items():
+    for _value in _values:
+        _counter.labels(_value)
 
 
 class HTTPMetrics:

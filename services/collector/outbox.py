@@ -91,9 +91,15 @@ class OutboxRelay:
                 self.connected = False
                 metrics.PUBLISH_FAILURES.inc()
                 self.outage.failed(f"{exc} (retry in {delay:.1f} s)")
+                # The outbox alerts watch these gauges most while Kafka is down.
+                with contextlib.suppress(StoreUnavailableError):
+                    await self._update_backlog()
                 if self._producer is not None:
                     producer, self._producer = self._producer, None
-                    await asyncio.to_thread(producer.close, 0)
+                    # close() flushes first, and raises when the broker still cannot be reached:
+                    # left to propagate, that ended the relay for good at the first long outage.
+                    with contextlib.suppress(KafkaError):
+                        await asyncio.to_thread(producer.close, 0)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except StoreUnavailableError as exc:

@@ -327,6 +327,10 @@ def test_broker_outage_loses_nothing_and_counts_once(stack: LocalStack, truth: T
         wait_for(lambda: len(sent) > at_stop + 40, 30, 0.05, "feedback accepted during the outage")
         outbox = httpx.get(f"{stack.url('collector')}/api/feedback/stats", timeout=30).json()["outbox"]
         assert outbox["pending"] > 0, "accepted while the broker is down: waiting in the outbox"
+        # What the outbox alerts watch, while Kafka is down: events waiting, and for longer and longer.
+        wait_for(lambda: metric(stack, "collector", "eduranker_outbox_backlog") > 0
+                 and metric(stack, "collector", "eduranker_outbox_oldest_pending_age_seconds") > 3,
+                 60, 0.2, "the outbox gauges to show the events waiting")
         stack.broker.start()
         at_start = len(sent)
         wait_for(lambda: len(sent) > at_start + 30, 30, 0.05, "feedback after the broker came back")

@@ -49,6 +49,25 @@ def search(stack: LocalStack, query: str, **extra: object) -> dict:
     return response.json()
 
 
+def rate_top_results(stack: LocalStack) -> int:
+    """Likes and dislikes the first 8 results of each query, both labels on every query: 48
+    feedback, past the threshold these tests train at (40)."""
+    sent = 0
+    for query in QUERIES:
+        body = search(stack, query)
+        for result in body["results"][:8]:
+            label = "like" if query.split()[0].lower() in result["title"].lower() else "dislike"
+            if result["rank"] in (1, 8):  # make sure both labels occur for every query
+                label = "like" if result["rank"] == 1 else "dislike"
+            response = httpx.post(f"{stack.url('collector')}/api/feedback", json={
+                "inference_id": body["inference_id"], "resource_id": result["resource_id"], "feedback": label,
+            })
+            assert response.status_code == 200, response.text
+            assert response.json()["status"] == "created"
+            sent += 1
+    return sent
+
+
 def inference_stored(stack: LocalStack, inference_id: str) -> bool:
     async def lookup() -> bool:
         store = await open_store(stack.settings.store_url)
@@ -74,19 +93,7 @@ def test_feedback_retrains_and_the_reranker_reloads(stack: LocalStack) -> None:
     assert len(before["results"]) == 10
     assert [r["rank"] for r in before["results"]] == list(range(1, 11))
 
-    sent = 0
-    for query in QUERIES:
-        body = search(stack, query)
-        for result in body["results"][:8]:
-            label = "like" if query.split()[0].lower() in result["title"].lower() else "dislike"
-            if result["rank"] in (1, 8):  # make sure both labels occur for every query
-                label = "like" if result["rank"] == 1 else "dislike"
-            response = httpx.post(f"{stack.url('collector')}/api/feedback", json={
-                "inference_id": body["inference_id"], "resource_id": result["resource_id"], "feedback": label,
-            })
-            assert response.status_code == 200, response.text
-            assert response.json()["status"] == "created"
-            sent += 1
+    sent = rate_top_results(stack)
     assert sent == 48
     assert stats(stack)["feedback"]["total"] == 48
 

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,13 +20,13 @@ import pytest
 from shared.broker import free_port
 from shared.localstack import LocalStack
 from tests.conftest import ROOT, tiny_stack
+from tests.debian import debian_program
 from tests.integration.served import Served
 
 ARTIFACTS = ROOT / "test-artifacts"
 THRESHOLD = 12
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-INSTALL_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
@@ -143,35 +140,9 @@ def test_a_part_that_is_down_is_reported_and_the_rest_still_shown(stack: LocalSt
 # The browser
 
 
-def find_chromium() -> str | None:
-    for name in ("chromium", "chromium-browser"):
-        if path := shutil.which(name):
-            return path
-    return None
-
-
-def install_chromium() -> str:
-    """Debian's package, where we may install it; the reason otherwise."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        return "needs root and apt-get to install Debian's `chromium` package"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:
-        for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-            subprocess.run(command, env=env, check=True, capture_output=True, timeout=INSTALL_TIMEOUT_S)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        return f"`apt-get install chromium` failed: {str(exc)[:300]}"
-    return ""
-
-
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        reason = install_chromium()
-        path = find_chromium()
-        if path is None:
-            pytest.skip(f"no Chromium for the browser test: {reason or 'not found after install'}")
-    return path
+    return debian_program("chromium", "chromium", "chromium-browser")
 
 
 @pytest.fixture

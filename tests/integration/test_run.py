@@ -1,22 +1,29 @@
-"""`make run`'s launcher: a start that logs no error, and Ctrl-C stops every part by itself, the
-broker last."""
+"""`make run`'s launcher: a start that logs no error, Ctrl-C stops every part by itself, the broker
+last; `--monitor` adds Prometheus."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from shared.broker import free_port
-from shared.localstack import PORT_FIELDS, wait_for
+from shared.localstack import PORT_FIELDS, SERVICES, wait_for
 from tests.conftest import ROOT, tiny_env
+from tests.debian import debian_program
 
 
-def test_ctrl_c_stops_every_service_cleanly(workdir: Path, tiny_model: Path) -> None:
+@contextmanager
+def launched(workdir: Path, tiny_model: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`python -m shared.cli run ARGS` on free ports, up; the test then stops it with Ctrl-C."""
     ports = {service: free_port() for service in PORT_FIELDS}
     env = {**os.environ, **tiny_env(tiny_model),
            **{f"EDURANKER_{PORT_FIELDS[service].upper()}": str(port) for service, port in ports.items()}}
@@ -24,12 +31,27 @@ def test_ctrl_c_stops_every_service_cleanly(workdir: Path, tiny_model: Path) -> 
     with log.open("wb") as out:
         # A session of its own: the test is the terminal, and SIGINT to the group is its Ctrl-C.
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "run", "--workdir", str(workdir / "var")],
+            [sys.executable, "-m", "shared.cli", "run", "--workdir", str(workdir / "var"), *args],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: "Ctrl-C stops everything" in log.read_text(), 240, what="the stack up")
-        reranker = f"http://127.0.0.1:{ports['reranker']}"
-        search = httpx.post(f"{reranker}/api/reranking/search-with-reranking",
+        yield launcher, log
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+
+
+def ctrl_c(launcher: subprocess.Popen[bytes], log: Path) -> str:
+    os.killpg(launcher.pid, signal.SIGINT)
+    assert launcher.wait(timeout=120) == 0, log.read_text()[-3000:]
+    return log.read_text()
+
+
+def test_ctrl_c_stops_every_service_cleanly(workdir: Path, tiny_model: Path) -> None:
+    with launched(workdir, tiny_model) as (launcher, log):
+        reranker = re.search(r"reranker +(http://\S+)", log.read_text())
+        assert reranker is not None
+        search = httpx.post(f"{reranker.group(1)}/api/reranking/search-with-reranking",
                             json={"query_text": "algebra", "top_k": 3}, timeout=30)
         assert search.status_code == 200, search.text
         broker_pid = int(log.read_text().split("event=broker_started")[1].split("pid=")[1].split()[0])
@@ -38,13 +60,31 @@ def test_ctrl_c_stops_every_service_cleanly(workdir: Path, tiny_model: Path) -> 
         for path in [log, *sorted((workdir / "var" / "logs").glob("*.log"))]:
             errors = [line for line in path.read_text().splitlines() if "level=ERROR" in line]
             assert not errors, f"{path.name}: " + "\n".join(errors[:5])
-
-        os.killpg(launcher.pid, signal.SIGINT)
-        assert launcher.wait(timeout=120) == 0, log.read_text()[-3000:]
-    finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
-    output = log.read_text()
+        output = ctrl_c(launcher, log)
     assert "event=service_killed" not in output, output[-3000:]
     assert "event=broker_stopped" in output
     assert not Path(f"/proc/{broker_pid}").exists()
+
+
+def test_monitor_starts_prometheus_on_the_stack_and_prints_its_url(workdir: Path, tiny_model: Path) -> None:
+    binary = debian_program("prometheus", "prometheus")
+    port = free_port()
+    with launched(workdir, tiny_model, "--monitor", "--prometheus", binary,
+                  "--prometheus-port", str(port)) as (launcher, log):
+        printed = re.search(r"prometheus +(http://\S+)", log.read_text())
+        assert printed is not None and printed.group(1) == f"http://127.0.0.1:{port}", log.read_text()
+        url = printed.group(1)
+
+        def scraped_up() -> set[str]:
+            targets = httpx.get(f"{url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+            return {t["labels"]["job"] for t in targets if t["health"] == "up"}
+
+        # The shipped 15 s scrape interval: the first scrape of each target comes within one.
+        wait_for(lambda: scraped_up() >= set(SERVICES), 60, 1, "the four services scraped")
+        rules = httpx.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        assert sum(len(group["rules"]) for group in rules) > 0
+        output = ctrl_c(launcher, log)
+    assert "event=prometheus_stopped" in output, output[-3000:]
+    assert "event=broker_stopped" in output
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/-/ready", timeout=2)

@@ -64,6 +64,7 @@ ALERTED_METRICS = {
     "eduranker_aggregator_feedback_since_training",
     "eduranker_training_runs_total",
     "eduranker_http_request_duration_seconds_bucket",
+    "eduranker_model_rollbacks_total",
 }
 # Sample names each metric type exposes, after its family name.
 SUFFIXES = {
@@ -127,10 +128,10 @@ def exported_metric_names() -> frozenset[str]:
     return frozenset(names)
 
 
-def grafana_to_promql(expr: str) -> str:
-    """Replaces Grafana's variables with values so that the expression parses as PromQL."""
-    expr = re.sub(r"\$__(rate_interval|interval|range)\b", "5m", expr)
-    return re.sub(r"\$\{?\w+\}?", "1", expr)
+def grafana_to_promql(expr: str, window: str = "5m", value: str = "1") -> str:
+    """The PromQL Grafana sends: its intervals become `window`, the dashboard's variables `value`."""
+    expr = re.sub(r"\$__(rate_interval|interval|range)\b", window, expr)
+    return re.sub(r"\$\{?\w+\}?", value, expr)
 
 
 def metric_names(expr: str) -> set[str]:
@@ -570,6 +571,9 @@ def test_prometheus_scrapes_every_service_and_loads_the_rules() -> None:
     }
     for name in SERVICES:
         assert targets[name] == [f"{name}:{getattr(settings, f'{name}_port')}"]
+    # Rule files are relative to the config, where compose mounts it.
     compose = load_yaml(COMPOSE_FILE)["services"]["prometheus"]
     mounted = {v.split(":")[1] for v in compose["volumes"] if v.startswith("./")}
-    assert set(config["rule_files"]) <= mounted
+    config_dir = Path(next(arg.split("=", 1)[1] for arg in compose["command"]
+                           if arg.startswith("--config.file="))).parent
+    assert {str(config_dir / path) for path in config["rule_files"]} <= mounted
