@@ -38,7 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services.reranker.serving import same_top_k  # noqa: E402
+from shared.ml.backends import same_top_k  # noqa: E402
 from shared.ml.model import (  # noqa: E402
     BACKENDS,
     available_cores,

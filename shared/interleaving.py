@@ -14,7 +14,10 @@ import hashlib
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from shared.store import Feedback
 
 Team = Literal["champion", "challenger"]
 Outcome = Literal["champion", "challenger", "tie"]
@@ -98,6 +101,8 @@ class Tally:
     tie: int = 0
     # query key -> [champion wins, challenger wins, ties]
     queries: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    # Queries won by each side, where only these totals are kept (the aggregator's live tally).
+    query_totals: Mapping[str, int] | None = None
 
     @property
     def rated(self) -> int:
@@ -117,10 +122,58 @@ class Tally:
 
     def query_wins(self) -> dict[str, int]:
         """Queries each side won on more impressions: a check that no single query decides alone."""
+        if self.query_totals is not None:
+            return dict(self.query_totals)
         won = {"champion": 0, "challenger": 0, "tie": 0}
         for champion, challenger, _ in self.queries.values():
             won[outcome((champion, challenger))] += 1
         return won
+
+
+QueryCredit = tuple[int, int, int]
+"""One query's impressions in an experiment: (won by the champion, by the challenger, ties)."""
+SLOT = {"champion": 0, "challenger": 1, "tie": 2}
+
+
+def query_outcome(credit: QueryCredit) -> Outcome:
+    return outcome((credit[0], credit[1]))
+
+
+@dataclass(frozen=True)
+class Live:
+    """An experiment's tally as a stream keeps it: rated impressions by winner, and queries by
+    winner. Each impression's credit and each query's outcomes are kept beside it, by the caller."""
+
+    champion: int = 0
+    challenger: int = 0
+    tie: int = 0
+    queries: Mapping[str, int] = field(default_factory=lambda: {"champion": 0, "challenger": 0, "tie": 0})
+
+    def credited(self, impression: Credit | None, query: QueryCredit | None, team: Team, label: str,
+                 previous_label: str | None) -> tuple[Live, Credit, QueryCredit]:
+        """One feedback on an interleaved result: the tally, its impression's and its query's credit."""
+        after = add_credit(impression or (0, 0), team, label, previous_label)
+        counts = {"champion": self.champion, "challenger": self.challenger, "tie": self.tie}
+        per_query = list(query or (0, 0, 0))
+        queries = dict(self.queries)
+        if query is not None:
+            queries[query_outcome(query)] -= 1
+        if impression is not None:
+            counts[outcome(impression)] -= 1
+            per_query[SLOT[outcome(impression)]] -= 1
+        counts[outcome(after)] += 1
+        per_query[SLOT[outcome(after)]] += 1
+        moved: QueryCredit = (per_query[0], per_query[1], per_query[2])
+        queries[query_outcome(moved)] += 1
+        return Live(**counts, queries=queries), after, moved
+
+    def tally(self) -> Tally:
+        return Tally(champion=self.champion, challenger=self.challenger, tie=self.tie,
+                     query_totals=self.queries)
+
+    @classmethod
+    def of(cls, tally: Tally) -> Live:
+        return cls(tally.champion, tally.challenger, tally.tie, tally.query_wins())
 
 
 @dataclass(frozen=True)
@@ -144,6 +197,12 @@ def recount(feedback: Iterable[Rated]) -> tuple[Tally, dict[str, Credit]]:
     for inference_id, credit in credits.items():
         tally = tally.moved(None, credit, keys[inference_id])
     return tally, credits
+
+
+def rated(feedback: Iterable[Feedback]) -> list[Rated]:
+    """The stored feedback an experiment's recount reads (only what was given on interleaved results)."""
+    return [Rated(f.inference_id, f.interleaved.team, f.label, f.interleaved.query_key)
+            for f in feedback if f.interleaved is not None]
 
 
 def query_key(query: str) -> str:

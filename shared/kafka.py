@@ -145,10 +145,10 @@ def publish(producer: KafkaProducer, topic: str, event: Event, key: str | None =
     producer.send(topic, value=encode(event), key=key.encode() if key else None).get(timeout=timeout_s)
 
 
-def make_group_consumer(settings: Settings, topic: str, group_id: str) -> KafkaConsumer:
+def make_group_consumer(settings: Settings, topic: str | tuple[str, ...], group_id: str) -> KafkaConsumer:
     """A consumer-group member with manual commits: commit only after the work is durable."""
     return KafkaConsumer(
-        topic,
+        *((topic,) if isinstance(topic, str) else topic),
         **_common(settings),
         group_id=group_id,
         enable_auto_commit=False,

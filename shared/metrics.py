@@ -41,6 +41,9 @@ SERVED_MODEL_VERSION = Gauge(
     "eduranker_served_model_version_number", "Numeric part of the served version (0 = version 0)"
 )
 MODEL_RELOADS = Counter("eduranker_model_reloads_total", "Model reload attempts", ["outcome"])
+EXPERIMENT_IMPRESSIONS = Counter(
+    "eduranker_experiment_impressions_total", "Searches answered with an interleaved list", ["kind"]
+)
 INFERENCES_LOGGED = Counter("eduranker_inferences_logged_total", "Inferences written to the store")
 INFERENCE_LOG_BACKLOG = Gauge("eduranker_inference_log_backlog", "Inferences waiting to be written")
 
@@ -77,6 +80,17 @@ AGG_RECOVERED = Counter(
 )
 AGG_REBUILDS = Counter("eduranker_aggregator_rebuilds_total", "Counts rebuilt from the store", ["reason"])
 DEADLETTER = Counter("eduranker_deadletter_total", "Malformed messages set aside", ["topic"])
+EXPERIMENT_RUNNING = Gauge("eduranker_experiment_running", "1 while an online experiment of this kind runs",
+                           ["kind"])
+EXPERIMENT_IMPRESSIONS_LOGGED = Gauge(
+    "eduranker_experiment_logged_impressions", "Interleaved searches logged for the running experiment"
+)
+EXPERIMENT_OUTCOMES = Gauge(
+    "eduranker_experiment_outcomes", "Rated impressions of the running experiment, by winner", ["outcome"]
+)
+EXPERIMENT_P_VALUE = Gauge("eduranker_experiment_p_value", "Always-valid p-value of the running experiment")
+EXPERIMENT_DECISIONS = Counter("eduranker_experiment_decisions_total", "Experiments users decided",
+                               ["decision"])
 
 # Trainer
 TRAINING_RUNS = Counter("eduranker_training_runs_total", "Training runs", ["outcome"])
@@ -94,8 +108,9 @@ ROLLBACKS = Counter("eduranker_model_rollbacks_total", "Champion rollbacks", ["t
 # series that first appears at 1 sees no increase, so a process's first failure would not alert.
 ALERTED_LABEL_VALUES: dict[Counter, tuple[str, ...]] = {
     MODEL_RELOADS: ("success", "failed"),
-    TRAINING_RUNS: ("promoted", "rejected", "skipped", "failed"),
+    TRAINING_RUNS: ("promoted", "challenger", "rejected", "skipped", "failed"),
     ROLLBACKS: ("automatic", "operator"),
+    EXPERIMENT_DECISIONS: ("promote", "retire", "rollback", "keep"),
 }
 for _counter, _values in ALERTED_LABEL_VALUES.items():
     for _value in _values:

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from scipy.special import betaln
 
 from shared.interleaving import Tally
+from shared.store.base import Experiment
 
 Decision = Literal["promote", "retire", "rollback", "keep"]
 
@@ -63,6 +64,11 @@ class Limits:
     min_impressions: int
     max_impressions: int
     max_s: float
+
+    @classmethod
+    def of(cls, experiment: Experiment) -> Limits:
+        return cls(experiment.kind, experiment.alpha, experiment.effect, experiment.min_impressions,
+                   experiment.max_impressions, experiment.max_s)
 
 
 @dataclass(frozen=True)
@@ -117,3 +123,15 @@ def judge(limits: Limits, tally: Tally, impressions: int, started_at: datetime, 
                        f"p = {facts['p_value']:.2g})", facts)
     return Verdict(None, f"collecting: {score} (p = {facts['p_value']:.2g}, deciding at {limits.alpha})",
                    facts)
+
+
+def describe(experiment: Experiment, tally: Tally, impressions: int, now: datetime) -> dict[str, Any]:
+    """An experiment as the collector (from the store) and the aggregator (live) both show it."""
+    verdict = judge(Limits.of(experiment), tally, impressions, experiment.started_at, now)
+    return {"experiment_id": experiment.experiment_id, "kind": experiment.kind,
+            "champion": experiment.champion, "challenger": experiment.challenger,
+            "share": experiment.share, "started_at": experiment.started_at.isoformat(),
+            "status": experiment.status, "impressions": impressions,
+            "wins": {"champion": tally.champion, "challenger": tally.challenger, "tie": tally.tie},
+            "verdict": {"decision": verdict.decision, "reason": verdict.reason},
+            "evidence": verdict.evidence}

@@ -31,6 +31,7 @@ import faust
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from services.aggregator.experiment import Tracker, credit, recounted
 from services.aggregator.policy import (
     Policy,
     apply_feedback,
@@ -45,10 +46,12 @@ from services.aggregator.table import OnePartitionTable, State
 from shared import metrics
 from shared.broker import BrokerOutage
 from shared.events import (
+    EXPERIMENT_DECIDED_TOPIC,
     FEEDBACK_TOPIC,
     MODEL_READY_TOPIC,
     TRAINING_REQUESTED_TOPIC,
     Counts,
+    ExperimentDecidedEvent,
     FeedbackEvent,
     ModelReadyEvent,
     TrainingRequestedEvent,
@@ -109,6 +112,7 @@ feedback_topic = app.topic(FEEDBACK_TOPIC, value_serializer="raw", key_serialize
 model_ready_topic = app.topic(MODEL_READY_TOPIC, value_serializer="raw", key_serializer="raw")
 training_topic = app.topic(TRAINING_REQUESTED_TOPIC, value_serializer="raw", key_serializer="raw")
 deadletter_topic = app.topic(DEADLETTER_TOPIC, value_serializer="raw", key_serializer="raw")
+decided_topic = app.topic(EXPERIMENT_DECIDED_TOPIC, value_serializer="raw", key_serializer="raw")
 
 state = State(app.tables.add(OnePartitionTable(app, name="aggregator-state", default=None, partitions=1,
                                                beacon=app.tables.beacon)))
@@ -118,6 +122,7 @@ outage = BrokerOutage(settings, "aggregator")  # aiokafka retries in silence (sh
 _store: Store | None = None
 _recover_cursor: datetime | None = None
 _last_purge = time.monotonic()
+tracker = Tracker()  # the running online experiment (services/aggregator/experiment.py)
 
 
 def settled() -> bool:
@@ -156,11 +161,13 @@ async def rebuild(reason: str) -> None:
     """Counts := what the store holds now; the events that read reflects will not count again."""
     db = await store()
     runs = await db.list_training_runs(limit=50)
+    await tracker.refresh(db)  # before the snapshot: feedback on an experiment follows its start
     snapshot = await db.feedback_snapshot(datetime.now(UTC) - timedelta(seconds=DEDUP_WINDOW_S))
     since, finished = last_training(runs)
     counts, versions, fresh = count_feedback(snapshot.feedback, since)
     now = time.time()
-    state.replace(counts, versions, fresh, snapshot.event_ids, now)
+    state.replace(counts, versions, fresh, snapshot.event_ids, now,
+                  recounted(tracker.running, snapshot.feedback))
     timing = state.timing()
     first = min((f.created_at for f in snapshot.feedback), default=None)
     timing = replace(timing, last_training_at=finished.timestamp() if finished else 0.0,
@@ -201,8 +208,10 @@ async def count(event: FeedbackEvent, source: str) -> int:
     versions = apply_to_versions(versions, event.model_version, event.label, event.previous_label)
     counts, fresh = apply_fresh(counts, state.fresh(event.feedback_id), event.label,
                                 event.occurred_at.timestamp())
+    credited = credit(state, event, await tracker.running_for(await store(), event))
     now = time.time()
-    state.record(counts, versions, event.event_id, (event.feedback_id, fresh) if fresh else None, now)
+    state.record(counts, versions, event.event_id, (event.feedback_id, fresh) if fresh else None, now,
+                 credited)
     timing = state.timing()
     if not timing.counting_since:
         state.set_timing(replace(timing, counting_since=now))
@@ -210,14 +219,20 @@ async def count(event: FeedbackEvent, source: str) -> int:
     metrics.AGG_COUNT_DELAY.observe(max(0.0, now - event.occurred_at.timestamp()))
     if source != "broker":
         metrics.AGG_RECOVERED.inc()
+    if credited is not None:
+        await tracker.decide(state, send_decision, datetime.now(UTC))
     await maybe_request(now)
     return 1
+
+
+async def send_decision(event: ExperimentDecidedEvent) -> None:
+    await decided_topic.send(key=b"experiment", value=encode(event))
 
 
 async def maybe_request(now: float | None = None) -> None:
     now = now or time.time()
     counts, timing = state.tally()[0], state.timing()
-    reason = evaluate(counts, timing, policy, now).reason
+    reason = evaluate(counts, timing, policy, now, tracker.running).reason
     if reason is None:
         return
     event = TrainingRequestedEvent(reason=reason, counts=counts)  # type: ignore[arg-type]
@@ -237,11 +252,13 @@ async def training_reported(event: ModelReadyEvent) -> None:
     if event.occurred_at.timestamp() <= (state.get("origin") or {}).get("at", 0):
         state.mark_seen(event.event_id, now)  # replayed after a rebuild that already read its run
         return
-    if event.decision in ("promoted", "rejected"):
+    if event.decision in ("promoted", "challenger", "rejected"):
         try:
             await rebuild("training")
         except StoreUnavailableError as exc:
             log.warning("event=rebuild_failed reason=training error=%s", exc)
+    else:
+        await tracker.refresh(await store())
     timing = state.timing()
     if event.request_event_id and event.request_event_id == timing.pending_request:
         # A skipped or failed run is asked again after the pending timeout, not at once.
@@ -295,12 +312,16 @@ async def housekeeping() -> None:
             return
     try:
         await recover_undelivered()
+        async with lock:
+            await tracker.refresh(await store())
+            await tracker.decide(state, send_decision, datetime.now(UTC))
     except StoreUnavailableError as exc:
         log.warning("event=recovery_check_failed error=%s", exc)
     if time.monotonic() - _last_purge >= PURGE_EVERY_S:
         _last_purge = time.monotonic()
         async with lock:
             removed = state.expire_seen(time.time() - DEDUP_WINDOW_S)
+            state.forget_experiments(keep=tracker.running.experiment_id if tracker.running else None)
         metrics.AGG_DEDUP_ENTRIES.set(state.seen_entries())
         if removed:
             log.info("event=dedup_expired removed=%d kept=%d", removed, state.seen_entries())
@@ -354,7 +375,7 @@ async def recover_undelivered(page: int = 1000) -> None:
 def snapshot() -> dict[str, Any]:
     counts, versions, _ = state.tally()
     timing = state.timing()
-    verdict = evaluate(counts, timing, policy, time.time())
+    verdict = evaluate(counts, timing, policy, time.time(), tracker.running)
     last = datetime.fromtimestamp(timing.last_training_at, UTC) if timing.last_training_at else None
     return {
         "feedback": describe(counts, versions, last),
@@ -364,6 +385,7 @@ def snapshot() -> dict[str, Any]:
         "pending_request": bool(timing.pending_since),
         "dedup": {"entries": state.seen_entries(), "window_s": DEDUP_WINDOW_S},
         "origin": state.get("origin"),
+        "experiment": tracker.view(state, datetime.now(UTC)),
         "worker": {"rebalancing": bool(app.rebalancing), "recovering": bool(app.in_recovery),
                    "settled": settled()},
     }

@@ -13,7 +13,7 @@ from typing import Any
 
 from shared.events import Counts
 from shared.settings import Settings
-from shared.store import Feedback, TrainingRun
+from shared.store import Experiment, Feedback, TrainingRun
 
 LABELS = ("like", "dislike")
 Versions = dict[str, dict[str, int]]
@@ -60,8 +60,15 @@ class Verdict:
     blocked_by: str | None = None
 
 
-def evaluate(counts: Counts, timing: Timing, policy: Policy, now: float) -> Verdict:
-    """Checks the conditions in a fixed order; the first that fails is the one reported."""
+def evaluate(counts: Counts, timing: Timing, policy: Policy, now: float,
+             experiment: Experiment | None = None) -> Verdict:
+    """Checks the conditions in a fixed order; the first that fails is the one reported.
+
+    While users compare a challenger with the champion, no new candidate is trained: it would
+    replace the challenger before users could decide (feedback keeps counting for the next run)."""
+    if experiment is not None and experiment.kind == "challenge":
+        return Verdict(blocked_by=f"users are comparing {experiment.challenger} with {experiment.champion} "
+                                  "online: the next training waits for their decision")
     if timing.pending_since and now - timing.pending_since < policy.pending_timeout_s:
         return Verdict(blocked_by="a training request is waiting for the trainer")
     if timing.retry_at and now < timing.retry_at:
@@ -89,9 +96,10 @@ def evaluate(counts: Counts, timing: Timing, policy: Policy, now: float) -> Verd
                               f"fewer than {policy.min_new}")
 
 
-def decide(counts: Counts, timing: Timing, policy: Policy, now: float) -> str | None:
+def decide(counts: Counts, timing: Timing, policy: Policy, now: float,
+           experiment: Experiment | None = None) -> str | None:
     """The reason to request training now ("threshold" or "schedule"), or None."""
-    return evaluate(counts, timing, policy, now).reason
+    return evaluate(counts, timing, policy, now, experiment).reason
 
 
 def apply_feedback(counts: Counts, label: str, previous_label: str | None) -> Counts:
@@ -144,7 +152,7 @@ def last_training(runs: Iterable[TrainingRun]) -> tuple[datetime | None, datetim
 
     Feedback given or changed after the start is "new since the last training".
     """
-    done = [r for r in runs if r.status in ("promoted", "rejected") and r.finished_at]
+    done = [r for r in runs if r.status in ("promoted", "challenger", "rejected") and r.finished_at]
     if not done:
         return None, None
     latest = max(done, key=lambda r: r.finished_at or r.started_at)

@@ -1,6 +1,9 @@
 """The aggregator's state: one Faust table, and the order its keys are written in.
 
-Keys: "tally" → {"counts", "versions", "last_event", "last_fresh"}; "timing" → `Timing`;
+Keys: "tally" → {"counts", "versions", "last_event", "last_fresh", "experiment", "last_credit"};
+"timing" → `Timing`; "experiment" → the running online experiment (the store's record);
+"imp:<experiment>:<inference_id>" → an interleaved impression's credit [champion, challenger];
+"q:<experiment>:<query key>" → a query's impressions [won by the champion, by the challenger, ties];
 "origin" → when and why the counts were last rebuilt from the store; "recovered_through" →
 how far the outbox has been checked; "seen:<event_id>" → when it was counted (epoch s);
 "fresh:<feedback_id>" → [label, given at] for feedback given or changed since the last training.
@@ -8,8 +11,10 @@ how far the outbox has been checked; "seen:<event_id>" → when it was counted (
 One partition, so one changelog written in order, and a restore gives back a prefix of it
 (possibly short of the last writes: a stop may not flush them, and the embedded broker can
 report the end of a log early). Each count writes the tally first, naming its event and that
-event's "fresh" entry, then the entry and the event's id; the next count re-applies the
-previous one's entries if they went missing. So the tally is the commit record of a count.
+event's "fresh" entry (and, for an interleaved result, the experiment's tally and the impression's
+and query's new credit), then those entries and the event's id; the next count re-applies the
+previous one's entries if they went missing, and reads go through the tally first. So the tally is
+the commit record of a count.
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from faust.stores import memory
 
 from services.aggregator.policy import Fresh, Timing, Versions
 from shared.events import Counts
+from shared.interleaving import Credit, Live, QueryCredit
+
+ExperimentCredit = tuple[str, Credit, str, QueryCredit]
+"""One count's experiment entries: impression key, its credit, query key, the query's credit."""
+Recount = tuple[str, Live, Mapping[str, tuple[int, ...]]]
+"""An experiment recounted from the store: its id, its tally, and every credit entry by key."""
 
 
 class WriterOwnedMemory(memory.Store):
@@ -102,6 +113,23 @@ class State:
         last = (self.table.get("tally") or {}).get("last_event")
         return last == event_id or self.table.get(f"seen:{event_id}") is not None
 
+    def live(self) -> tuple[str | None, Live]:
+        """The experiment the tally counts for, and its counts."""
+        part = (self.table.get("tally") or {}).get("experiment") or {}
+        live = part.get("live")
+        return part.get("id"), (Live(**{**live, "queries": dict(live["queries"])}) if live else Live())
+
+    def credit(self, key: str) -> Any:
+        """An impression's or a query's credit; the last count's value first (its commit record)."""
+        last = (self.table.get("tally") or {}).get("last_credit")
+        if last:
+            if last[0] == key:
+                return tuple(last[1])
+            if last[2] == key:
+                return tuple(last[3])
+        entry = self.table.get(key)
+        return tuple(entry) if entry is not None else None
+
     def fresh(self, feedback_id: str) -> Fresh | None:
         entry = self.table.get(f"fresh:{feedback_id}")
         return (entry[0], entry[1]) if entry else None
@@ -118,8 +146,9 @@ class State:
             self.table[f"fresh:{feedback_id}"] = list(entry)
 
     def record(self, counts: Counts, versions: Versions, event_id: str,
-               fresh: tuple[str, Fresh] | None, now: float) -> None:
-        """One count: the tally (naming the event), then its fresh entry and its id."""
+               fresh: tuple[str, Fresh] | None, now: float,
+               experiment: tuple[str, Live, ExperimentCredit] | None = None) -> None:
+        """One count: the tally (naming the event), then its fresh and credit entries and its id."""
         previous = self.table.get("tally") or {}
         if previous.get("last_event"):
             self.mark_seen(previous["last_event"], now)
@@ -127,14 +156,52 @@ class State:
             feedback_id, label, at = previous["last_fresh"]
             if fresh is None or fresh[0] != feedback_id:
                 self._set_fresh(feedback_id, (label, at))
-        self._write_tally(counts, versions, event_id, fresh)
+        if previous.get("last_credit"):
+            self._set_credit(previous["last_credit"])
+        part = previous.get("experiment")
+        credit = None
+        if experiment is not None:
+            experiment_id, live, credit = experiment
+            part = {"id": experiment_id, "live": asdict(live)}
+        self._write_tally(counts, versions, event_id, fresh, part, credit)
         if fresh is not None:
             self._set_fresh(*fresh)
+        if credit is not None:
+            self._set_credit(credit)
         self.mark_seen(event_id, now)
 
+    def _set_credit(self, credit: Any) -> None:
+        impression, value, query, totals = credit
+        for key, entry in ((impression, list(value)), (query, list(totals))):
+            if self.table.get(key) != entry:
+                self.table[key] = entry
+
+    def adopt(self, experiment_id: str) -> None:
+        """The tally counts for a newly started experiment, from zero: called before any of its
+        feedback is counted (the first of it adopts it), so nothing of it was counted elsewhere."""
+        tally = dict(self.table.get("tally") or {})
+        tally["experiment"] = {"id": experiment_id, "live": asdict(Live())}
+        self.table["tally"] = tally
+
+    def forget_experiments(self, keep: str | None) -> int:
+        """Removes credit entries of experiments other than `keep` (they ended); returns how many."""
+        stale = [key for key in list(self.table.keys()) if str(key).startswith(("imp:", "q:"))
+                 and str(key).split(":", 2)[1] != keep]
+        for key in stale:
+            del self.table[key]
+        return len(stale)
+
     def replace(self, counts: Counts, versions: Versions, fresh: Mapping[str, Fresh],
-                event_ids: Iterable[str], now: float) -> None:
-        """A rebuild: these counts, exactly these fresh entries, and these events as seen."""
+                event_ids: Iterable[str], now: float, experiment: Recount | None = None) -> None:
+        """A rebuild: these counts, exactly these fresh entries, and these events as seen; with
+        `experiment`, the running experiment's recount from the same read (credits first)."""
+        part = None
+        if experiment is not None:
+            experiment_id, live, credits = experiment
+            for key, value in credits.items():
+                if self.table.get(key) != list(value):
+                    self.table[key] = list(value)
+            part = {"id": experiment_id, "live": asdict(live)}
         previous = (self.table.get("tally") or {}).get("last_event")
         for event_id in [previous, *event_ids] if previous else event_ids:
             self.mark_seen(event_id, now)
@@ -142,12 +209,16 @@ class State:
             del self.table[key]
         for feedback_id, entry in fresh.items():
             self._set_fresh(feedback_id, entry)
-        self._write_tally(counts, versions, None, None)
+        self._write_tally(counts, versions, None, None, part)
 
     def _write_tally(self, counts: Counts, versions: Versions, event_id: str | None,
-                     fresh: tuple[str, Fresh] | None) -> None:
+                     fresh: tuple[str, Fresh] | None, experiment: dict[str, Any] | None = None,
+                     credit: ExperimentCredit | None = None) -> None:
         self.table["tally"] = {"counts": counts.model_dump(), "versions": versions, "last_event": event_id,
-                               "last_fresh": [fresh[0], *fresh[1]] if fresh else None}
+                               "last_fresh": [fresh[0], *fresh[1]] if fresh else None,
+                               "experiment": experiment,
+                               "last_credit": [credit[0], list(credit[1]), credit[2], list(credit[3])]
+                               if credit else None}
 
     def seen_entries(self) -> int:
         if self._seen_entries < 0:

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.collector.outbox import OutboxRelay
 from shared import metrics
-from shared.events import new_id
+from shared.events import Interleaved, new_id
+from shared.interleaving import query_key
 from shared.store import Feedback, FeedbackOutcome, Inference, Store, StoreUnavailableError
 
 log = logging.getLogger(__name__)
@@ -176,11 +177,15 @@ async def validate(body: FeedbackRequest, inferences: InferenceCache) -> Feedbac
         metrics.FEEDBACK.labels(body.feedback, "rejected").inc()
         raise FeedbackError(422, f"resource {body.resource_id!r} was not among the results "
                                  f"shown for inference {body.inference_id!r}")
+    interleaved = None
+    if inference.interleaving is not None and shown.team is not None:
+        interleaved = Interleaved(experiment_id=inference.interleaving.experiment_id, team=shown.team,
+                                  query_key=query_key(inference.query))
     return Feedback(
         feedback_id=new_id(), inference_id=body.inference_id, resource_id=body.resource_id,
         label=body.feedback, rank=shown.rank, model_version=inference.model_version,
         user_id=body.user_id, session_id=body.session_id, request_id=body.request_id,
-        is_test=body.is_test,
+        is_test=body.is_test, interleaved=interleaved,
     )
 
 

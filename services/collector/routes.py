@@ -11,6 +11,9 @@ from services.aggregator.policy import count_feedback, describe, last_training
 from services.collector.intake import FeedbackError, FeedbackRequest, FeedbackResponse, Intake
 from services.collector.outbox import OutboxRelay
 from shared.auth import require_feedback
+from shared.events import utcnow
+from shared.interleaving import rated, recount
+from shared.sequential import describe as describe_experiment
 from shared.store import Store
 
 router = APIRouter()
@@ -82,7 +85,14 @@ async def feedback_stats(store: StoreDep, relay: RelayDep) -> dict[str, Any]:
     since, finished = last_training(await store.list_training_runs(limit=50))
     counts, versions, _ = count_feedback(feedback, since)
     pending, oldest = await store.outbox_backlog()
+    experiment = await store.running_experiment()
+    online = None
+    if experiment is not None:
+        tally, _ = recount(rated(await store.experiment_feedback(experiment.experiment_id)))
+        online = describe_experiment(experiment, tally,
+                                     await store.count_impressions(experiment.experiment_id), utcnow())
     return {
+        "experiment": online,
         "feedback": {**describe(counts, versions, finished), "test": sum(f.is_test for f in feedback)},
         "inferences": {"total": sum(inferences.values()), "by_model_version": inferences},
         "outbox": {"pending": pending, "oldest_pending_at": oldest.isoformat() if oldest else None,

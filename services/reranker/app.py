@@ -17,6 +17,7 @@ from shared.events import MODEL_READY_TOPIC, Event, ModelReadyEvent
 from shared.http import add_common
 from shared.kafka import ConsumerLoop, DeadLetters, make_broadcast_consumer
 from shared.ml.model import configure_torch_threads
+from shared.ml.pipeline import VERSION_ZERO
 from shared.settings import Settings, get_settings
 from shared.store import StoreUnavailableError, open_store
 
@@ -42,13 +43,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         app.state.refresh_catalogue = refresh_catalogue
         await holder.load_initial(await store.list_resources())
+        await holder.set_experiment(await store.running_experiment())  # a restart joins it at once
         inference_log.start()
+
+        async def follow(event: ModelReadyEvent) -> None:
+            if event.decision == "promoted":
+                await holder.reload(VERSION_ZERO if event.version == VERSION_ZERO else event.location)
+            await holder.set_experiment(await store.running_experiment())
 
         def on_model_ready(event: Event) -> None:
             assert isinstance(event, ModelReadyEvent)
-            log.info("event=model_ready_received version=%s decision=%s", event.version, event.decision)
-            if event.decision == "promoted":
-                asyncio.run_coroutine_threadsafe(holder.reload(event.location), loop).result()
+            log.info("event=model_ready_received version=%s decision=%s experiment=%s", event.version,
+                     event.decision, event.experiment_id)
+            if event.decision in ("promoted", "challenger", "retired"):
+                asyncio.run_coroutine_threadsafe(follow(event), loop).result()
 
         consumer = ConsumerLoop(lambda: make_broadcast_consumer(settings, MODEL_READY_TOPIC),
                                 MODEL_READY_TOPIC, on_model_ready, settings, name="model-ready",
@@ -56,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.consumer = consumer
 
         async def watch() -> None:
-            """Safety net beside Kafka: follow catalogue changes and the registry's champion."""
+            """Safety net beside Kafka: follow catalogue changes, the registry's champion and the
+            store's running experiment."""
             while True:
                 await asyncio.sleep(settings.watch_interval_s)
                 try:
@@ -66,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     if (champion and not holder.pinned and champion != holder.state.model.version
                             and champion not in holder.failed):
                         await holder.reload(champion)
+                    await holder.set_experiment(await store.running_experiment())
                 except StoreUnavailableError as exc:
                     log.warning("event=watch_failed error=%s", exc)
                 except Exception:  # the watcher must outlive any one bad round

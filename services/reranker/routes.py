@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from services.reranker.inference_log import InferenceLog
-from services.reranker.serving import ModelHolder, ServingState
-from shared import metrics
+from services.reranker.ranking import rank
+from services.reranker.serving import ModelHolder
 from shared.auth import require_admin, require_search
 from shared.events import new_id
 from shared.ml.retrieval import CatalogueIndex
@@ -96,19 +96,6 @@ class SearchResponse(BaseModel):
     results: list[SearchResult]
 
 
-def rank(state: ServingState, query: str, use_reranker: bool, n_candidates: int,
-         top_k: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """Positions, every scorer's scores, and the shown order (indexes into positions)."""
-    positions, bm25 = state.index.bm25_top(query, max(n_candidates, top_k) if use_reranker else top_k)
-    if not use_reranker or not positions.size:
-        return positions, {"bm25": bm25}, np.arange(positions.size)[:top_k]
-    start = time.perf_counter()
-    scores = state.model.score(state.index, query, positions, bm25)
-    metrics.RERANK_DURATION.observe(time.perf_counter() - start)
-    metrics.RERANK_CANDIDATES.observe(positions.size)
-    return positions, scores, np.argsort(-scores["fused"], kind="stable")[:top_k]
-
-
 @router.post("/api/reranking/search-with-reranking", response_model=SearchResponse, tags=["search"],
              dependencies=[Depends(require_search)])
 async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
@@ -122,33 +109,34 @@ async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
         raise HTTPException(422, "query_text must contain at least one non-space character")
     top_k = min(body.top_k, settings.max_top_k)
     n_candidates = min(body.candidates or settings.rerank_candidates, settings.max_candidates)
+    inference_id = new_id()  # first: it decides whether this search is interleaved
     if body.use_reranker:  # BM25, dense and cross scoring together on the model thread
-        positions, scores, order = await holder.run(rank, state, query, True, n_candidates, top_k)
+        ranked = await holder.run(rank, state, query, True, n_candidates, top_k, inference_id)
     else:
-        positions, scores, order = rank(state, query, False, n_candidates, top_k)
-    results = []
-    for position, i in enumerate(order, start=1):
-        resource = state.index.resources[positions[i]]
-        rerank_score = float(scores["fused"][i]) if "fused" in scores else None
+        ranked = rank(state, query, False, n_candidates, top_k, inference_id)
+    results, teams = [], ranked.teams
+    for shown, i in enumerate(ranked.order):
+        resource = state.index.resources[ranked.positions[i]]
         results.append(SearchResult(
             resource_id=resource.id, title=resource.title, description=resource.description,
             subject=resource.subject, level=resource.level, type=resource.type, url=resource.url,
-            rank=position, first_stage_score=float(scores["bm25"][i]), rerank_score=rerank_score,
-            scores={k: float(v[i]) for k, v in scores.items()},
+            rank=shown + 1, first_stage_score=float(ranked.scores["bm25"][i]),
+            rerank_score=ranked.rerank_score(shown),
+            scores={k: float(v[i]) for k, v in ranked.scores.items()},
         ))
     version = state.model.version
     latency_ms = (time.perf_counter() - start) * 1000
-    inference_id = new_id()
     inference_log.add(Inference(
         inference_id=inference_id, query=query, model_version=version, use_reranker=body.use_reranker,
-        latency_ms=latency_ms,
+        latency_ms=latency_ms, interleaving=ranked.interleaving,
         results=[ShownResult(resource_id=r.resource_id, rank=r.rank, first_stage_score=r.first_stage_score,
-                             rerank_score=r.rerank_score, scores=r.scores) for r in results],
+                             rerank_score=r.rerank_score, scores=r.scores,
+                             team=teams[n] if teams else None) for n, r in enumerate(results)],
     ))
     holder.count_served(version)
     return SearchResponse(inference_id=inference_id, query_text=query, model_version=version,
                           use_reranker=body.use_reranker,
-                          candidates=int(positions.size) if body.use_reranker else 0,
+                          candidates=int(ranked.positions.size) if body.use_reranker else 0,
                           latency_ms=round(latency_ms, 3), results=results)
 
 

@@ -13,32 +13,20 @@ import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from shared import metrics
-from shared.ml.model import cross_backend, cross_scores, load_onnx_cross_encoder, pick_device
-from shared.ml.pipeline import SPEC_FILE, PipelineSpec, RankingModel, version_zero
+from shared.ml.backends import BackendChoice, choose_backend
+from shared.ml.model import cross_backend, pick_device
+from shared.ml.pipeline import SPEC_FILE, VERSION_ZERO, PipelineSpec, RankingModel, version_zero
 from shared.ml.registry import Registry
 from shared.ml.retrieval import CatalogueIndex, EmbeddingCache
 from shared.settings import Settings
-from shared.store import Resource
+from shared.store import Experiment, Resource
 
 log = logging.getLogger(__name__)
-
-ORDER_TOP_K = 10
-ORDER_TOLERANCE = 0.01
-"""Fused-score (z-units) gap under which two results count as tied when comparing backends."""
-MIN_SPEEDUP = 1.1
-"""`auto` leaves torch only for a backend at least this much faster, so timing noise cannot flip it."""
-CALIBRATION_QUERIES = 3
-CALIBRATION_CANDIDATES = 20
-CalibrationSet = tuple[str, np.ndarray, np.ndarray]
-"""A query, its BM25 top positions and their BM25 scores."""
-
 
 def pinned_spec(settings: Settings, folder: Path) -> PipelineSpec:
     """`CROSS_ENCODER_PATH`: a registry version folder as is, or a bare cross-encoder folder."""
@@ -48,37 +36,15 @@ def pinned_spec(settings: Settings, folder: Path) -> PipelineSpec:
                         weights={"cross": 1.0}, max_length=settings.max_length)
 
 
-def same_top_k(reference: np.ndarray, candidate: np.ndarray, k: int = ORDER_TOP_K,
-               tolerance: float = ORDER_TOLERANCE) -> bool:
-    """Whether `candidate` ranks the top k like `reference`, position by position.
-
-    Items the reference scores within `tolerance` of each other may swap: at each position
-    the candidate's pick must score (by the reference) within `tolerance` of the reference's.
-    """
-    ref_top = np.argsort(-reference, kind="stable")[:k]
-    cand_top = np.argsort(-candidate, kind="stable")[:k]
-    return bool(np.all(np.abs(reference[cand_top] - reference[ref_top]) <= tolerance))
-
-
-def pick_backend(pairs_per_s: dict[str, float], agrees: dict[str, bool],
-                 min_speedup: float = MIN_SPEEDUP) -> tuple[str, str]:
-    """`auto`: the fastest backend that keeps torch's top-10 order and beats torch by `min_speedup`."""
-    torch_speed = pairs_per_s.get("torch", 0.0)
-    eligible = {b: s for b, s in pairs_per_s.items() if b != "torch" and agrees.get(b)}
-    if not eligible:
-        return "torch", "no other backend kept the top-10 order"
-    best = max(eligible, key=lambda b: eligible[b])
-    if eligible[best] < torch_speed * min_speedup:
-        return "torch", f"{best} was not {min_speedup}x faster than torch"
-    return best, f"{best}: {eligible[best] / max(torch_speed, 1e-9):.2f}x torch, same top-10 order"
-
-
 @dataclass(frozen=True)
-class BackendChoice:
-    backend: str
-    reason: str
-    pairs_per_s: dict[str, float] = field(default_factory=dict)
-    agrees: dict[str, bool] = field(default_factory=dict)
+class Challenger:
+    """The version users compare with the champion while an experiment runs, and that experiment."""
+
+    model: RankingModel
+    experiment: Experiment
+    backend: BackendChoice
+    # Its own index when it embeds with another model; else it shares the champion's.
+    index: CatalogueIndex | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +52,11 @@ class ServingState:
     model: RankingModel
     index: CatalogueIndex
     backend: BackendChoice
+    challenger: Challenger | None = None
+
+    @property
+    def experiment(self) -> Experiment | None:
+        return self.challenger.experiment if self.challenger else None
 
 
 class VersionRejected(ValueError):
@@ -128,17 +99,35 @@ class ModelHolder:
         self.executor.shutdown(wait=True)
 
     # Loading (loader thread)
-    def _build(self, spec: PipelineSpec, folder: Path | None, resources: list[Resource]) -> ServingState:
-        current = self._state.model if self._state else None
+    def _loaded(self, spec: PipelineSpec, folder: Path | None,
+                resources: list[Resource]) -> tuple[RankingModel, CatalogueIndex, BackendChoice]:
+        """A version loaded, indexed, on its backend and warm; an embedder already loaded is shared."""
         reuse = None
-        if current is not None and current.spec.embedding_model == spec.embedding_model:
-            reuse = current.embedder
+        if self._state is not None:
+            for loaded in (self._state.model, *((self._state.challenger.model,) if self._state.challenger
+                                                 else ())):
+                if loaded.embedder is not None and loaded.spec.embedding_model == spec.embedding_model:
+                    reuse = loaded.embedder
         model = RankingModel.load(spec, folder, self.settings.device, embedder=reuse)
         index = self._index(model, resources)
         model.warm_up(index)
-        model, backend = self._choose_backend(model, index)
+        model, backend = choose_backend(model, index, self.settings)
         model.warm_up(index)
+        return model, index, backend
+
+    def _build(self, spec: PipelineSpec, folder: Path | None, resources: list[Resource]) -> ServingState:
+        model, index, backend = self._loaded(spec, folder, resources)
         return ServingState(model=model, index=index, backend=backend)
+
+    def _build_challenger(self, spec: PipelineSpec, folder: Path | None, experiment: Experiment,
+                          state: ServingState) -> Challenger:
+        """The challenger beside the champion: the first stage, the catalogue index and the
+        embeddings are shared wherever both use the same embedding model."""
+        model, index, backend = self._loaded(spec, folder, state.index.resources)
+        shared = index.embeddings is None or (
+            state.model.embedder is not None and model.embedder is state.model.embedder)
+        return Challenger(model=model, experiment=experiment, backend=backend,
+                          index=None if shared else index)
 
     def _index(self, model: RankingModel, resources: list[Resource]) -> CatalogueIndex:
         if model.embedder is None:
@@ -147,63 +136,6 @@ class ModelHolder:
         cache = self._caches.setdefault(key, EmbeddingCache(model.embed_texts))
         return CatalogueIndex(resources, cache([r.text for r in resources]))
 
-    def _onnx_cache(self) -> Path:
-        return self.settings.onnx_cache_dir or self.settings.registry_root / ".cache" / "onnx"
-
-    def _choose_backend(self, model: RankingModel,
-                        index: CatalogueIndex) -> tuple[RankingModel, BackendChoice]:
-        """Torch, an ONNX Runtime twin, or (`auto`) whichever is faster with the same top-10."""
-        wanted = self.settings.backend
-        if model.cross is None:
-            return model, BackendChoice("torch", "no cross-encoder in this version")
-        if pick_device(self.settings.device) == "cuda":
-            model.cross.model.half()
-            return model, BackendChoice("torch-fp16", "GPU: torch in fp16")
-        if wanted == "torch" or model.folder is None or model.spec.cross_encoder is None:
-            return model, BackendChoice("torch", f"EDURANKER_BACKEND={wanted}")
-        sets = calibration_sets(index)
-        if wanted == "auto" and not sets:
-            return model, BackendChoice("torch", "empty catalogue: no queries to compare backends on")
-        folder = model.folder / model.spec.cross_encoder
-        variants = [wanted] if wanted != "auto" else ["onnx", "onnx-int8"]
-        candidates = {"torch": model}
-        for backend in variants:
-            try:
-                onnx = load_onnx_cross_encoder(model.cross, folder, backend, self._onnx_cache(),
-                                               self.settings.torch_threads)
-            except Exception as exc:  # an architecture the exporter cannot handle still serves with torch
-                log.error("event=onnx_unavailable backend=%s error=%r", backend, str(exc)[:300])
-                continue
-            candidates[backend] = dataclasses.replace(model, cross=onnx)
-        if wanted != "auto":
-            chosen = candidates.get(wanted)
-            if chosen is None:
-                return model, BackendChoice("torch", f"{wanted} failed to load; see the error log")
-            return chosen, BackendChoice(wanted, f"EDURANKER_BACKEND={wanted}")
-        speeds, agrees = self._calibrate(candidates, index, sets)
-        backend, reason = pick_backend(speeds, agrees)
-        log.info("event=backend_chosen backend=%s reason=%r pairs_per_s=%s", backend, reason, speeds)
-        return candidates[backend], BackendChoice(backend, reason, speeds, agrees)
-
-    def _calibrate(self, candidates: dict[str, RankingModel], index: CatalogueIndex,
-                   sets: list[CalibrationSet]) -> tuple[dict[str, float], dict[str, bool]]:
-        """Score a few catalogue queries with every backend: speed, and top-10 agreement with torch."""
-        reference = [candidates["torch"].score(index, q, top, bm25)["fused"] for q, top, bm25 in sets]
-        agrees = {"torch": True}
-        for backend, model in candidates.items():
-            if backend != "torch":
-                fused = [model.score(index, q, top, bm25)["fused"] for q, top, bm25 in sets]
-                agrees[backend] = all(same_top_k(r, f) for r, f in zip(reference, fused, strict=True))
-        pairs = sum(top.size for _, top, _ in sets)
-        best = dict.fromkeys(candidates, float("inf"))
-        for _ in range(2):  # round-robin, best of two: load from other work hits every backend alike
-            for backend, model in candidates.items():
-                start = time.perf_counter()
-                for query, top, _ in sets:
-                    cross_scores(model.cross, query, [index.resources[p].text for p in top])
-                best[backend] = min(best[backend], time.perf_counter() - start)
-        return {b: round(pairs / t, 1) for b, t in best.items()}, agrees
-
     def _publish_info(self) -> None:
         state = self.state
         spec = state.model.spec
@@ -211,6 +143,12 @@ class ModelHolder:
                                    "backend": state.backend.backend})
         number = spec.version[1:] if spec.version.startswith("v") and spec.version[1:].isdigit() else "-1"
         metrics.SERVED_MODEL_VERSION.set(int(number))
+
+    def _version(self, name: str) -> tuple[PipelineSpec, Path | None]:
+        """A served version by name: `v0` is version 0 (no folder), the rest are registry folders."""
+        if name == VERSION_ZERO:
+            return version_zero(self.settings), None
+        return self._registry_version(name)
 
     def _registry_version(self, location: str) -> tuple[PipelineSpec, Path]:
         folder = self.registry.resolve(location)
@@ -245,17 +183,24 @@ class ModelHolder:
                  state.model.spec.kind, state.backend.backend, state.model.folder)
 
     async def reload(self, location: str) -> bool:
-        """Load a promoted version and swap it in; any failure leaves the current model serving."""
+        """Load a promoted version (`v0`: version 0) and swap it in; any failure leaves the current
+        model serving. A challenger users just preferred is already loaded: it is swapped in as is."""
         if self.pinned:
             log.info("event=reload_ignored reason=pinned location=%s", location)
             return False
         async with self._reload_lock:
             try:
-                spec, folder = self._registry_version(location)
-                if self._state and spec.version == self._state.model.version:
+                spec, folder = self._version(location)
+                state = self.state
+                if spec.version == state.model.version:
                     return True
                 started = time.perf_counter()
-                new = await self._load(self._build, spec, folder, self.state.index.resources)
+                challenger = state.challenger
+                if (challenger is not None and challenger.model.version == spec.version
+                        and challenger.index is None):
+                    new = ServingState(model=challenger.model, index=state.index, backend=challenger.backend)
+                else:
+                    new = await self._load(self._build, spec, folder, state.index.resources)
             except Exception as exc:  # whatever a version's files hold, the service keeps serving
                 self._failed(location, exc)
                 return False
@@ -267,12 +212,60 @@ class ModelHolder:
                      spec.kind, new.backend.backend, time.perf_counter() - started)
             return True
 
+    async def follow(self, champion: str | None, experiment: Experiment | None) -> None:
+        """Serve what the registry and the store say: their champion, and beside it the running
+        experiment's challenger. Called on every `model.ready` and by the watcher."""
+        if self.pinned:
+            return
+        wanted = champion or VERSION_ZERO
+        if wanted != self.state.model.version and wanted not in self.failed:
+            await self.reload(wanted)
+        await self.set_experiment(experiment)
+
+    async def set_experiment(self, experiment: Experiment | None) -> None:
+        """Load the experiment's challenger beside the champion, or drop it when none runs."""
+        if self.pinned:
+            return
+        async with self._reload_lock:
+            state = self.state
+            current = state.challenger
+            if experiment is not None and experiment.champion != state.model.version:
+                experiment = None  # for another champion: it waits until this replica serves that one
+            if experiment is None:
+                if current is not None:
+                    self._state = dataclasses.replace(state, challenger=None)
+                    log.info("event=challenger_dropped version=%s experiment=%s", current.model.version,
+                             current.experiment.experiment_id)
+                return
+            if current is not None and current.model.version == experiment.challenger:
+                if current.experiment != experiment:
+                    self._state = dataclasses.replace(
+                        state, challenger=dataclasses.replace(current, experiment=experiment))
+                return
+            if experiment.challenger in self.failed:
+                return
+            started = time.perf_counter()
+            try:
+                spec, folder = self._version(experiment.challenger)
+                challenger = await self._load(self._build_challenger, spec, folder, experiment, state)
+            except Exception as exc:  # a challenger that does not load leaves the champion serving alone
+                self._failed(experiment.challenger, exc)
+                return
+            self._state = dataclasses.replace(self.state, challenger=challenger)
+            log.info("event=challenger_loaded version=%s experiment=%s kind=%s share=%s seconds=%.1f",
+                     spec.version, experiment.experiment_id, experiment.kind, experiment.share,
+                     time.perf_counter() - started)
+
     async def refresh_catalogue(self, resources: list[Resource]) -> None:
         """Re-index after catalogue changes; only new or changed texts are embedded."""
         async with self._reload_lock:
             state = self.state
             index = await self._load(self._index, state.model, resources)
-            self._state = dataclasses.replace(state, index=index)
+            challenger = state.challenger
+            if challenger is not None and challenger.index is not None:
+                own = await self._load(self._index, challenger.model, resources)
+                challenger = dataclasses.replace(challenger, index=own)
+            self._state = dataclasses.replace(state, index=index, challenger=challenger)
             log.info("event=catalogue_indexed resources=%d", len(resources))
 
     def count_served(self, version: str) -> None:
@@ -300,19 +293,19 @@ class ModelHolder:
             "inferences_served_total": sum(self.served.values()),
             "catalogue_size": len(state.index),
             "failed_versions": dict(self.failed),
+            "experiment": self.experiment_info(),
         }
 
-
-def calibration_sets(index: CatalogueIndex, queries: int = CALIBRATION_QUERIES,
-                     candidates: int = CALIBRATION_CANDIDATES) -> list[CalibrationSet]:
-    """A few catalogue titles as queries, each with its BM25 top candidates: deterministic, no extra data."""
-    if not len(index):
-        return []
-    step = max(1, len(index) // queries)
-    sets = []
-    for position in range(0, len(index), step)[:queries]:
-        query = index.resources[position].title
-        top, bm25 = index.bm25_top(query, candidates)
-        if top.size >= 2:
-            sets.append((query, top, bm25))
-    return sets
+    def experiment_info(self) -> dict[str, Any] | None:
+        """The running experiment as this replica serves it (None: the champion serves alone)."""
+        challenger = self.state.challenger
+        if challenger is None:
+            return None
+        experiment, spec = challenger.experiment, challenger.model.spec
+        return {"experiment_id": experiment.experiment_id, "kind": experiment.kind,
+                "champion": experiment.champion, "challenger": experiment.challenger,
+                "share": experiment.share, "started_at": experiment.started_at.isoformat(),
+                "challenger_kind": spec.kind, "challenger_weights": spec.weights,
+                "challenger_backend": challenger.backend.backend,
+                "challenger_loaded_at": challenger.model.loaded_at.isoformat(),
+                "shares_index": challenger.index is None}

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
+from services.trainer.experiments import ExperimentError
 from services.trainer.operations import VersionActionError, Versions, request_training
 from services.trainer.worker import Trainer, consume
 from shared.auth import require_admin
@@ -57,9 +58,34 @@ async def promote(request: Request, version: str = VersionName) -> dict:
 
 @router.post("/rollback")
 async def rollback(request: Request) -> dict:
-    """Back to the previous champion; the current one becomes `retired`."""
+    """Back to the previous champion (or version 0); the current one becomes `retired`."""
     event = await request.app.state.versions.rollback()
     return {"champion": event.version, "model_ready": event.model_dump(mode="json")}
+
+
+ChallengerName = Path(pattern=f"{VERSION_RE.pattern}|^v0$",
+                      description="A registry version, like v0003, or v0 for version 0.")
+
+
+@router.post("/versions/{version}/challenge")
+async def challenge(request: Request, version: str = ChallengerName) -> dict:
+    """Let users compare this version with the champion by interleaving; a running experiment ends."""
+    event = await request.app.state.versions.challenge(version)
+    return {"experiment_id": event.experiment_id, "model_ready": event.model_dump(mode="json")}
+
+
+@router.get("/experiments")
+async def experiments(request: Request, limit: int = 20) -> dict:
+    """Online experiments, newest first: versions, status, decision, reason and evidence."""
+    items = await request.app.state.store.list_experiments(limit=max(1, min(limit, 200)))
+    return {"experiments": [e.model_dump(mode="json") for e in items]}
+
+
+@router.post("/experiments/stop")
+async def stop_experiment(request: Request) -> dict:
+    """End the running experiment; the champion serves alone."""
+    event = await request.app.state.versions.stop_experiment()
+    return {"stopped": event.experiment_id, "model_ready": event.model_dump(mode="json")}
 
 
 @router.get("/runs")
@@ -97,7 +123,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
 
     @app.exception_handler(VersionActionError)
-    async def refused(request: Request, exc: VersionActionError) -> JSONResponse:
+    @app.exception_handler(ExperimentError)
+    async def refused(request: Request, exc: VersionActionError | ExperimentError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
     async def readiness() -> dict[str, bool]:

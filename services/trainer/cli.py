@@ -7,6 +7,9 @@ also works while the trainer is down; a request waits on the topic until the tra
     python -m services.trainer.cli versions
     python -m services.trainer.cli promote v0003
     python -m services.trainer.cli rollback
+    python -m services.trainer.cli challenge v0004       # users compare it with the champion
+    python -m services.trainer.cli experiments
+    python -m services.trainer.cli stop-experiment
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from services.trainer.experiments import ExperimentError
 from services.trainer.operations import VersionActionError, Versions, request_training
 from shared.events import MODEL_READY_TOPIC, ModelReadyEvent
 from shared.kafka import make_broadcast_consumer, parse
@@ -127,6 +131,34 @@ def cmd_move_champion(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(with_versions(settings, act))
 
 
+def cmd_experiment(args: argparse.Namespace, settings: Settings) -> int:
+    """`challenge VERSION` and `stop-experiment`: start or end an online experiment."""
+    async def act(versions: Versions, store: Store) -> int:
+        if args.command == "challenge":
+            event = await versions.challenge(args.version)
+            print(f"experiment {event.experiment_id}: {event.reason}")
+        else:
+            event = await versions.stop_experiment()
+            print(f"experiment {event.experiment_id} stopped; the champion serves alone")
+        return 0
+
+    return asyncio.run(with_versions(settings, act))
+
+
+def cmd_experiments(args: argparse.Namespace, settings: Settings) -> int:
+    async def show(versions: Versions, store: Store) -> int:
+        for e in await store.list_experiments(limit=args.limit):
+            facts = e.evidence
+            score = (f"won {facts.get('challenger_wins', 0)}:{facts.get('champion_wins', 0)} "
+                     f"ties={facts.get('ties', 0)} impressions={facts.get('impressions', 0)}"
+                     ) if facts else ""
+            print(f"{e.started_at.isoformat()[:19]}  {e.kind:<9} {e.challenger:>6} vs {e.champion:<6} "
+                  f"{e.status:<7} {e.decision or '-':<10} {score}  {e.reason}")
+        return 0
+
+    return asyncio.run(with_versions(settings, show))
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m services.trainer.cli", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,6 +185,14 @@ def parser() -> argparse.ArgumentParser:
     promote.set_defaults(func=cmd_move_champion)
     rollback = sub.add_parser("rollback", help="back to the previous champion; the current one is retired")
     rollback.set_defaults(func=cmd_move_champion)
+    challenge = sub.add_parser("challenge", help="let users compare a version with the champion online")
+    challenge.add_argument("version", help="a registry version, or v0 for version 0")
+    challenge.set_defaults(func=cmd_experiment)
+    stop = sub.add_parser("stop-experiment", help="end the running experiment; the champion stays")
+    stop.set_defaults(func=cmd_experiment)
+    experiments = sub.add_parser("experiments", help="online experiments, newest first")
+    experiments.add_argument("--limit", type=int, default=20)
+    experiments.set_defaults(func=cmd_experiments)
     return root
 
 
@@ -162,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger().setLevel(os.environ.get("EDURANKER_LOG_LEVEL", "WARNING").upper())
     try:
         return args.func(args, get_settings())
-    except VersionActionError as exc:
+    except (VersionActionError, ExperimentError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

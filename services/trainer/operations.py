@@ -10,6 +10,8 @@ import asyncio
 import logging
 from typing import Any
 
+from services.trainer.experiments import VERSION_ZERO, Experiments
+from shared import metrics
 from shared.events import (
     MODEL_READY_TOPIC,
     TRAINING_REQUESTED_TOPIC,
@@ -32,7 +34,7 @@ from shared.store import ModelVersion, Store
 
 log = logging.getLogger(__name__)
 
-ON_DISK = ("promoted", "rejected", "retired")
+ON_DISK = ("promoted", "challenger", "rejected", "retired")
 
 
 class VersionActionError(Exception):
@@ -73,6 +75,7 @@ class Versions:
         self.settings = settings
         self.store = store
         self.registry = registry
+        self.experiments = Experiments(settings, store, registry)
 
     async def index(self) -> dict[str, ModelVersion]:
         return {v.version: v for v in await self.store.list_model_versions()}
@@ -93,7 +96,9 @@ class Versions:
         return {"champion": champion, "previous_champion": previous, "versions": items}
 
     async def promote(self, version: str, reason: str = "promoted by an operator") -> ModelReadyEvent:
-        """Make `version` the champion (whatever its gate said) and tell the rerankers."""
+        """Make `version` the champion (whatever its gate or users said) and tell the rerankers.
+
+        A running experiment ends; the previous champion is then watched like after a win online."""
         entry = (await self.index()).get(version)
         if entry is None:
             raise VersionActionError(
@@ -102,27 +107,59 @@ class Versions:
             self.registry.resolve(version)
         except RegistryError as exc:
             raise VersionActionError(f"version {version} has no folder any more ({exc})", 409) from exc
+        previous = self.experiments.champion()
+        await self.experiments.end_running("stopped", f"an operator promoted {version}")
         await self.store.save_model_version(entry.model_copy(update={"status": "promoted"}))
         self.registry.set_champion(version)
-        event = self._ready(entry, reason)
+        watch = await self.experiments.watch(version, previous, f"promotion of {version} by an operator")
+        event = self._ready(entry, reason, watch.experiment_id if watch else None)
         await announce(self.settings, event)
         return event
 
     async def rollback(self) -> ModelReadyEvent:
-        """Back to the previous champion; the one rolled back becomes `retired`."""
+        """Back to the previous champion (version 0 when there is none); the one left is `retired`."""
         index = await self.index()
         champion = self.registry.champion()
         if champion is None:
             raise VersionActionError("no champion: version 0 is served, there is nothing to roll back")
         target = previous_champion({v: m.status for v, m in index.items()}, champion)
-        if target is None or not (self.registry.root / target).is_dir():
-            raise VersionActionError(f"no earlier promoted version to roll back to from {champion}; "
+        if target is not None and not (self.registry.root / target).is_dir():
+            raise VersionActionError(f"the previous champion {target} has no folder any more; "
                                      "promote a version explicitly instead")
-        self.registry.set_champion(target)
+        await self.experiments.end_running("stopped", f"an operator rolled back from {champion}")
+        self.experiments.switch_to(target or VERSION_ZERO)
         if champion in index:
             await self.store.save_model_version(index[champion].model_copy(update={"status": "retired"}))
-        log.warning("event=rolled_back from=%s to=%s", champion, target)
-        event = self._ready(index[target], f"rolled back from {champion}")
+        metrics.ROLLBACKS.labels("operator").inc()
+        log.warning("event=rolled_back trigger=operator from=%s to=%s", champion, target or VERSION_ZERO)
+        reason = f"rolled back from {champion}"
+        event = (self._ready(index[target], reason) if target else ModelReadyEvent(
+            version=VERSION_ZERO, location="", base_model=self.settings.base_model, decision="promoted",
+            reason=reason))
+        await announce(self.settings, event)
+        return event
+
+    async def challenge(self, version: str) -> ModelReadyEvent:
+        """Let users compare `version` with the champion (an operator's experiment)."""
+        if version != VERSION_ZERO and version not in await self.index():
+            raise VersionActionError(
+                f"version {version!r} is not in the index; GET /admin/versions lists them", 404)
+        experiment = await self.experiments.challenge(version, "an operator")
+        event = ModelReadyEvent(version=version, location=version if version != VERSION_ZERO else "",
+                                base_model=self.settings.base_model, decision="challenger",
+                                reason=f"tried against {experiment.champion} by an operator",
+                                experiment_id=experiment.experiment_id)
+        await announce(self.settings, event)
+        return event
+
+    async def stop_experiment(self) -> ModelReadyEvent:
+        """End the running experiment; the champion stays and serves alone."""
+        ended = await self.experiments.end_running("stopped", "stopped by an operator")
+        if ended is None:
+            raise VersionActionError("no experiment is running")
+        event = ModelReadyEvent(version=ended.challenger, location=ended.challenger, decision="retired",
+                                base_model=self.settings.base_model, experiment_id=ended.experiment_id,
+                                reason="experiment stopped by an operator")
         await announce(self.settings, event)
         return event
 
@@ -131,7 +168,9 @@ class Versions:
         index = await self.index()
         statuses = {v: m.status for v, m in index.items()}
         champion = self.registry.champion()
-        protected = {champion, previous_champion(statuses, champion)}
+        running = await self.store.running_experiment()
+        protected = {champion, previous_champion(statuses, champion),
+                     *((running.champion, running.challenger) if running else ())}
         removed = []
         for version in rejected_to_prune(statuses, self.settings.registry_keep_rejected, protected):
             if (self.registry.root / version).is_dir():
@@ -146,11 +185,14 @@ class Versions:
     async def reconcile(self) -> dict[str, list[str]]:
         """After a crash: runs left running are failed, their versions removed; index and folders agree.
 
-        A run that got as far as switching the champion is kept as promoted (it was served).
+        A run that got as far as switching the champion is kept as promoted (it was served), one
+        whose version users are trying already as the challenger; an experiment whose challenger
+        has no folder any more ends.
         """
         report: dict[str, list[str]] = {"partial": self.registry.clean_partial(), "failed_runs": [],
-                                        "removed": [], "indexed": [], "missing": []}
+                                        "removed": [], "indexed": [], "missing": [], "experiments": []}
         champion = self.registry.champion()
+        running = await self.store.running_experiment()
         for run in await self.store.list_training_runs(limit=1000):
             if run.status != "running":
                 continue
@@ -158,6 +200,9 @@ class Versions:
             if version is not None and version == champion:
                 run.status, run.version = "promoted", version
                 run.detail = "promoted; recorded after the trainer restarted"
+            elif version is not None and running is not None and version == running.challenger:
+                run.status, run.version = "challenger", version
+                run.detail = "tried on users; recorded after the trainer restarted"
             else:
                 run.status, run.detail = "failed", "the trainer stopped during the run; nothing was changed"
                 report["removed"] += await self.discard_run(run.run_id)
@@ -174,6 +219,11 @@ class Versions:
             if entry.status in ON_DISK and version not in on_disk:
                 await self.store.save_model_version(entry.model_copy(update={"status": "pruned"}))
                 report["missing"].append(version)
+        running = await self.store.running_experiment()
+        if running is not None and any(v != VERSION_ZERO and v not in on_disk
+                                       for v in (running.champion, running.challenger)):
+            await self.experiments.end_running("stopped", "one of its versions has no folder any more")
+            report["experiments"].append(running.experiment_id)
         for key, names in report.items():
             if names:
                 log.warning("event=registry_reconciled what=%s names=%s", key, ",".join(names))
@@ -187,7 +237,9 @@ class Versions:
     async def discard_run(self, run_id: str) -> list[str]:
         """Remove what an unfinished run wrote (never the champion); its index entry, if any, is pruned."""
         version = self.run_version(run_id)
-        if version is None or version == self.registry.champion():
+        running = await self.store.running_experiment()
+        if version is None or version == self.registry.champion() or (
+                running is not None and version in (running.champion, running.challenger)):
             return []
         self.registry.remove_version(version)
         entry = (await self.index()).get(version)
@@ -206,9 +258,9 @@ class Versions:
                             metrics={f"candidate_{k}": v for k, v in metrics.items()
                                      if isinstance(v, int | float)})
 
-    def _ready(self, entry: ModelVersion, reason: str) -> ModelReadyEvent:
+    def _ready(self, entry: ModelVersion, reason: str, experiment_id: str | None = None) -> ModelReadyEvent:
         return ModelReadyEvent(
             version=entry.version, location=entry.version, base_model=entry.base_model,
             metrics={k: float(v) for k, v in entry.metrics.items() if isinstance(v, int | float)},
-            decision="promoted", reason=reason,
+            decision="promoted", reason=reason, experiment_id=experiment_id,
         )

@@ -22,8 +22,10 @@ from services.trainer.operations import Versions
 from shared import metrics
 from shared.broker import BrokerOutage
 from shared.events import (
+    EXPERIMENT_DECIDED_TOPIC,
     MODEL_READY_TOPIC,
     TRAINING_REQUESTED_TOPIC,
+    ExperimentDecidedEvent,
     ModelReadyEvent,
     TrainingRequestedEvent,
     new_id,
@@ -119,12 +121,21 @@ class Trainer:
                  run.run_id, run.status)
         return self._event(request, run, run.status)
 
-    def _event(self, request: TrainingRequestedEvent, run: TrainingRun, decision: str) -> ModelReadyEvent:
+    def _event(self, request: TrainingRequestedEvent, run: TrainingRun, decision: str,
+               experiment_id: str | None = None) -> ModelReadyEvent:
         return ModelReadyEvent(
             version=run.version or "", location=run.version or "", base_model=self.settings.base_model,
             metrics={k: v for k, v in run.metrics.items() if isinstance(v, int | float)},
             decision=decision, reason=run.detail, request_event_id=request.event_id,  # type: ignore[arg-type]
+            experiment_id=experiment_id,
         )
+
+    async def decided(self, event: ExperimentDecidedEvent) -> ModelReadyEvent | None:
+        """Users decided an experiment: promote, retire or roll back (None: already done)."""
+        ready = await self.versions.experiments.act(event)
+        if ready is not None:
+            await self.versions.prune()
+        return ready
 
     async def _train(self, request: TrainingRequestedEvent, run: TrainingRun) -> ModelReadyEvent:
         try:
@@ -166,28 +177,33 @@ class Trainer:
             )
 
         result = await asyncio.to_thread(work)
-        decision = "promoted" if result.promoted else "rejected"
+        decision = result.decision
         summary = summarise(result.metadata["metrics"])
-        # Index first, champion pointer second: a crash in between leaves an indexed, unserved version
-        # that `Versions.reconcile` removes with its unfinished run.
+        # Index first, champion pointer (or experiment) second: a crash in between leaves an indexed,
+        # unserved version that `Versions.reconcile` removes with its unfinished run.
         await self.store.save_model_version(ModelVersion(
             version=result.version, location=result.version, status=decision,
             base_model=self.settings.base_model, metrics=summary,
         ))
-        if result.promoted:
+        experiment_id = None
+        if decision == "promoted":
             self.registry.set_champion(result.version)
+        elif decision == "challenger":
+            experiment = await self.versions.experiments.challenge(
+                result.version, f"training run {run.run_id}", run_id=run.run_id)
+            experiment_id = experiment.experiment_id
         run.status, run.detail, run.version, run.metrics = decision, result.reason, result.version, summary
         for model, values in result.metadata["metrics"].items():
             for name in ("ndcg@10", "mrr@10", "f1", "auc"):
                 if name in values:
                     metrics.TRAINING_METRIC.labels(model, name).set(values[name])
         await self.versions.prune()
-        return self._event(request, run, decision)
+        return self._event(request, run, decision, experiment_id)
 
 
 def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoop,
             stop: threading.Event, joined: threading.Event) -> None:
-    """The consumer thread: one request at a time, partitions paused while it trains."""
+    """The consumer thread: one request or decision at a time, partitions paused while it works."""
     producer = None
     consumer = None
     dead_letters = DeadLetters(settings)
@@ -198,7 +214,8 @@ def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoo
                 if not outage.reachable():
                     stop.wait(1.0)
                     continue
-                consumer = make_group_consumer(settings, TRAINING_REQUESTED_TOPIC, GROUP_ID)
+                consumer = make_group_consumer(settings, (TRAINING_REQUESTED_TOPIC, EXPERIMENT_DECIDED_TOPIC),
+                                               GROUP_ID)
             if producer is None:
                 producer = make_producer(settings)
             batches = consumer.poll(timeout_ms=500, max_records=1)
@@ -208,11 +225,15 @@ def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoo
             for records in batches.values():
                 for record in records:
                     request = dead_letters.decode(record)
-                    if not isinstance(request, TrainingRequestedEvent):
+                    if isinstance(request, TrainingRequestedEvent):
+                        work = trainer.handle(request)
+                    elif isinstance(request, ExperimentDecidedEvent):
+                        work = trainer.decided(request)
+                    else:
                         continue
                     assigned = list(consumer.assignment())
                     consumer.pause(*assigned)
-                    future = asyncio.run_coroutine_threadsafe(trainer.handle(request), loop)
+                    future = asyncio.run_coroutine_threadsafe(work, loop)
                     while not future.done():
                         consumer.poll(timeout_ms=200)  # keeps the group membership alive
                     consumer.resume(*assigned)

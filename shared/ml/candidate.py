@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import sentence_transformers
@@ -47,11 +47,22 @@ MEMORY_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
 CE_FOLDER = "."
 
 
+Decision = Literal["promoted", "challenger", "rejected"]
+
+
 @dataclass
 class Gate:
     metric: str = "ndcg@10"
     margin: float = 0.0
     min_prior_auc: float = 0.5
+    # online: no promotion offline; a candidate that passes the safety checks becomes the challenger.
+    online: bool = False
+    safety_margin: float = 0.1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Gate:
+        return cls(settings.gate_metric, settings.gate_margin, settings.gate_min_prior_auc,
+                   online=settings.promotion == "online", safety_margin=settings.gate_safety_margin)
 
     def decide(self, candidate: dict[str, float], champion: dict[str, float],
                bm25: dict[str, float], prior_auc: float | None = None) -> tuple[bool, str]:
@@ -62,9 +73,9 @@ class Gate:
         look flipped or adversarial, and whatever they taught would look good on their own
         validation split.
         """
-        if prior_auc is not None and prior_auc < self.min_prior_auc:
-            return False, (f"feedback contradicts BM25 (AUC {prior_auc:.3f} < {self.min_prior_auc}): "
-                           "labels look flipped or adversarial")
+        flipped = self.flipped(prior_auc)
+        if flipped:
+            return False, flipped
         c, ch, b = candidate.get(self.metric, 0.0), champion.get(self.metric, 0.0), bm25.get(self.metric, 0.0)
         if c < ch - self.margin:
             return False, f"{self.metric} {c:.4f} is below the champion's {ch:.4f} (margin {self.margin})"
@@ -72,16 +83,44 @@ class Gate:
             return False, f"{self.metric} {c:.4f} is below BM25 alone {b:.4f} (margin {self.margin})"
         return True, f"{self.metric} {c:.4f} vs champion {ch:.4f} and BM25 {b:.4f}"
 
+    def flipped(self, prior_auc: float | None) -> str | None:
+        if prior_auc is not None and prior_auc < self.min_prior_auc:
+            return (f"feedback contradicts BM25 (AUC {prior_auc:.3f} < {self.min_prior_auc}): "
+                    "labels look flipped or adversarial")
+        return None
+
+    def review(self, candidate: dict[str, float], champion: dict[str, float],
+                bm25: dict[str, float], prior_auc: float | None = None) -> tuple[Decision, str]:
+        """Offline: `decide`. Online: only safety checks here; users decide between champion and
+        challenger by interleaving, because offline validation cannot (the memory is inert on
+        unseen queries, the sample is what the champion chose to show, a few queries are noise)."""
+        if not self.online:
+            promoted, reason = self.decide(candidate, champion, bm25, prior_auc)
+            return ("promoted" if promoted else "rejected"), reason
+        flipped = self.flipped(prior_auc)
+        if flipped:
+            return "rejected", flipped
+        c, b = candidate.get(self.metric, 0.0), bm25.get(self.metric, 0.0)
+        if c < b - self.safety_margin:
+            return "rejected", (f"{self.metric} {c:.4f} is below BM25 alone {b:.4f} by more than the "
+                                f"safety margin {self.safety_margin}")
+        return "challenger", (f"safe to try on users ({self.metric} {c:.4f}, BM25 {b:.4f}, champion "
+                              f"{champion.get(self.metric, 0.0):.4f} on validation): users decide online")
+
 
 @dataclass
 class CandidateResult:
     version: str
-    promoted: bool
+    decision: Decision
     reason: str
     metadata: dict[str, Any]
     folder: Path
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
     train_result: TrainResult | None = None
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == "promoted"
 
 
 def index_for_pairs(resources: list[Resource], pairs: list[Pair], model: RankingModel) -> CatalogueIndex:
@@ -147,7 +186,7 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
                     switch_champion: bool = True) -> CandidateResult:
     """`switch_champion=False`: the caller moves the pointer itself, after recording the version."""
     config = config or TrainConfig.from_settings(settings)
-    gate = gate or Gate(settings.gate_metric, settings.gate_margin, settings.gate_min_prior_auc)
+    gate = gate or Gate.from_settings(settings)
     started = time.perf_counter()
     train, val = split_by_query(pairs, 0.2, config.seed)
     bm25 = bm25_only(champion.spec.base_model)
@@ -181,21 +220,21 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
     # Its cross-encoder scored even at weight 0: the notebook checks the saved one against it.
     evaluations = {**before, "candidate": evaluate_split(candidate, index, train, val, with_cross=True)}
     metrics = {name: ev.metrics for name, ev in evaluations.items()}
+    decision: Decision
     if not val:
-        promoted, reason = False, "no validation queries: feedback covers too few distinct queries"
+        decision, reason = "rejected", "no validation queries: feedback covers too few distinct queries"
     else:
         _, all_labels, all_scores = pair_scores(bm25, index, pairs)
         prior_auc = classification_metrics(all_labels, all_scores, 0.0)["auc"]
         metrics["bm25"]["auc_all_pairs"] = prior_auc
-        promoted, reason = gate.decide(metrics["candidate"], metrics["champion"], metrics["bm25"],
-                                       prior_auc)
+        decision, reason = gate.review(metrics["candidate"], metrics["champion"], metrics["bm25"], prior_auc)
     version = registry.next_version()
     train_s = result.seconds if result else 0.0
     candidate.spec = candidate.spec.model_copy(update={
         "version": version, "metrics": {k: v for k, v in metrics["candidate"].items()}})
     meta = {
         "version": version,
-        "decision": "promoted" if promoted else "rejected",
+        "decision": decision,
         "reason": reason,
         "champion_version": champion.version,
         "weights": candidate.spec.weights,
@@ -211,7 +250,8 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
         "cross_encoder_trained": result is not None,
         "cross_encoder_skipped": skipped_cross,
         "metrics": metrics,
-        "gate": {"metric": gate.metric, "margin": gate.margin},
+        "gate": {"metric": gate.metric, "margin": gate.margin, "online": gate.online,
+                 "safety_margin": gate.safety_margin},
         "durations": {"train_s": train_s, "total_s": time.perf_counter() - started},
         "loss_history": result.loss_history if result else [],
         "started_from": start_from,
@@ -240,11 +280,11 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
         (folder / "report.html").write_text(html_report(meta, meta["loss_history"], evaluations))
 
     folder = registry.write_version(version, write)
-    if promoted and switch_champion:
+    if decision == "promoted" and switch_champion:
         registry.set_champion(version)
     candidate.folder = folder
-    log.info("event=candidate_done version=%s decision=%s reason=%r", version, meta["decision"], reason)
-    return CandidateResult(version=version, promoted=promoted, reason=reason, metadata=meta, folder=folder,
+    log.info("event=candidate_done version=%s decision=%s reason=%r", version, decision, reason)
+    return CandidateResult(version=version, decision=decision, reason=reason, metadata=meta, folder=folder,
                            evaluations=evaluations, train_result=result)
 
 

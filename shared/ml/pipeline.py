@@ -23,6 +23,8 @@ from shared.ml.retrieval import CatalogueIndex
 from shared.settings import Settings
 
 SPEC_FILE = "pipeline.json"
+VERSION_ZERO = "v0"
+"""Version 0's name: served when nothing is promoted; it has no registry folder."""
 SCORERS = ("bm25", "dense", "bm25_prf", "dense_prf", "cross", "memory")
 PRF_SCORERS = ("bm25_prf", "dense_prf")
 # Sparse scorers are added as they are: z-scoring a mostly-zero vector would inflate its few hits.
@@ -183,22 +185,47 @@ class RankingModel:
             raise ValueError("this pipeline has no dense scorer")
         return embed(self.embedder, texts, progress=progress)
 
+    def query_vector(self, query: str) -> np.ndarray | None:
+        return self.embed_texts([query])[0] if self.embedder is not None else None
+
+    def shares_scores_of(self, other: RankingModel) -> set[str]:
+        """The scorers `other` computes exactly as this model would, whose scores it can hand over
+        (an interleaved search scores the champion and the challenger on the same candidates).
+        `query_vector` stands for the query's embedding."""
+        same = {"bm25"}
+        if self.embedder is None or self.embedder is not other.embedder:
+            return same
+        same |= {"query_vector", "dense"}
+        a, b = self.spec, other.spec
+        first = ("bm25", "dense")
+        if ((a.prf_docs, a.prf_beta, a.prf_terms) == (b.prf_docs, b.prf_beta, b.prf_terms)
+                and all(a.weights.get(n, 0.0) == b.weights.get(n, 0.0) for n in first)):
+            same |= set(PRF_SCORERS)
+        return same
+
     def score(self, index: CatalogueIndex, query: str, positions: np.ndarray,
-              bm25: np.ndarray | None = None, with_cross: bool = False) -> dict[str, np.ndarray]:
+              bm25: np.ndarray | None = None, with_cross: bool = False,
+              reuse: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """Every scorer's raw score for the candidates at `positions`, plus `fused`.
 
         `with_cross`: the loaded cross-encoder scores even at weight 0, so that an evaluation
-        can check a saved version's cross-encoder, which serving at weight 0 never runs."""
+        can check a saved version's cross-encoder, which serving at weight 0 never runs.
+        `reuse`: scores (and `query_vector`) another model computed on the same candidates, taken
+        as they are; only pass what `shares_scores_of` allows."""
         positions = np.asarray(positions, dtype=np.int64)
+        reuse = reuse or {}
         scores: dict[str, np.ndarray] = {
             "bm25": bm25 if bm25 is not None else index.bm25_all(query)[positions]
         }
         weights = self.spec.weights
-        query_vector = self.embed_texts([query])[0] if self.embedder is not None else None
+        query_vector = reuse["query_vector"] if "query_vector" in reuse else self.query_vector(query)
         if (query_vector is not None and index.embeddings is not None
                 and (weights.get("dense") or weights.get("dense_prf"))):
-            scores["dense"] = index.dense(query_vector, positions)
-        if any(weights.get(name) for name in PRF_SCORERS):
+            scores["dense"] = reuse["dense"] if "dense" in reuse else index.dense(query_vector, positions)
+        wanted = [name for name in PRF_SCORERS if weights.get(name)]
+        if wanted and all(name in reuse for name in wanted):
+            scores |= {name: reuse[name] for name in wanted}
+        elif wanted:
             scores |= self.pseudo_relevance(index, query, query_vector, positions, scores)
         if query_vector is not None and self.memory is not None:
             ids = [index.resources[p].id for p in positions]

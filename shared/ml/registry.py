@@ -90,6 +90,13 @@ class Registry:
         os.replace(tmp, self.root / CHAMPION_LINK)
         log.info("event=champion_set version=%s", version)
 
+    def clear_champion(self) -> None:
+        """Back to version 0 (no trained version served): the pointer goes, in one unlink."""
+        link = self.root / CHAMPION_LINK
+        if link.is_symlink():
+            link.unlink()
+            log.info("event=champion_set version=v0")
+
     def metadata(self, version: str) -> dict[str, Any] | None:
         """A version's `training_metadata.json`, or None when it has none or it is unreadable."""
         try:

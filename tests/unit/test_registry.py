@@ -177,4 +177,4 @@ async def test_reconcile_undoes_a_killed_run_and_makes_the_index_agree(versions:
     run = (await store.list_training_runs())[0]
     assert run.status == "failed" and "stopped during the run" in run.detail and run.finished_at
     assert await versions.reconcile() == {"partial": [], "failed_runs": [], "removed": [], "indexed": [],
-                                          "missing": []}
+                                          "missing": [], "experiments": []}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from services.reranker.routes import MAX_QUERY_CHARS, query_as_read
-from services.reranker.serving import calibration_sets, pick_backend, same_top_k
+from shared.ml.backends import calibration_sets, pick_backend, same_top_k
 from shared.ml.retrieval import CatalogueIndex
 from shared.store import Resource
 
