@@ -1,0 +1,116 @@
+"""Online experiments in the aggregator, without a broker: exactly-once credit, the policy, the gate."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+
+from services.aggregator.experiment import credit, recounted
+from services.aggregator.policy import Policy, Timing, apply_feedback, evaluate
+from services.aggregator.table import State
+from shared.events import Counts, FeedbackEvent, Interleaved
+from shared.interleaving import Live
+from shared.ml.candidate import Gate
+from shared.store import Experiment, Feedback
+from tests.unit.test_policy import LoggedTable, restore
+
+EXPERIMENT = Experiment(experiment_id="exp1", kind="challenge", champion="v0", challenger="v0001", share=1.0,
+                        alpha=0.05, effect=0.07, min_impressions=10, max_impressions=1000, max_s=3600.0,
+                        started_at=datetime(2026, 1, 1, tzinfo=UTC))
+
+
+def events(n: int, seed: int = 5) -> list[FeedbackEvent]:
+    """Likes and dislikes on interleaved results, some changed later, as the collector sends them."""
+    rng = random.Random(seed)
+    out, latest = [], {}
+    while len(out) < n:
+        inference, slot = f"inf-{rng.randrange(8)}", rng.randrange(3)
+        label = rng.choice(["like", "dislike"])
+        previous = latest.get((inference, slot))
+        if previous == label:
+            continue
+        latest[(inference, slot)] = label
+        out.append(FeedbackEvent(
+            feedback_id=f"fb-{inference}-{slot}", inference_id=inference, resource_id=f"r{slot}", label=label,
+            previous_label=previous, rank=slot + 1, model_version="v0",
+            interleaved=Interleaved(experiment_id="exp1", team="challenger" if slot % 2 else "champion",
+                                    query_key=f"q{int(inference[-1]) % 3}")))
+    return out
+
+
+def count(state: State, event: FeedbackEvent) -> None:
+    """What the aggregator's `count` does to the table, less the broker."""
+    if state.seen(event.event_id):
+        return
+    counts, versions, _ = state.tally()
+    counts = apply_feedback(counts, event.label, event.previous_label)
+    state.record(counts, versions, event.event_id, None, now=1.0,
+                 experiment=credit(state, event, EXPERIMENT))
+
+
+def stored(stream: list[FeedbackEvent]) -> list[Feedback]:
+    """The store's records after the stream: each feedback with its latest label."""
+    latest = {e.feedback_id: e for e in stream}
+    return [Feedback(feedback_id=e.feedback_id, inference_id=e.inference_id, resource_id=e.resource_id,
+                     label=e.label, rank=e.rank, model_version="v0", interleaved=e.interleaved)
+            for e in latest.values()]
+
+
+def test_the_live_tally_equals_the_stores_recount() -> None:
+    stream = events(60)
+    state = State({})
+    for event in stream:
+        count(state, event)
+    _, live, entries = recounted(EXPERIMENT, stored(stream))  # type: ignore[misc]
+    assert state.live() == ("exp1", live)
+    assert all(state.credit(key) == tuple(value) for key, value in entries.items())
+    assert live.champion + live.challenger + live.tie == 8  # every impression rated once
+
+
+def test_any_prefix_of_the_changelog_credits_each_event_once() -> None:
+    """A restore may lose the last writes; the broker then delivers what was not marked seen again."""
+    stream = events(25, seed=11)
+    table = LoggedTable()
+    state = State(table)
+    for event in stream:
+        count(state, event)
+    _, expected, _ = recounted(EXPERIMENT, stored(stream))  # type: ignore[misc]
+    for cut in range(len(table.log) + 1):
+        restored = State(restore(table.log[:cut]))
+        for event in stream:  # redelivered from the committed offset: here, from the start
+            count(restored, event)
+        assert restored.live() == ("exp1", expected), cut
+
+
+def test_feedback_on_another_experiment_or_none_credits_nothing() -> None:
+    state = State({})
+    plain = events(1)[0].model_copy(update={"interleaved": None})
+    ended = events(1)[0].model_copy(update={"interleaved": Interleaved(experiment_id="old", team="champion")})
+    assert credit(state, plain, EXPERIMENT) is None
+    assert credit(state, ended, EXPERIMENT) is None
+    assert credit(state, events(1)[0], None) is None
+    assert state.live() == (None, Live())
+
+
+def test_training_waits_while_users_compare_a_challenger_not_during_a_watch() -> None:
+    ready = Counts(total=200, like=100, dislike=100, new_since_training=150)
+    assert evaluate(ready, Timing(), Policy(), 0.0).reason == "threshold"
+    held = evaluate(ready, Timing(), Policy(), 0.0, EXPERIMENT)
+    assert held.reason is None and "comparing v0001 with v0 online" in (held.blocked_by or "")
+    watch = EXPERIMENT.model_copy(update={"kind": "watch"})
+    assert evaluate(ready, Timing(), Policy(), 0.0, watch).reason == "threshold"
+
+
+def test_online_the_gate_only_checks_safety_and_offline_it_compares() -> None:
+    online, offline = Gate(online=True, safety_margin=0.1), Gate()
+    tie = {"ndcg@10": 0.80}
+    below_bm25 = {"ndcg@10": 0.75}
+    bm25 = {"ndcg@10": 0.82}
+    assert online.review(tie, tie, bm25, prior_auc=0.7)[0] == "challenger"  # a tie: users decide
+    assert online.review(below_bm25, tie, bm25, prior_auc=0.7)[0] == "challenger"  # within the margin
+    decision, reason = online.review({"ndcg@10": 0.70}, tie, bm25, prior_auc=0.7)
+    assert decision == "rejected" and "safety margin 0.1" in reason
+    decision, reason = online.review(tie, tie, bm25, prior_auc=0.3)
+    assert decision == "rejected" and "flipped" in reason
+    assert offline.review(tie, tie, {"ndcg@10": 0.7}, prior_auc=0.7)[0] == "promoted"
+    assert offline.review(below_bm25, tie, bm25, prior_auc=0.7)[0] == "rejected"

@@ -1,0 +1,91 @@
+"""One search's ranking with a challenger beside the champion: shared scores, interleaving, records."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.reranker.ranking import CHALLENGER_PREFIX, rank
+from services.reranker.serving import Challenger, ServingState
+from shared.interleaving import takes_part
+from shared.ml.backends import BackendChoice
+from shared.ml.model import embed
+from shared.ml.pipeline import FeedbackMemory, RankingModel, version_zero
+from shared.ml.retrieval import CatalogueIndex
+from shared.settings import Settings
+from shared.store import Experiment, Resource
+from tests.conftest import SAMPLE_CATALOGUE
+
+QUERY = "linear algebra for beginners"
+
+
+@pytest.fixture(scope="module")
+def state(tiny_model: Path) -> ServingState:
+    resources = [Resource.model_validate_json(line) for line in SAMPLE_CATALOGUE.read_text().splitlines()
+                 if line.strip()]
+    settings = Settings(base_model=str(tiny_model), embedding_model=str(tiny_model))
+    champion = RankingModel.load(version_zero(settings), None, "cpu")
+    index = CatalogueIndex(resources, embed(champion.embedder, [r.text for r in resources]))
+    top, _ = index.bm25_top(QUERY, 50)
+    liked = [(QUERY, resources[p].id, 1) for p in top[-10:]] + [(QUERY, resources[p].id, 0) for p in top[:10]]
+    spec = champion.spec.model_copy(update={"version": "v0001",
+                                            "weights": {**champion.spec.weights, "memory": 4.0}})
+    challenger = RankingModel(spec=spec, embedder=champion.embedder,
+                              memory=FeedbackMemory.build(champion.embedder, liked))
+    experiment = Experiment(experiment_id="exp-1", kind="challenge", champion="v0", challenger="v0001",
+                            share=0.5, alpha=0.05, effect=0.07, min_impressions=1, max_impressions=10,
+                            max_s=60.0, started_at=datetime(2026, 1, 1, tzinfo=UTC))
+    return ServingState(model=champion, index=index, backend=BackendChoice("torch", "test"),
+                        challenger=Challenger(model=challenger, experiment=experiment,
+                                              backend=BackendChoice("torch", "test")))
+
+
+def inference_ids(inside: bool, n: int = 3) -> list[str]:
+    return [i for i in (f"inference-{k}" for k in range(200)) if takes_part(i, "exp-1", 0.5) == inside][:n]
+
+
+def test_scores_the_challenger_takes_over_are_the_ones_it_would_compute(state: ServingState) -> None:
+    champion, challenger = state.model, state.challenger.model  # type: ignore[union-attr]
+    positions, bm25 = state.index.bm25_top(QUERY, 50)
+    mine = champion.score(state.index, QUERY, positions, bm25)
+    shared = champion.shares_scores_of(challenger)
+    assert shared == {"bm25", "query_vector", "dense", "bm25_prf", "dense_prf"}
+    handed = {k: v for k, v in mine.items() if k in shared} | {"query_vector": champion.query_vector(QUERY)}
+    reused = challenger.score(state.index, QUERY, positions, bm25, reuse=handed)
+    alone = challenger.score(state.index, QUERY, positions, bm25)
+    assert reused.keys() == alone.keys() and all(np.allclose(reused[k], alone[k]) for k in alone)
+    other = RankingModel(spec=challenger.spec.model_copy(update={"prf_docs": 3}), embedder=champion.embedder)
+    assert champion.shares_scores_of(other) == {"bm25", "query_vector", "dense"}
+    assert champion.shares_scores_of(RankingModel(spec=challenger.spec)) == {"bm25"}
+
+
+def test_a_search_in_the_share_interleaves_both_rankings_and_records_them(state: ServingState) -> None:
+    for inference_id in inference_ids(inside=True):
+        ranked = rank(state, QUERY, True, 50, 10, inference_id)
+        record = ranked.interleaving
+        assert record is not None and record.experiment_id == "exp-1"
+        assert (record.champion, record.challenger) == ("v0", "v0001")
+        ids = [state.index.resources[ranked.positions[i]].id for i in ranked.order]
+        assert len(ids) == len(set(ids)) == 10
+        assert ranked.teams is not None and sorted(set(ranked.teams)) == ["challenger", "champion"]
+        for resource_id, team in zip(ids, ranked.teams, strict=True):
+            own = record.champion_ranking if team == "champion" else record.challenger_ranking
+            assert resource_id in own
+        assert record.champion_ranking != record.challenger_ranking
+        assert {CHALLENGER_PREFIX + "fused", CHALLENGER_PREFIX + "memory"} <= set(ranked.scores)
+        # The same id ranks the same way again: the log replays.
+        again = rank(state, QUERY, True, 50, 10, inference_id)
+        assert again.order == ranked.order and again.teams == ranked.teams
+
+
+def test_a_search_outside_the_share_or_without_reranking_is_the_champions_alone(state: ServingState) -> None:
+    champion_alone = ServingState(model=state.model, index=state.index, backend=state.backend)
+    for inference_id in inference_ids(inside=False):
+        ranked = rank(state, QUERY, True, 50, 10, inference_id)
+        assert ranked.interleaving is None and ranked.teams is None
+        assert ranked.order == rank(champion_alone, QUERY, True, 50, 10, inference_id).order
+    inside = inference_ids(inside=True, n=1)[0]
+    assert rank(state, QUERY, False, 50, 10, inside).interleaving is None
