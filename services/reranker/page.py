@@ -141,12 +141,22 @@ def model_view(request: Request) -> dict[str, Any] | None:
     return {k: info.get(k) for k in keep}
 
 
-async def fetch_progress(settings: Settings) -> dict[str, Any]:
+async def fetch_stats(settings: Settings) -> dict[str, Any]:
     url = f"{aggregator_url(settings)}/stats"
     async with httpx.AsyncClient(timeout=STATUS_TIMEOUT_S) as client:
         response = await client.get(url)
     response.raise_for_status()
-    return progress_view(response.json())
+    return response.json()
+
+
+async def last_decision(request: Request) -> dict[str, Any] | None:
+    """The latest experiment users (or an operator) ended: what was decided, and why."""
+    experiments = await asyncio.wait_for(request.app.state.store.list_experiments(limit=5), STATUS_TIMEOUT_S)
+    ended = next((e for e in experiments if e.status == "ended"), None)
+    if ended is None:
+        return None
+    return {k: v for k, v in ended.model_dump(mode="json").items()
+            if k in ("experiment_id", "kind", "champion", "challenger", "decision", "reason", "ended_at")}
 
 
 async def fetch_runs(request: Request, registry: Registry) -> list[dict[str, Any]]:
@@ -157,28 +167,33 @@ async def fetch_runs(request: Request, registry: Registry) -> list[dict[str, Any
 
 @router.get("/api/ui/status", tags=["page"])
 async def ui_status(request: Request) -> dict[str, Any]:
-    """Served model, progress toward the next training, recent runs; a part that is down is
-    reported in `errors` and the others are still returned."""
+    """Served model, progress toward the next training, the running experiment and the last
+    decision, recent runs; a part that is down is reported in `errors`, the others still come."""
     settings: Settings = request.app.state.settings
     registry = Registry(settings.model_dir)
     errors: dict[str, str] = {}
     model = model_view(request)
     if model is None:
         errors["model"] = "the model is still loading"
-    progress, runs = await asyncio.gather(fetch_progress(settings), fetch_runs(request, registry),
-                                          return_exceptions=True)
-    if isinstance(progress, BaseException):
-        log.warning("event=ui_status_part_failed part=progress error=%r", str(progress)[:200])
+    stats, runs, last = await asyncio.gather(fetch_stats(settings), fetch_runs(request, registry),
+                                             last_decision(request), return_exceptions=True)
+    progress = experiment = None
+    if isinstance(stats, BaseException):
+        log.warning("event=ui_status_part_failed part=progress error=%r", str(stats)[:200])
         errors["progress"] = (f"the aggregator did not answer at {aggregator_url(settings)} "
-                              f"({type(progress).__name__})")
-        progress = None
+                              f"({type(stats).__name__})")
+    else:
+        progress, experiment = progress_view(stats), stats.get("experiment")
+    if isinstance(last, BaseException):
+        last = None
     if isinstance(runs, BaseException):
         log.warning("event=ui_status_part_failed part=runs error=%r", str(runs)[:200])
         reason = "the store is unavailable" if isinstance(runs, StoreUnavailableError | TimeoutError) \
             else type(runs).__name__
         errors["runs"] = f"training runs unavailable: {reason}"
         runs = None
-    return {"model": model, "progress": progress, "runs": runs, "errors": errors}
+    return {"model": model, "progress": progress, "runs": runs, "experiment": experiment,
+            "last_experiment": last, "errors": errors}
 
 
 @router.get("/reports/{version}", response_class=HTMLResponse, tags=["page"])

@@ -18,6 +18,7 @@
 
   let lastSearch = null; // {query, useReranker, modelVersion}
   let servedVersion = null;
+  let lastDecision;  // undefined until the first status: a decision made before the page opened is not announced
   let seenRuns = null;
   let pollTimer = null;
 
@@ -273,6 +274,33 @@
     setText("progress-state", state);
   }
 
+  function renderExperiment(e, last) {
+    $("experiment").hidden = !e;
+    $("experiment-none").hidden = Boolean(e);
+    if (e) {
+      const what = e.kind === "watch"
+        ? `Watching ${e.champion} after its promotion: ${e.challenger} (the previous champion) ranks half of ${pct(e.share)} of searches.`
+        : `Users compare the challenger ${e.challenger} with the champion ${e.champion} on ${pct(e.share)} of searches.`;
+      setText("experiment-what", what);
+      setText("experiment-impressions", e.impressions);
+      setText("experiment-challenger", e.wins.challenger);
+      setText("experiment-champion", e.wins.champion);
+      setText("experiment-ties", e.wins.tie);
+      setText("experiment-p", fmt(e.evidence.p_value));
+      setText("experiment-state", e.decided ? `Decided: ${e.decided.decision} — ${e.decided.reason}` : e.verdict.reason);
+    }
+    const text = last ? `Last decision: ${last.decision} (${last.challenger} against ${last.champion}) — ${last.reason}` : "";
+    $("experiment-last").textContent = text;
+    $("experiment-last").hidden = !last;
+    const key = last ? `${last.experiment_id}:${last.decision}` : null;
+    if (lastDecision !== undefined && key && key !== lastDecision) announce(text);
+    lastDecision = key;
+  }
+
+  function pct(share) {
+    return `${Math.round((share || 0) * 100)} %`;
+  }
+
   function runLine(run) {
     const m = run.metrics || {};
     const parts = [];
@@ -323,6 +351,7 @@
       const errors = status.errors || {};
       renderModel(status.model);
       renderProgress(status.progress);
+      renderExperiment(status.experiment, status.last_experiment);
       renderRuns(status.runs);
       renderSummary();
       showPartError("model-error", errors.model);

@@ -1,0 +1,185 @@
+"""Simulated traffic for `bench/online.py`: people, a query stream, and the two tests compared.
+
+Pure functions and small classes, no I/O: the harness plays them through the real services,
+then replays what the services showed to compare interleaving with an A/B test on the same
+impressions.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from shared.interleaving import Credit, Tally, add_credit, outcome
+from shared.ml.evaluate import ndcg_at
+from shared.sequential import SequentialTest
+
+Z_975, Z_80 = 1.959964, 0.841621  # 5 % two-sided, 80 % power
+
+
+@dataclass
+class People:
+    """Users who look less far down the list, sometimes click wrong, and often rate nothing.
+
+    `silent`: share of searches with no rating at all; otherwise each result is examined with
+    probability 1/rank^bias, an examined one left unrated with probability `skip`, and rated
+    against its judgment, wrongly with probability `noise`. `flipped` users rate backwards.
+    """
+
+    bias: float = 0.7
+    noise: float = 0.05
+    skip: float = 0.1
+    silent: float = 0.5
+    flipped: bool = False
+    rng: random.Random = field(default_factory=random.Random)
+
+    def rate(self, shown: Sequence[str], relevant: set[str] | dict[str, int]) -> list[tuple[int, str]]:
+        """(position in the list, label) for each result this person rates."""
+        if self.rng.random() < self.silent:
+            return []
+        out = []
+        for i, resource_id in enumerate(shown):
+            if self.rng.random() > 1.0 / (i + 1) ** self.bias or self.rng.random() < self.skip:
+                continue
+            like = (resource_id in relevant) != (self.rng.random() < self.noise)
+            out.append((i, "like" if like != self.flipped else "dislike"))
+        return out
+
+
+@dataclass
+class Stream:
+    """Queries as real traffic asks them: Zipf popularity, and new queries keep arriving.
+
+    At the start a fifth of the queries exist; the rest arrive in a random order, evenly over the
+    stream. Each query's popularity is 1/rank^s for a random rank among all of them."""
+
+    queries: Sequence[str]
+    length: int
+    rng: random.Random
+    s: float = 1.0
+    start_share: float = 0.2
+
+    def __post_init__(self) -> None:
+        self.order = list(self.queries)
+        self.rng.shuffle(self.order)
+        ranks = list(range(1, len(self.order) + 1))
+        self.rng.shuffle(ranks)
+        self.weight = {q: 1.0 / r**self.s for q, r in zip(self.order, ranks, strict=True)}
+
+    def at(self, step: int) -> str:
+        available = self.order[: max(1, round(len(self.order) * (
+            self.start_share + (1 - self.start_share) * step / max(1, self.length - 1))))]
+        return self.rng.choices(available, weights=[self.weight[q] for q in available])[0]
+
+
+def ndcg10(shown: Sequence[str], judged: dict[str, int]) -> float:
+    return ndcg_at([float(judged.get(r, 0)) for r in shown], [float(g) for g in judged.values()], 10)
+
+
+@dataclass(frozen=True)
+class Impression:
+    """One interleaved search as logged: what each ranker would have shown, and the shown list."""
+
+    query: str
+    shown: tuple[str, ...]
+    teams: tuple[str, ...]
+    champion: tuple[str, ...]
+    challenger: tuple[str, ...]
+
+
+def interleaved_credit(impression: Impression, ratings: list[tuple[int, str]]) -> Credit:
+    credit: Credit = (0, 0)
+    for position, label in ratings:
+        credit = add_credit(credit, impression.teams[position], label)  # type: ignore[arg-type]
+    return credit
+
+
+def likes(ratings: list[tuple[int, str]]) -> int:
+    return sum(label == "like" for _, label in ratings)
+
+
+def interleaving_run(impressions: Sequence[Impression], qrels: dict[str, dict[str, int]],
+                     test: SequentialTest, min_impressions: int, rng: random.Random, people: People,
+                     cap: int) -> tuple[str | None, int]:
+    """One resampled experiment judged by the product's rule: its decision and impressions used."""
+    tally = Tally()
+    for n in range(1, cap + 1):
+        impression = rng.choice(impressions)
+        ratings = people.rate(impression.shown, qrels[impression.query])
+        if not ratings:
+            continue
+        tally = tally.moved(None, interleaved_credit(impression, ratings))
+        if n >= min_impressions and test.significant(tally.challenger, tally.champion):
+            return ("challenger" if tally.challenger > tally.champion else "champion"), n
+    return None, cap
+
+
+def ab_run(impressions: Sequence[Impression], qrels: dict[str, dict[str, int]], alpha: float, tau: float,
+           min_impressions: int, rng: random.Random, people: People, cap: int) -> tuple[str | None, int]:
+    """The same traffic as an A/B test: each search sees one ranker alone, likes per search compared.
+
+    Sequential too, with the normal-mixture SPRT on the difference of means (always valid at
+    `alpha`, like the product's rule); `tau` is the mixture's spread, set by the caller to the
+    true difference, which favours the A/B test."""
+    sums, squares, counts = [0.0, 0.0], [0.0, 0.0], [0, 0]
+    threshold = math.log(1 / alpha)
+    for n in range(1, cap + 1):
+        impression = rng.choice(impressions)
+        arm = n % 2
+        shown = impression.champion if arm == 0 else impression.challenger
+        value = likes(people.rate(shown, qrels[impression.query]))
+        sums[arm] += value
+        squares[arm] += value * value
+        counts[arm] += 1
+        if n < min_impressions or min(counts) < 2:
+            continue
+        means = [sums[i] / counts[i] for i in (0, 1)]
+        pooled = sum(squares[i] - counts[i] * means[i] ** 2 for i in (0, 1)) / (sum(counts) - 2)
+        v = max(pooled, 1e-9) * (1 / counts[0] + 1 / counts[1])
+        d = means[1] - means[0]
+        log_lr = 0.5 * math.log(v / (v + tau**2)) + tau**2 * d * d / (2 * v * (v + tau**2))
+        if log_lr >= threshold:
+            return ("challenger" if d > 0 else "champion"), n
+    return None, cap
+
+
+def fixed_horizon(impressions: Sequence[Impression], qrels: dict[str, dict[str, int]], rng: random.Random,
+                  people: People, draws: int = 4000) -> dict[str, float]:
+    """Impressions a fixed-sample test needs at 80 % power, 5 % two-sided, for each method.
+
+    Interleaving: a sign test on impressions with a winner. A/B: a two-sample z-test on likes
+    per search, half the impressions to each ranker. From `draws` simulated ratings of the
+    logged impressions."""
+    outcomes = {"challenger": 0, "champion": 0, "tie": 0, "unrated": 0}
+    arms: list[list[int]] = [[], []]
+    for _ in range(draws):
+        impression = rng.choice(impressions)
+        ratings = people.rate(impression.shown, qrels[impression.query])
+        outcomes[outcome(interleaved_credit(impression, ratings)) if ratings else "unrated"] += 1
+        for arm, shown in enumerate((impression.champion, impression.challenger)):
+            arms[arm].append(likes(people.rate(shown, qrels[impression.query])))
+    decided = outcomes["challenger"] + outcomes["champion"]
+    result = {"win_rate": outcomes["challenger"] / decided if decided else 0.5,
+              "decided_share": decided / draws}
+    p = result["win_rate"]
+    if decided and abs(p - 0.5) > 1e-9:
+        n = ((Z_975 * 0.5 + Z_80 * math.sqrt(p * (1 - p))) / (p - 0.5)) ** 2
+        result["interleaving"] = n / result["decided_share"]
+    delta = statistics.mean(arms[1]) - statistics.mean(arms[0])
+    result["like_rate_champion"], result["like_rate_challenger"] = map(statistics.mean, arms)
+    if abs(delta) > 1e-9:
+        variance = statistics.pvariance(arms[0]) + statistics.pvariance(arms[1])
+        result["ab"] = 2 * (Z_975 + Z_80) ** 2 * variance / delta**2
+    return result
+
+
+def summary(runs: list[tuple[str | None, int]], truth: str) -> dict[str, float]:
+    """Median impressions to a decision, and how often it was right, wrong or never came."""
+    decided = [n for d, n in runs if d is not None]
+    return {"median_impressions": statistics.median(decided) if decided else float("nan"),
+            "right": sum(d == truth for d, _ in runs) / len(runs),
+            "wrong": sum(d is not None and d != truth for d, _ in runs) / len(runs),
+            "undecided": sum(d is None for d, _ in runs) / len(runs), "runs": len(runs)}
