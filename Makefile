@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run monitor test test-fast lint bench loadtest eval notebook up down clean
+.PHONY: install run monitor test test-fast lint bench loadtest eval online notebook up down clean
 
 # The first time takes minutes (torch alone is several hundred MB): each step says what it installs
 # and pip shows its progress. Later runs skip this until pyproject.toml or requirements.lock change.
@@ -57,6 +57,13 @@ loadtest: install
 DATASET ?= ../shared/datasets/cranfield
 eval: install
 	$(BIN)/python bench/quality.py --dataset $(DATASET) $(EVAL_ARGS)
+
+# Do users decide right? Simulated people on the collection through the real services: the
+# sensitivity of interleaving against A/B, safety (flipped labels, a degraded champion), and what
+# users see while the loop learns online (bench/results/online.json; an hour or more per seed).
+# make online ONLINE_ARGS="--seeds 1 --searches 3000"
+online: install
+	$(BIN)/python bench/online.py --dataset $(DATASET) $(ONLINE_ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -8,6 +8,10 @@ aggregator's policy fires; the harness never calls the trainer. After each new s
 held-out queries are measured (nDCG@10, MRR@10, Recall@50). A second run flips the users'
 labels: the gate must reject what they teach.
 
+It measures the offline gate (EDURANKER_PROMOTION=offline: a candidate is promoted on its held-out
+scores alone). The default, a challenger interleaved with the champion until users decide, is
+measured by bench/online.py.
+
     .venv/bin/python bench/quality.py --dataset ../shared/datasets/cranfield --seeds 1 2 3
 """
 
@@ -146,7 +150,8 @@ def run_one(collection: Collection, seed: int, flipped: bool, args: argparse.Nam
     feedback_q, held_out = collection.split(seed)
     env = {"EDURANKER_BASE_MODEL": args.base_model, "EDURANKER_EMBEDDING_MODEL": args.embedding_model,
            "EDURANKER_TRAIN_MIN_NEW_FEEDBACK": str(args.min_new), "EDURANKER_SEED": str(seed),
-           "EDURANKER_MAX_LENGTH": str(args.max_length), "HF_HUB_OFFLINE": "1"}
+           "EDURANKER_MAX_LENGTH": str(args.max_length), "EDURANKER_PROMOTION": "offline",
+           "HF_HUB_OFFLINE": "1"}
     users = Users(args.position_bias, args.noise, args.skip, flipped, random.Random(seed))
     refusals = Refusals()
     started = time.perf_counter()

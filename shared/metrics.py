@@ -104,13 +104,15 @@ TRAINING_METRIC = Gauge(
 )
 ROLLBACKS = Counter("eduranker_model_rollbacks_total", "Champion rollbacks", ["trigger"])
 
-# The label values the alerts count, exported at 0 from a process's start: increase() over a
-# series that first appears at 1 sees no increase, so a process's first failure would not alert.
+# The label values the alerts and panels count, exported at 0 from a process's start: increase()
+# over a series that first appears at 1 sees no increase, so a process's first failure would not
+# alert, and a panel would have no data until the first interleaved search.
 ALERTED_LABEL_VALUES: dict[Counter, tuple[str, ...]] = {
     MODEL_RELOADS: ("success", "failed"),
     TRAINING_RUNS: ("promoted", "challenger", "rejected", "skipped", "failed"),
     ROLLBACKS: ("automatic", "operator"),
     EXPERIMENT_DECISIONS: ("promote", "retire", "rollback", "keep"),
+    EXPERIMENT_IMPRESSIONS: ("challenge", "watch"),
 }
 for _counter, _values in ALERTED_LABEL_VALUES.items():
     for _value in _values:

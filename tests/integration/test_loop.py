@@ -36,8 +36,10 @@ QUERIES = [
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LocalStack]:
     # The gate is exercised by the trainer tests; here any candidate must get through (margin 1,
-    # no check of the labels against BM25).
-    with tiny_stack(tmp_path_factory.mktemp("loop"), tiny_model, train_min_new_feedback=40,
+    # no check of the labels against BM25), promoted offline so the reranker reloads it at once;
+    # a challenger users decide on is tests/integration/test_online.py.
+    with tiny_stack(tmp_path_factory.mktemp("loop"), tiny_model, promotion="offline",
+                    train_min_new_feedback=40,
                     gate_margin=1.0, gate_min_prior_auc=0.0, num_epochs=2) as running:
         yield running
 

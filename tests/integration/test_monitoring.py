@@ -32,9 +32,11 @@ INTERVAL_S = 1
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LocalStack]:
-    # Any candidate gets through: the gate is the trainer tests' business.
-    with tiny_stack(tmp_path_factory.mktemp("monitoring"), tiny_model, train_min_new_feedback=THRESHOLD,
-                    gate_margin=1.0, gate_min_prior_auc=0.0, num_epochs=1) as running:
+    # Any candidate gets through, promoted offline: the gate is the trainer tests' business, the
+    # experiment users decide the online test's.
+    with tiny_stack(tmp_path_factory.mktemp("monitoring"), tiny_model, promotion="offline",
+                    train_min_new_feedback=THRESHOLD, gate_margin=1.0, gate_min_prior_auc=0.0,
+                    num_epochs=1) as running:
         yield running
 
 

@@ -23,6 +23,7 @@ from shared.ml.pipeline import FeedbackMemory, PipelineSpec, version_zero
 from shared.ml.registry import Registry
 from shared.store import ModelVersion, open_store
 from tests.conftest import tiny_stack
+from tests.integration.conftest import chromium_context
 
 QUERIES = ["machine learning tutorial", "linear algebra for beginners", "python for data analysis",
            "introduction to neural networks", "calculus derivatives exercises", "statistics for science"]
@@ -187,22 +188,7 @@ def test_restarts_mid_experiment_count_nothing_twice_and_lose_nothing(stack: Loc
     running while the aggregator is killed and a reranker restarted, and its live tally must still
     be exactly the store's recount."""
     users = Users(stack, tiny_model)
-    zero = version_zero(stack.settings)
-
-    def twin(folder: Path) -> None:
-        PipelineSpec(**{**zero.model_dump(), "version": "v0001"}).save(folder)
-
-    Registry(stack.settings.model_dir).write_version("v0001", twin)
-
-    async def index() -> None:
-        store = await open_store(stack.settings.store_url)
-        try:
-            await store.save_model_version(ModelVersion(version="v0001", location="v0001", status="rejected",
-                                                        base_model=zero.base_model))
-        finally:
-            await store.close()
-
-    asyncio.run(index())
+    add_twin(stack)
     assert users.admin("POST", "/versions/v0001/challenge").status_code == 200
     wait_for(lambda: users.serving("v0", "v0001"), 60, 0.3, "v0 interleaved with its twin")
     sent = users.play(12)
@@ -230,6 +216,7 @@ def test_restarts_mid_experiment_count_nothing_twice_and_lose_nothing(stack: Loc
     assert live["impressions"] == 36  # every search of the users, none of the setup before it
     assert sum(live["wins"].values()) == 36
     assert live["verdict"]["decision"] is None
+
     assert users.admin("POST", "/experiments/stop").status_code == 200
     wait_for(lambda: users.serving("v0", None), 60, 0.3, "v0 alone")
     assert users.experiments()[0]["decision"] == "stopped"
@@ -237,3 +224,55 @@ def test_restarts_mid_experiment_count_nothing_twice_and_lose_nothing(stack: Loc
 
 def stats_total(users: Users) -> int:
     return users.client.get(f"{users.stack.url('aggregator')}/stats").json()["counts"]["total"]
+
+
+def add_twin(stack: LocalStack) -> None:
+    """v0001: version 0 itself under another name, so users cannot tell the two apart."""
+    zero = version_zero(stack.settings)
+
+    def twin(folder: Path) -> None:
+        PipelineSpec(**{**zero.model_dump(), "version": "v0001"}).save(folder)
+
+    Registry(stack.settings.model_dir).write_version("v0001", twin)
+
+    async def index() -> None:
+        store = await open_store(stack.settings.store_url)
+        try:
+            await store.save_model_version(ModelVersion(version="v0001", location="v0001", status="rejected",
+                                                        base_model=zero.base_model))
+        finally:
+            await store.close()
+
+    asyncio.run(index())
+
+
+def test_the_search_page_shows_the_running_experiment_and_the_last_decision(
+        stack: LocalStack, tiny_model: Path, chromium: str, tmp_path: Path) -> None:
+    users = Users(stack, tiny_model)
+    add_twin(stack)
+    assert users.admin("POST", "/versions/v0001/challenge").status_code == 200
+    wait_for(lambda: users.serving("v0", "v0001"), 60, 0.3, "v0 interleaved with its twin")
+    users.play(12)
+
+    def counted() -> dict | None:
+        live = users.client.get(f"{stack.url('aggregator')}/stats").json()["experiment"]
+        return live if live and live["impressions"] == 12 and sum(live["wins"].values()) == 12 else None
+
+    live = wait_for(counted, 60, 0.5, "the aggregator's tally of the 12 searches")
+    from playwright.sync_api import expect
+
+    with chromium_context(chromium, tmp_path / "profile") as browser:
+        page = browser.new_page()
+        page.goto(f"{stack.url('reranker')}/")
+        expect(page.locator("#experiment")).to_be_visible(timeout=15_000)
+        expect(page.locator("#experiment-what")).to_contain_text("the challenger v0001 with the champion v0")
+        expect(page.locator("#experiment-impressions")).to_have_text("12")
+        ties = page.locator("#experiment-ties")
+        expect(ties).to_have_text(str(live["wins"]["tie"]))
+        expect(page.locator("#experiment-none")).to_be_hidden()
+        assert users.admin("POST", "/experiments/stop").status_code == 200
+        wait_for(lambda: users.serving("v0", None), 60, 0.3, "v0 alone")
+        assert users.experiments()[0]["decision"] == "stopped"
+        expect(page.locator("#experiment-none")).to_be_visible(timeout=15_000)
+        expect(page.locator("#experiment-last")).to_contain_text("Last decision: stopped (v0001 against v0)")
+        page.close()

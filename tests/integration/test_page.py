@@ -20,13 +20,10 @@ import pytest
 from shared.broker import free_port
 from shared.localstack import LocalStack
 from tests.conftest import ROOT, tiny_stack
-from tests.debian import debian_program
 from tests.integration.served import Served
 
 ARTIFACTS = ROOT / "test-artifacts"
 THRESHOLD = 12
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +31,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterato
     # Any candidate gets through (margin 1, no check of the labels against BM25): the gate
     # itself is tested with the trainer. The person here rates by rank, and the tiny model's
     # random dense scores decide much of version 0's order, so BM25 may disagree with them.
-    with tiny_stack(tmp_path_factory.mktemp("page"), tiny_model, train_min_new_feedback=THRESHOLD,
-                    gate_margin=1.0, gate_min_prior_auc=0.0, num_epochs=1) as running:
+    # Promoted offline, so the page shows the new version at once (users deciding: test_online).
+    with tiny_stack(tmp_path_factory.mktemp("page"), tiny_model, promotion="offline",
+                    train_min_new_feedback=THRESHOLD, gate_margin=1.0, gate_min_prior_auc=0.0,
+                    num_epochs=1) as running:
         yield running
 
 
@@ -75,8 +74,9 @@ def test_the_page_is_served_with_its_config_and_no_secrets(stack: LocalStack) ->
 
 def test_status_gathers_model_progress_and_runs(stack: LocalStack) -> None:
     status = httpx.get(f"{stack.url('reranker')}/api/ui/status", timeout=10).json()
-    assert set(status) == {"model", "progress", "runs", "errors"}
+    assert set(status) == {"model", "progress", "runs", "experiment", "last_experiment", "errors"}
     assert status["errors"] == {}
+    assert status["experiment"] is None and status["last_experiment"] is None  # promoted offline here
     assert status["model"]["version"] == "v0"
     assert status["model"]["trained_at"] is None
     assert status["progress"]["threshold"] == THRESHOLD
@@ -138,26 +138,6 @@ def test_a_part_that_is_down_is_reported_and_the_rest_still_shown(stack: LocalSt
 
 
 # The browser
-
-
-@pytest.fixture(scope="session")
-def chromium() -> str:
-    return debian_program("chromium", "chromium", "chromium-browser")
-
-
-@pytest.fixture
-def browser(chromium: str, tmp_path: Path) -> Iterator[Any]:
-    sync_api = pytest.importorskip("playwright.sync_api",
-                                   reason="playwright is a dev dependency: run `make install`")
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=chromium, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 1000},
-        )
-        try:
-            yield context
-        finally:
-            context.close()
 
 
 def give_feedback(page: Any, expect: Any, rank: int, label: str, keyboard: bool = False) -> None:
