@@ -61,14 +61,20 @@ class Verdict:
 
 
 def evaluate(counts: Counts, timing: Timing, policy: Policy, now: float,
-             experiment: Experiment | None = None) -> Verdict:
+             experiment: Experiment | None = None, impressions: int = 0) -> Verdict:
     """Checks the conditions in a fixed order; the first that fails is the one reported.
 
     While users compare a challenger with the champion, no new candidate is trained: it would
-    replace the challenger before users could decide (feedback keeps counting for the next run)."""
+    replace the challenger before users could decide (feedback keeps counting for the next run).
+    After a promotion, the watch of the new champion gets its minimum of `impressions` first: a
+    new challenger ends the watch, and before that minimum it could not have caught a regression."""
     if experiment is not None and experiment.kind == "challenge":
         return Verdict(blocked_by=f"users are comparing {experiment.challenger} with {experiment.champion} "
                                   "online: the next training waits for their decision")
+    if experiment is not None and impressions < experiment.min_impressions:
+        return Verdict(blocked_by=f"watching {experiment.champion} against {experiment.challenger}, the "
+                                  f"champion it replaced: {impressions} of {experiment.min_impressions} "
+                                  "impressions before the next training")
     if timing.pending_since and now - timing.pending_since < policy.pending_timeout_s:
         return Verdict(blocked_by="a training request is waiting for the trainer")
     if timing.retry_at and now < timing.retry_at:
@@ -97,9 +103,9 @@ def evaluate(counts: Counts, timing: Timing, policy: Policy, now: float,
 
 
 def decide(counts: Counts, timing: Timing, policy: Policy, now: float,
-           experiment: Experiment | None = None) -> str | None:
+           experiment: Experiment | None = None, impressions: int = 0) -> str | None:
     """The reason to request training now ("threshold" or "schedule"), or None."""
-    return evaluate(counts, timing, policy, now, experiment).reason
+    return evaluate(counts, timing, policy, now, experiment, impressions).reason
 
 
 def apply_feedback(counts: Counts, label: str, previous_label: str | None) -> Counts:

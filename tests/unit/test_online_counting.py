@@ -92,13 +92,17 @@ def test_feedback_on_another_experiment_or_none_credits_nothing() -> None:
     assert state.live() == (None, Live())
 
 
-def test_training_waits_while_users_compare_a_challenger_not_during_a_watch() -> None:
+def test_training_waits_for_users_decision_and_for_a_watch_to_reach_its_minimum() -> None:
     ready = Counts(total=200, like=100, dislike=100, new_since_training=150)
     assert evaluate(ready, Timing(), Policy(), 0.0).reason == "threshold"
-    held = evaluate(ready, Timing(), Policy(), 0.0, EXPERIMENT)
+    held = evaluate(ready, Timing(), Policy(), 0.0, EXPERIMENT, impressions=10_000)
     assert held.reason is None and "comparing v0001 with v0 online" in (held.blocked_by or "")
-    watch = EXPERIMENT.model_copy(update={"kind": "watch"})
-    assert evaluate(ready, Timing(), Policy(), 0.0, watch).reason == "threshold"
+    watch = EXPERIMENT.model_copy(update={"kind": "watch", "champion": "v0001", "challenger": "v0",
+                                          "min_impressions": 200})
+    early = evaluate(ready, Timing(), Policy(), 0.0, watch, impressions=199)
+    assert early.reason is None
+    assert "199 of 200 impressions before the next training" in (early.blocked_by or "")
+    assert evaluate(ready, Timing(), Policy(), 0.0, watch, impressions=200).reason == "threshold"
 
 
 def test_online_the_gate_only_checks_safety_and_offline_it_compares() -> None:
