@@ -3,10 +3,13 @@
 Two stacks per seed (embedded broker, SQLite, the four services, the corpus as catalogue):
 
 - **pairs**: rankers whose true difference the judgments give (version 0 against BM25 alone,
-  and against itself without pseudo-relevance feedback, 0.02 nDCG@10 apart on Cranfield) are
-  tried as challengers on every search until the aggregator's test decides. The impressions
-  the services logged are then replayed, resampled, to compare the impressions interleaving
-  needs to decide with what an A/B test on likes per search needs at the same error rate.
+  and against itself without pseudo-relevance feedback, 0.02 nDCG@10 apart on Cranfield, each
+  way round: once as the champion, once as the challenger) are interleaved on every search
+  until the aggregator's test decides. The right winner is the list the judgments say these
+  people like more (their attention read into the judgments); nDCG@10's verdict is kept
+  beside it. The impressions the services logged are then replayed, resampled, to compare
+  the impressions interleaving needs to decide with what an A/B test on likes per search
+  needs at the same error rate.
   Then safety: a challenger trained on flipped labels must be retired by users, and a
   degraded champion promoted by an operator must be rolled back by them.
 - **loop**: a stream of searches where queries repeat as real traffic does (Zipf popularity,
@@ -42,6 +45,7 @@ from bench.simulate import (  # noqa: E402
     People,
     Stream,
     ab_run,
+    expected_likes,
     fixed_horizon,
     interleaving_run,
     ndcg10,
@@ -163,9 +167,19 @@ class Site:
 
 
 def truth(impressions: list[Impression], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
-    """Each ranker's nDCG@10 by the judgments on the experiment's own traffic."""
-    return {side: statistics.mean(ndcg10(getattr(i, side), qrels[i.query]) for i in impressions)
-            for side in ("champion", "challenger")}
+    """Each ranker by the judgments on the experiment's own traffic: nDCG@10, and the likes per
+    search the simulated people give it (the judgments read with their attention)."""
+    people = People()
+    out = {side: statistics.mean(ndcg10(getattr(i, side), qrels[i.query]) for i in impressions)
+           for side in ("champion", "challenger")}
+    for side in ("champion", "challenger"):
+        out[f"{side}_likes"] = statistics.mean(expected_likes(people, getattr(i, side), qrels[i.query])
+                                               for i in impressions)
+    return out
+
+
+def better(judged: dict[str, float], key: str = "") -> str:
+    return "challenger" if judged["challenger" + key] > judged["champion" + key] else "champion"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -178,7 +192,9 @@ def compare(site: Site, name: str, experiment: dict, args: argparse.Namespace, s
     impressions = site.impressions(experiment["experiment_id"])
     qrels = site.collection.qrels
     judged = truth(impressions, qrels)
-    right = "challenger" if judged["challenger"] > judged["champion"] else "champion"
+    # What users prefer is what they see: the likes the judgments predict for each list. nDCG@10
+    # weighs ranks 6 to 10 more than these users look at them, and may disagree on close pairs.
+    right, right_ndcg = better(judged, "_likes"), better(judged)
     test = SequentialTest(experiment["alpha"], experiment["effect"])
     rng = random.Random(seed)
     people = People(rng=rng)
@@ -189,8 +205,9 @@ def compare(site: Site, name: str, experiment: dict, args: argparse.Namespace, s
     ab = [ab_run(impressions, qrels, test.alpha, tau, experiment["min_impressions"], rng, people,
                  args.resample_cap) for _ in range(args.resamples)]
     return {"pair": name, "experiment": experiment, "logged_impressions": len(impressions),
-            "ndcg10_by_judgments": judged, "right_winner": right,
+            "by_judgments": judged, "right_winner": right, "right_winner_ndcg10": right_ndcg,
             "decided_right": (experiment["decision"] == "promote") == (right == "challenger"),
+            "decided_right_ndcg10": (experiment["decision"] == "promote") == (right_ndcg == "challenger"),
             "fixed_horizon_80_power": horizon,
             "resampled_interleaving": summary(interleaving, right), "resampled_ab": summary(ab, right)}
 
@@ -212,18 +229,23 @@ def run_pairs(collection: Collection, seed: int, args: argparse.Namespace, workd
         stack.start(catalogue=collection.corpus, ready_timeout_s=1200)
         site = Site(stack, collection, People(rng=rng))
         stream = Stream(qids, args.pair_searches, rng)
-        # Version 0 alone, the latency reference: searches only, so the flipped run below
-        # trains on flipped feedback alone.
-        plain_ms = [site.search(stream.at(step))["client_ms"] for step in range(args.latency_searches)]
         safety = safety_checks(site, stream, args, seed)
         zero = version_zero(stack.settings)
-        pairs = {"bm25": zero.model_copy(update={"weights": {"bm25": 1.0}}),
-                 "no_prf": zero.model_copy(update={"prf_docs": 0, "weights": {"bm25": 1.0, "dense": 1.0}})}
+        plain = {"prf_docs": 0, "weights": {"bm25": 1.0, "dense": 1.0}}  # BM25 + dense, no expansion
+        no_prf = site.add_version(zero.model_copy(update=plain))
+        bm25 = site.add_version(zero.model_copy(update={"weights": {"bm25": 1.0}}))
+        # (name, champion, challenger): two where the champion is better, one where the challenger is.
+        pairs = [("bm25", "v0", bm25.version), ("no_prf", "v0", no_prf.version),
+                 ("prf", no_prf.version, "v0")]
         results, interleaved_ms = [], []
-        for name, spec in pairs.items():
-            spec = site.add_version(spec)
-            experiment_id = site.admin("POST", f"/versions/{spec.version}/challenge")["experiment_id"]
-            site.wait_serving("v0", spec.version)
+        for name, champion, challenger in pairs:
+            if champion != "v0":
+                site.admin("POST", f"/versions/{champion}/promote")
+                site.wait_serving(champion, "v0")  # its watch: ended, the pair is tried on its own
+                site.admin("POST", "/experiments/stop")
+                site.wait_serving(champion, None)
+            experiment_id = site.admin("POST", f"/versions/{challenger}/challenge")["experiment_id"]
+            site.wait_serving(champion, challenger)
             start = len(site.searches)
             ended = site.until_decided(experiment_id, stream, args.pair_searches)
             if ended["status"] != "ended":
@@ -232,17 +254,27 @@ def run_pairs(collection: Collection, seed: int, args: argparse.Namespace, workd
             results.append(compare(site, name, ended, args, seed))
             log.info("seed=%d pair=%s decision=%s impressions=%s", seed, name, ended["decision"],
                      ended["evidence"].get("impressions"))
-            if site.serving()["version"] != "v0":  # a wrong promotion: back to version 0 for the next pair
-                site.admin("POST", "/rollback")
-                site.wait_serving("v0", None)
-            elif site.serving().get("experiment"):
-                site.admin("POST", "/experiments/stop")
-                site.wait_serving("v0", None)
+            back_to_zero(site)
+        # Version 0 alone, the latency reference, under the same load (people rate as they search).
+        start = len(site.searches)
+        for step in range(args.latency_searches):
+            site.play(stream.at(step))
+        plain_ms = [s["ms"] for s in site.searches[start:]]
     latency = {"plain_p50_ms": percentile(plain_ms, 0.5), "plain_p95_ms": percentile(plain_ms, 0.95),
                "interleaved_p50_ms": percentile(interleaved_ms, 0.5),
                "interleaved_p95_ms": percentile(interleaved_ms, 0.95)}
     latency["p95_ratio"] = latency["interleaved_p95_ms"] / latency["plain_p95_ms"]
     return {"seed": seed, "pairs": results, "safety": safety, "latency": latency}
+
+
+def back_to_zero(site: Site) -> None:
+    """Version 0 as the champion, serving alone, whatever the last experiment decided."""
+    while site.serving()["version"] != "v0":
+        site.admin("POST", "/rollback")
+        site.wait_serving("v0", None)
+    if site.serving().get("experiment"):
+        site.admin("POST", "/experiments/stop")
+        site.wait_serving("v0", None)
 
 
 def safety_checks(site: Site, stream: Stream, args: argparse.Namespace, seed: int) -> dict:
@@ -339,20 +371,34 @@ def run_loop(collection: Collection, seed: int, args: argparse.Namespace, workdi
 def aggregate(pairs: list[dict], loops: list[dict]) -> dict:
     all_pairs = [p for run in pairs for p in run["pairs"]]
 
-    def median_of(key: str, pair: str) -> float:
-        values = [p[key]["median_impressions"] for p in all_pairs if p["pair"] == pair]
+    def median_of(key: str, pair: str, field: str = "median_impressions") -> float:
+        values = [p[key][field] for p in all_pairs if p["pair"] == pair and field in p[key]]
         return statistics.median(values) if values else float("nan")
+
+    def mean_of(key: str, pair: str, field: str) -> float:
+        return statistics.mean(p[key][field] for p in all_pairs if p["pair"] == pair)
 
     sensitivity = {}
     for pair in sorted({p["pair"] for p in all_pairs}):
         inter, ab = median_of("resampled_interleaving", pair), median_of("resampled_ab", pair)
-        sensitivity[pair] = {"impressions_to_decide_interleaving": inter, "impressions_to_decide_ab": ab,
-                             "ratio": ab / inter if inter else float("nan")}
+        fixed_i = median_of("fixed_horizon_80_power", pair, "interleaving")
+        fixed_ab = median_of("fixed_horizon_80_power", pair, "ab")
+        sensitivity[pair] = {
+            "impressions_to_decide_interleaving": inter, "impressions_to_decide_ab": ab,
+            "ratio": ab / inter if inter else float("nan"),
+            "interleaving_right": mean_of("resampled_interleaving", pair, "right"),
+            "ab_right": mean_of("resampled_ab", pair, "right"),
+            "ab_undecided": mean_of("resampled_ab", pair, "undecided"),
+            "fixed_horizon_interleaving": fixed_i, "fixed_horizon_ab": fixed_ab,
+            "fixed_horizon_ratio": fixed_ab / fixed_i if fixed_i else float("nan"),
+            "real_decisions_right": [p["decided_right"] for p in all_pairs if p["pair"] == pair],
+            "real_decisions_right_by_ndcg10": [p["decided_right_ndcg10"] for p in all_pairs
+                                               if p["pair"] == pair]}
     promotions = [p["experiment"]["decision"] == "promote" and p["right_winner"] == "champion"
                   for p in all_pairs]
-    promotions += [j["decision"] == "promote" and j["challenger"] < j["champion"]
+    promotions += [j["decision"] == "promote" and j["challenger_likes"] < j["champion_likes"]
                    for loop in loops for j in loop["judged_challenges"]]
-    wrong_resampled = [p["resampled_interleaving"]["wrong"] for p in all_pairs]
+    wrong_resampled = [p["resampled_interleaving"]["false_promotion"] for p in all_pairs]
     safety = [run["safety"] for run in pairs]
     return {
         "sensitivity": sensitivity,

@@ -49,6 +49,17 @@ class People:
         return out
 
 
+def expected_likes(people: People, shown: Sequence[str], relevant: set[str] | dict[str, int]) -> float:
+    """Likes a search showing `shown` gets from these people on average: the judgments read with
+    their attention (1/rank^bias, skips, silence, noise), what an A/B test on likes estimates."""
+    rated = (1 - people.silent) * (1 - people.skip)
+    total = 0.0
+    for i, resource_id in enumerate(shown):
+        right = (resource_id in relevant) != people.flipped
+        total += rated / (i + 1) ** people.bias * ((1 - people.noise) if right else people.noise)
+    return total
+
+
 @dataclass
 class Stream:
     """Queries as real traffic asks them: Zipf popularity, and new queries keep arriving.
@@ -177,9 +188,14 @@ def fixed_horizon(impressions: Sequence[Impression], qrels: dict[str, dict[str, 
 
 
 def summary(runs: list[tuple[str | None, int]], truth: str) -> dict[str, float]:
-    """Median impressions to a decision, and how often it was right, wrong or never came."""
+    """Impressions to a decision, and how often it was right, wrong or never came.
+
+    `median_impressions` counts a run that never decided at its cap, so it is a lower bound
+    when `undecided` is large; `median_decided` is over the runs that decided."""
     decided = [n for d, n in runs if d is not None]
-    return {"median_impressions": statistics.median(decided) if decided else float("nan"),
+    return {"median_impressions": statistics.median(n for _, n in runs),
+            "median_decided": statistics.median(decided) if decided else float("nan"),
             "right": sum(d == truth for d, _ in runs) / len(runs),
             "wrong": sum(d is not None and d != truth for d, _ in runs) / len(runs),
+            "false_promotion": sum(d == "challenger" != truth for d, _ in runs) / len(runs),
             "undecided": sum(d is None for d, _ in runs) / len(runs), "runs": len(runs)}

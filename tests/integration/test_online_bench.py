@@ -42,7 +42,7 @@ def test_online_harness_decides_replays_and_measures_the_traffic(tmp_path: Path,
     assert result.keys() >= KEYS
     assert "left out 1 blank queries" in done.stderr  # the collection's blank query, not searched
     (pairs,) = result["pairs"]
-    assert [p["pair"] for p in pairs["pairs"]] == ["bm25", "no_prf"]
+    assert [p["pair"] for p in pairs["pairs"]] == ["bm25", "no_prf", "prf"]
     for pair in pairs["pairs"]:
         # Decided (or stopped at the cap) by the services, then replayed from what they logged.
         assert pair["experiment"]["status"] == "ended", pair["experiment"]
