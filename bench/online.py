@@ -39,7 +39,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.quality import Collection  # noqa: E402
+from bench.quality import Collection, start_harness  # noqa: E402
 from bench.simulate import (  # noqa: E402
     Impression,
     People,
@@ -445,14 +445,9 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "online")
     parser.add_argument("--out", type=Path, default=RESULTS / "online.json")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("httpx", "kafka", "shared"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not (args.dataset / "corpus.jsonl").exists():
-        print(f"no BEIR collection at {args.dataset}: pass --dataset "
-              "(a folder with corpus.jsonl, queries.jsonl, qrels.tsv)")
+    collection = start_harness(args.dataset)
+    if collection is None:
         return 2
-    collection = Collection.load(args.dataset)
     blank = sorted(q for q, text in collection.queries.items() if not text.strip())
     if blank:  # a search needs some text: the service would refuse them (422)
         log.warning("left out %d blank queries: %s", len(blank), ", ".join(blank[:10]))

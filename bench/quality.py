@@ -257,6 +257,18 @@ def base_cross_encoder_ndcg(collection: Collection, held_out: list[str], args: a
     return statistics.mean(values)
 
 
+def start_harness(dataset: Path) -> Collection | None:
+    """The harnesses' logging, then the collection; None, having said why, when there is none."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("httpx", "kafka", "shared"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not (dataset / "corpus.jsonl").exists():
+        print(f"no BEIR collection at {dataset}: pass --dataset "
+              "(a folder with corpus.jsonl, queries.jsonl, qrels.tsv)")
+        return None
+    return Collection.load(dataset)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -276,14 +288,9 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "eval")
     parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    for noisy in ("httpx", "kafka", "shared"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not (args.dataset / "corpus.jsonl").exists():
-        print(f"no BEIR collection at {args.dataset}: pass --dataset "
-              "(a folder with corpus.jsonl, queries.jsonl, qrels.tsv)")
+    collection = start_harness(args.dataset)
+    if collection is None:
         return 2
-    collection = Collection.load(args.dataset)
     runs = []
     for flipped, seeds in ((False, args.seeds), (True, args.flipped_seeds)):
         for seed in seeds:
