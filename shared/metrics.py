@@ -46,7 +46,7 @@ EXPERIMENT_IMPRESSIONS = Counter(
 )
 EMBEDDING_RESOURCES = Gauge(
     "eduranker_embedding_resources",
-    "Resources of the catalogue index built last: all of them, and those with a vector", ["state"],
+    "Resources of the index this process built last: all of them, and those with a vector", ["state"],
 )
 EMBEDDING_TEXTS = Counter(
     "eduranker_embedding_texts_total",

@@ -14,12 +14,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from services.reranker.app import create_app
 from shared.broker import EmbeddedBroker, free_port
 from shared.catalogue import load_catalogue, read_catalogue
 from shared.kafka import ensure_topics
+from shared.ml.candidate import index_for_pairs
+from shared.ml.dataset import Pair
 from shared.ml.model import embed, embedder_identity, load_embedder
+from shared.ml.pipeline import RankingModel, version_zero
 from shared.ml.vectors import EmbeddingCache, StoredVectors
 from shared.settings import Settings
 from shared.store.sqlite import SQLiteStore
@@ -88,6 +92,34 @@ async def test_cache_reads_stored_vectors_and_embeds_only_what_is_missing(tiny_m
         others = EmbeddingCache(lambda texts: embed(other, texts), embedder_identity(other), stored)
         await asyncio.to_thread(others, TEXTS)
         assert others.progress.encoded == 350 and others.progress.from_store == 0
+    finally:
+        await store.close()
+
+
+async def test_the_trainer_reads_the_vectors_a_reranker_stored(tiny_model: Path, tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.db")
+    await store.init()
+    stored = StoredVectors(store, asyncio.get_running_loop())
+    resources = list(read_catalogue(SAMPLE_CATALOGUE))
+    settings = Settings(base_model=str(tiny_model), embedding_model=str(tiny_model), max_length=64)
+    model = RankingModel.load(version_zero(settings), None, "cpu")
+    assert model.embedder is not None
+    pairs = [Pair(query="q", resource_id=r.id, text=r.text, label=n % 2)
+             for n, r in enumerate(resources[:40])]
+
+    def encoded() -> float:
+        return REGISTRY.get_sample_value("eduranker_embedding_texts_total", {"source": "model"}) or 0.0
+
+    try:
+        served = EmbeddingCache(model.embed_texts, embedder_identity(model.embedder), stored)
+        await asyncio.to_thread(served, [r.text for r in resources])
+        before = encoded()
+        index = await asyncio.to_thread(index_for_pairs, resources, pairs, model, stored)
+        assert encoded() == before  # all 40 read back, none embedded
+        assert index.embeddings is not None
+        expected = model.embed_texts([r.text for r in resources[:40]])
+        assert np.allclose(index.embeddings[:40], expected, atol=1e-5)
+        assert not index.embeddings[40:].any()  # what no pair needs stays unread
     finally:
         await store.close()
 
