@@ -8,6 +8,7 @@ counted where the reranker counts it (`info-modele`'s `embedding`, the `/metrics
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 
@@ -53,8 +54,9 @@ def test_identity_follows_the_weights_and_the_length_not_the_folder(tiny_model: 
     assert embedder_identity(again) != embedder_identity(one)
 
 
-async def test_cache_reads_stored_vectors_and_embeds_only_what_is_missing(tiny_model: Path, other_model: Path,
-                                                                          tmp_path: Path) -> None:
+async def test_cache_reads_stored_vectors_and_embeds_only_what_is_missing(
+        tiny_model: Path, other_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="shared.ml.vectors")
     store = SQLiteStore(tmp_path / "store.db")
     await store.init()
     stored = StoredVectors(store, asyncio.get_running_loop())
@@ -72,6 +74,9 @@ async def test_cache_reads_stored_vectors_and_embeds_only_what_is_missing(tiny_m
         assert first.progress.as_dict() == {"resources": 350, "embedded": 350, "encoded": 350,
                                             "from_store": 0}
         assert batches == [100, 100, 100, 50] and await store.count_vectors(model_id) == 350
+        progress = [m for m in caplog.messages if m.startswith("event=embedding_progress")]
+        assert [m.split(" embedded=")[1] for m in progress] == ["100 of=350", "200 of=350", "300 of=350",
+                                                                 "350 of=350"]
 
         # A new process: nothing in memory, everything in the store.
         restarted = EmbeddingCache(encode, model_id, stored, chunk=100)
@@ -94,6 +99,18 @@ async def test_cache_reads_stored_vectors_and_embeds_only_what_is_missing(tiny_m
         assert others.progress.encoded == 350 and others.progress.from_store == 0
     finally:
         await store.close()
+
+
+async def test_a_store_that_does_not_answer_costs_embedding_time_not_the_index(tiny_model: Path,
+                                                                               tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "store.db")
+    await store.init()
+    await store.close()  # every read and write now fails as unavailable
+    embedder = load_embedder(str(tiny_model), 64, "cpu")
+    cache = EmbeddingCache(lambda texts: embed(embedder, texts), embedder_identity(embedder),
+                           StoredVectors(store, asyncio.get_running_loop()))
+    vectors = await asyncio.to_thread(cache, TEXTS[:20])
+    assert vectors.shape == (20, 32) and cache.progress.encoded == 20 and cache.progress.from_store == 0
 
 
 async def test_the_trainer_reads_the_vectors_a_reranker_stored(tiny_model: Path, tmp_path: Path) -> None:
