@@ -44,6 +44,15 @@ MODEL_RELOADS = Counter("eduranker_model_reloads_total", "Model reload attempts"
 EXPERIMENT_IMPRESSIONS = Counter(
     "eduranker_experiment_impressions_total", "Searches answered with an interleaved list", ["kind"]
 )
+EMBEDDING_RESOURCES = Gauge(
+    "eduranker_embedding_resources",
+    "Resources of the index this process built last: all of them, and those with a vector", ["state"],
+)
+EMBEDDING_TEXTS = Counter(
+    "eduranker_embedding_texts_total",
+    "Resource texts given a vector: run through the embedding model here, or read back from the store",
+    ["source"],
+)
 INFERENCES_LOGGED = Counter("eduranker_inferences_logged_total", "Inferences written to the store")
 INFERENCE_LOG_BACKLOG = Gauge("eduranker_inference_log_backlog", "Inferences waiting to be written")
 
@@ -113,6 +122,7 @@ ALERTED_LABEL_VALUES: dict[Counter, tuple[str, ...]] = {
     ROLLBACKS: ("automatic", "operator"),
     EXPERIMENT_DECISIONS: ("promote", "retire", "rollback", "keep"),
     EXPERIMENT_IMPRESSIONS: ("challenge", "watch"),
+    EMBEDDING_TEXTS: ("model", "store"),
 }
 for _counter, _values in ALERTED_LABEL_VALUES.items():
     for _value in _values:

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
     onnx_cache_dir: Path | None = None  # exported graphs; unset: <model_dir>/.cache/onnx
     torch_threads: int = 0  # 0: every core this process may use
+    # Resource texts embedded, then written to the store, per round: the progress step, and the most
+    # a replica stopped while embedding loses (vectors live in the store, shared/ml/vectors.py).
+    embedding_chunk: int = Field(default=512, ge=1)
 
     # Serving
     host: str = "127.0.0.1"

@@ -18,6 +18,7 @@ from shared.http import add_common
 from shared.kafka import ConsumerLoop, DeadLetters, make_broadcast_consumer
 from shared.ml.model import configure_torch_threads
 from shared.ml.pipeline import VERSION_ZERO
+from shared.ml.vectors import StoredVectors
 from shared.settings import Settings, get_settings
 from shared.store import StoreUnavailableError, open_store
 
@@ -31,10 +32,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_torch_threads(settings.torch_threads)
         store = await open_store(settings.store_url)
-        holder = ModelHolder(settings)
+        loop = asyncio.get_running_loop()
+        holder = ModelHolder(settings, StoredVectors(store, loop))
         inference_log = InferenceLog(store, max_backlog=settings.inference_log_max_backlog)
         app.state.store, app.state.holder, app.state.inference_log = store, holder, inference_log
-        loop = asyncio.get_running_loop()
         catalogue_version = {"value": await store.resources_version()}
 
         async def refresh_catalogue() -> None:
@@ -88,8 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watcher.cancel()
             consumer.stop()
             await inference_log.close()
+            # Off the loop and before the store closes: an index build under way writes its vectors
+            # to the store through this loop.
+            await asyncio.to_thread(holder.close)
             await store.close()
-            holder.close()
 
     app = FastAPI(title="EduRanker reranker", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings

@@ -12,17 +12,21 @@ import asyncio
 import dataclasses
 import logging
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sentence_transformers import SentenceTransformer
+
 from shared import metrics
 from shared.ml.backends import BackendChoice, choose_backend
-from shared.ml.model import cross_backend, pick_device
+from shared.ml.model import cross_backend, embedder_identity, pick_device
 from shared.ml.pipeline import SPEC_FILE, VERSION_ZERO, PipelineSpec, RankingModel, version_zero
 from shared.ml.registry import Registry
-from shared.ml.retrieval import CatalogueIndex, EmbeddingCache
+from shared.ml.retrieval import CatalogueIndex
+from shared.ml.vectors import EmbeddingCache, StoredVectors
 from shared.settings import Settings
 from shared.store import Experiment, Resource
 
@@ -64,13 +68,17 @@ class VersionRejected(ValueError):
 
 
 class ModelHolder:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, vectors: StoredVectors | None = None) -> None:
         self.settings = settings
         self.registry = Registry(settings.model_dir)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._state: ServingState | None = None
-        self._caches: dict[str, EmbeddingCache] = {}
+        self.vectors = vectors
+        """Where resource vectors are kept between starts and shared with other replicas."""
+        # One cache per loaded embedder: versions that share an embedder share its vectors.
+        self._caches: weakref.WeakKeyDictionary[SentenceTransformer, EmbeddingCache] = (
+            weakref.WeakKeyDictionary())
         self._reload_lock = asyncio.Lock()
         self.served: dict[str, int] = {}
         self.failed: dict[str, str] = {}
@@ -130,11 +138,20 @@ class ModelHolder:
                           index=None if shared else index)
 
     def _index(self, model: RankingModel, resources: list[Resource]) -> CatalogueIndex:
-        if model.embedder is None:
+        cache = self._cache(model)
+        if cache is None:
             return CatalogueIndex(resources)
-        key = model.spec.embedding_model or model.spec.base_model
-        cache = self._caches.setdefault(key, EmbeddingCache(model.embed_texts))
         return CatalogueIndex(resources, cache([r.text for r in resources]))
+
+    def _cache(self, model: RankingModel) -> EmbeddingCache | None:
+        if model.embedder is None:
+            return None
+        cache = self._caches.get(model.embedder)
+        if cache is None:
+            cache = EmbeddingCache(model.embed_texts, embedder_identity(model.embedder), self.vectors,
+                                   chunk=self.settings.embedding_chunk)
+            self._caches[model.embedder] = cache
+        return cache
 
     def _publish_info(self) -> None:
         state = self.state
@@ -292,9 +309,17 @@ class ModelHolder:
             "inferences_served": self.served.get(spec.version, 0),
             "inferences_served_total": sum(self.served.values()),
             "catalogue_size": len(state.index),
+            "embedding": self.embedding_info(state.model),
             "failed_versions": dict(self.failed),
             "experiment": self.experiment_info(),
         }
+
+    def embedding_info(self, model: RankingModel) -> dict[str, Any] | None:
+        """How far the model's vectors got and where they came from (None: it has no dense scorer)."""
+        cache = self._caches.get(model.embedder) if model.embedder is not None else None
+        if cache is None:
+            return None
+        return {"model_id": cache.model_id, "stored": self.vectors is not None, **cache.progress.as_dict()}
 
     def experiment_info(self) -> dict[str, Any] | None:
         """The running experiment as this replica serves it (None: the champion serves alone)."""

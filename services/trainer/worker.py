@@ -37,6 +37,7 @@ from shared.ml.dataset import build_pairs, not_enough_reason
 from shared.ml.pipeline import load_champion
 from shared.ml.registry import Registry
 from shared.ml.train import TrainConfig
+from shared.ml.vectors import StoredVectors
 from shared.settings import Settings
 from shared.store import ModelVersion, Store, TrainingRun
 
@@ -165,11 +166,13 @@ class Trainer:
             "code": code_version(),
         }
 
+        stored = StoredVectors(self.store, asyncio.get_running_loop())
+
         def work():  # noqa: ANN202 - runs on a worker thread: CPU-bound
             champion_name = self.registry.champion()
             folder = self.registry.resolve(champion_name) if champion_name else None
             champion = load_champion(self.settings, champion_name, folder)
-            index = index_for_pairs(resources, pairs, champion)
+            index = index_for_pairs(resources, pairs, champion, stored)
             return train_candidate(
                 self.settings, pairs, index, champion, self.registry, config=config,
                 progress=lambda line: log.info("event=training_progress run=%s %s", run.run_id, line),

@@ -30,12 +30,13 @@ from shared.ml.evaluate import (
     ranking_metrics,
     scored_groups,
 )
-from shared.ml.model import load_cross_encoder, load_embedder
+from shared.ml.model import embedder_identity, load_cross_encoder, load_embedder
 from shared.ml.pipeline import FeedbackMemory, PipelineSpec, RankingModel, fuse
 from shared.ml.registry import Registry
 from shared.ml.report import html_report, text_report
 from shared.ml.retrieval import CatalogueIndex
 from shared.ml.train import TrainConfig, TrainResult, fine_tune
+from shared.ml.vectors import EmbeddingCache, StoredVectors
 from shared.settings import OFFLINE_BASE_MODEL, Settings
 from shared.store import Resource
 
@@ -123,12 +124,15 @@ class CandidateResult:
         return self.decision == "promoted"
 
 
-def index_for_pairs(resources: list[Resource], pairs: list[Pair], model: RankingModel) -> CatalogueIndex:
-    """BM25 over the whole catalogue (its statistics matter), embeddings only where pairs need them."""
+def index_for_pairs(resources: list[Resource], pairs: list[Pair], model: RankingModel,
+                    stored: StoredVectors | None = None) -> CatalogueIndex:
+    """BM25 over the whole catalogue (its statistics matter), embeddings only where pairs need them:
+    read from `stored` where the reranker (or an earlier run) already embedded them."""
     index = CatalogueIndex(resources)
     if model.embedder is not None and resources:
         needed = sorted({index.position[p.resource_id] for p in pairs if p.resource_id in index.position})
-        vectors = model.embed_texts([resources[i].text for i in needed]) if needed else None
+        cache = EmbeddingCache(model.embed_texts, embedder_identity(model.embedder), stored)
+        vectors = cache([resources[i].text for i in needed]) if needed else None
         dim = vectors.shape[1] if vectors is not None else 1
         index.embeddings = np.zeros((len(resources), dim), dtype=np.float32)
         if vectors is not None:

@@ -265,6 +265,17 @@ def cross_scores(model: CrossEncoder | OnnxCrossEncoder, query: str, texts: list
     return out
 
 
+def embedder_identity(model: SentenceTransformer) -> str:
+    """What the vectors an embedder produces are stored under: a digest of its modules, its maximum
+    length and every weight. The weights themselves, not their files' sizes: fine-tuning keeps every
+    size, and a hub name that fell back to the offline weights must not pass for the hub's model."""
+    digest = hashlib.sha256(f"{model!r}|max_seq_length={model.max_seq_length}".encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return f"st-{digest.hexdigest()[:32]}"
+
+
 def embed(model: SentenceTransformer, texts: list[str], batch_size: int = 64,
           progress: bool = False) -> np.ndarray:
     """Unit-normalised embeddings, so a dot product is the cosine."""

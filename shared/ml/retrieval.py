@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import logging
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import bm25s
 import numpy as np
@@ -14,35 +10,12 @@ import Stemmer
 
 from shared.store import Resource
 
-log = logging.getLogger(__name__)
-
 _STEMMER = Stemmer.Stemmer("english")
 
 
 def tokenize(texts: list[str]) -> list[list[str]]:
     return bm25s.tokenize(texts, stopwords="en", stemmer=_STEMMER, return_ids=False,
                           show_progress=False)
-
-
-def text_hash(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()
-
-
-@dataclass
-class EmbeddingCache:
-    """Embeddings by resource text, so re-indexing only embeds what changed."""
-
-    encode: Callable[[list[str]], np.ndarray]
-    vectors: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        keys = [text_hash(t) for t in texts]
-        missing = sorted({k: t for k, t in zip(keys, texts, strict=True) if k not in self.vectors}.items())
-        if missing:
-            new = self.encode([t for _, t in missing])
-            self.vectors.update({k: v for (k, _), v in zip(missing, new, strict=True)})
-            log.info("event=embedded count=%d cached=%d", len(missing), len(self.vectors))
-        return np.stack([self.vectors[k] for k in keys]) if keys else np.zeros((0, 1), np.float32)
 
 
 class CatalogueIndex:

@@ -10,6 +10,7 @@ import abc
 from datetime import datetime
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from shared.events import FEEDBACK_TOPIC, FeedbackEvent, Interleaved, Label, Team, utcnow
@@ -308,3 +309,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def experiment_feedback(self, experiment_id: str) -> list[Feedback]:
         """Feedback given on the experiment's interleaved results (test feedback included)."""
+
+    # Resource vectors, by embedding model identity and text hash (shared/ml/vectors.py)
+    @abc.abstractmethod
+    async def get_vectors(self, model_id: str, text_hashes: list[str]) -> dict[str, np.ndarray]:
+        """The stored float32 vectors of these texts for this model; texts without one are left out."""
+
+    @abc.abstractmethod
+    async def put_vectors(self, model_id: str, vectors: dict[str, np.ndarray]) -> None:
+        """Stores vectors by text hash; the first one stored for a key stays, so replicas that embed
+        the same text at once keep agreeing on its vector."""
+
+    @abc.abstractmethod
+    async def count_vectors(self, model_id: str) -> int:
+        """Vectors stored for this model."""

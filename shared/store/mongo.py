@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import numpy as np
+from bson import Binary
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel, ReplaceOne, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -39,6 +41,7 @@ DEFAULT_DATABASE = "eduranker"
 DUPLICATE_KEY = 11000
 # Each retry means another writer changed the same feedback in between; more than this is a storm.
 MAX_FEEDBACK_ATTEMPTS = 10
+VECTORS_PER_QUERY = 5000
 # What callers read back from a feedback document: the record, not the bookkeeping.
 FEEDBACK_FIELDS = {"_id": 0, "outbox": 0, "user_key": 0, "request_ids": 0}
 SNAPSHOT_FIELDS = {"_id": 0, "user_key": 0, "request_ids": 0, "outbox.payload": 0}
@@ -106,6 +109,8 @@ class MongoStore(Store):
         await self._col("inferences").create_index("interleaving.experiment_id", sparse=True)
         await self._col("experiments").create_index([("started_at", DESCENDING)])
         await self._col("training_runs").create_index([("started_at", DESCENDING)])
+        await self._col("vectors").create_index([("model_id", ASCENDING), ("text_hash", ASCENDING)],
+                                                unique=True, name="vector_key")
         await self._col("feedback").create_indexes(
             [
                 IndexModel(
@@ -185,10 +190,7 @@ class MongoStore(Store):
             await self._col("inferences").insert_many(docs, ordered=False)
         except BulkWriteError as exc:
             # Like INSERT OR IGNORE: an inference logged twice keeps its first copy.
-            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                raise
-            if exc.details.get("writeConcernErrors"):
-                raise
+            _raise_unless_duplicates(exc)
 
     @_unavailable_on_outage
     async def get_inference(self, inference_id: str) -> Inference | None:
@@ -399,6 +401,41 @@ class MongoStore(Store):
         cursor = self._col("feedback").find({"interleaved.experiment_id": experiment_id},
                                             FEEDBACK_FIELDS).sort("_id", ASCENDING)
         return [Feedback.model_validate(d) async for d in cursor]
+
+    # Resource vectors
+    @_unavailable_on_outage
+    async def get_vectors(self, model_id: str, text_hashes: list[str]) -> dict[str, np.ndarray]:
+        found: dict[str, np.ndarray] = {}
+        # Chunked: a whole catalogue's keys in one `$in` would make a query document of megabytes.
+        for start in range(0, len(text_hashes), VECTORS_PER_QUERY):
+            cursor = self._col("vectors").find(
+                {"model_id": model_id, "text_hash": {"$in": text_hashes[start:start + VECTORS_PER_QUERY]}},
+                {"_id": 0, "text_hash": 1, "vector": 1})
+            found.update({d["text_hash"]: np.frombuffer(d["vector"], dtype=np.float32) async for d in cursor})
+        return found
+
+    @_unavailable_on_outage
+    async def put_vectors(self, model_id: str, vectors: dict[str, np.ndarray]) -> None:
+        if not vectors:
+            return
+        docs = [{"model_id": model_id, "text_hash": key,
+                 "vector": Binary(np.asarray(v, dtype=np.float32).tobytes())} for key, v in vectors.items()]
+        try:
+            await self._col("vectors").insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            _raise_unless_duplicates(exc)  # the first vector stored for a key stays
+
+    @_unavailable_on_outage
+    async def count_vectors(self, model_id: str) -> int:
+        return await self._col("vectors").count_documents({"model_id": model_id})
+
+
+def _raise_unless_duplicates(exc: BulkWriteError) -> None:
+    """An unordered insert whose only failures are keys already stored did all it had to do."""
+    if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+        raise exc
+    if exc.details.get("writeConcernErrors"):
+        raise exc
 
 
 def _entry(entry: OutboxEntry) -> Doc:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import pytest
 
 from shared.events import FEEDBACK_TOPIC, FeedbackEvent, Interleaved, decode
@@ -354,6 +355,33 @@ async def test_impressions_and_feedback_are_found_by_experiment(store: Store) ->
     assert await store.experiment_feedback("exp-b") == []
     events = [payload_event(e.payload) for e in await store.pending_outbox()]
     assert [e.interleaved for e in events if e.feedback_id == "fb-0"] == [tagged, tagged]
+
+
+async def test_vectors_are_kept_by_model_and_text_and_the_first_stored_stays(store: Store) -> None:
+    rng = np.random.default_rng(7)
+    first = {f"hash-{n}": rng.standard_normal(384).astype(np.float32) for n in range(1200)}
+    assert await store.get_vectors("model-a", ["hash-0"]) == {}
+    await store.put_vectors("model-a", first)
+    await store.put_vectors("model-a", {})
+
+    keys = list(first) + ["absent"]  # more keys than one query takes
+    found = await store.get_vectors("model-a", keys)
+    assert sorted(found) == sorted(first)
+    for key, vector in first.items():
+        assert found[key].dtype == np.float32 and np.array_equal(found[key], vector)
+    assert await store.get_vectors("model-a", []) == {}
+    assert await store.count_vectors("model-a") == 1200
+
+    # Another model's vectors for the same texts are its own; a second write of a key changes nothing.
+    other = {"hash-0": np.ones(8, dtype=np.float32), "hash-new": np.zeros(384, dtype=np.float32)}
+    await store.put_vectors("model-b", other)
+    await store.put_vectors("model-a", {"hash-0": np.ones(384, dtype=np.float32),
+                                        "hash-1200": np.full(384, 2.0, dtype=np.float32)})
+    again = await store.get_vectors("model-a", ["hash-0", "hash-1200", "hash-new"])
+    assert np.array_equal(again["hash-0"], first["hash-0"]) and set(again) == {"hash-0", "hash-1200"}
+    assert np.array_equal((await store.get_vectors("model-b", ["hash-0"]))["hash-0"], other["hash-0"])
+    assert (await store.count_vectors("model-a"), await store.count_vectors("model-b")) == (1201, 2)
+    assert await store.count_vectors("model-c") == 0
 
 
 def closed_port() -> int:
