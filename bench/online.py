@@ -442,6 +442,8 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--train-timeout", type=float, default=900)
     parser.add_argument("--skip-loop", action="store_true", help="only the pairs and safety stack")
+    parser.add_argument("--pairs-from", type=Path, default=None,
+                        help="reuse the pairs and safety results of an earlier online.json: only loops run")
     parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "online")
     parser.add_argument("--out", type=Path, default=RESULTS / "online.json")
     args = parser.parse_args()
@@ -454,8 +456,11 @@ def main() -> int:
         collection.queries = {q: t for q, t in collection.queries.items() if t.strip()}
     started = time.perf_counter()
     pairs, loops = [], []
+    if args.pairs_from:  # the pairs do not depend on the loop's policy: measured once, reused
+        pairs = [run for run in json.loads(args.pairs_from.read_text())["pairs"] if run["seed"] in args.seeds]
     for seed in args.seeds:
-        pairs.append(run_pairs(collection, seed, args, fresh(args.workdir / f"pairs-{seed}")))
+        if not args.pairs_from:
+            pairs.append(run_pairs(collection, seed, args, fresh(args.workdir / f"pairs-{seed}")))
         if not args.skip_loop:
             loops.append(run_loop(collection, seed, args, fresh(args.workdir / f"loop-{seed}")))
     result = {"dataset": str(args.dataset), **aggregate(pairs, loops),

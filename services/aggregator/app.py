@@ -232,7 +232,7 @@ async def send_decision(event: ExperimentDecidedEvent) -> None:
 async def maybe_request(now: float | None = None) -> None:
     now = now or time.time()
     counts, timing = state.tally()[0], state.timing()
-    reason = evaluate(counts, timing, policy, now, tracker.running, tracker.impressions).reason
+    reason = evaluate(counts, timing, policy, now, tracker.running, tracker.toward_minimum(state)).reason
     if reason is None:
         return
     event = TrainingRequestedEvent(reason=reason, counts=counts)  # type: ignore[arg-type]
@@ -375,7 +375,7 @@ async def recover_undelivered(page: int = 1000) -> None:
 def snapshot() -> dict[str, Any]:
     counts, versions, _ = state.tally()
     timing = state.timing()
-    verdict = evaluate(counts, timing, policy, time.time(), tracker.running, tracker.impressions)
+    verdict = evaluate(counts, timing, policy, time.time(), tracker.running, tracker.toward_minimum(state))
     last = datetime.fromtimestamp(timing.last_training_at, UTC) if timing.last_training_at else None
     return {
         "feedback": describe(counts, versions, last),

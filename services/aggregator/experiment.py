@@ -138,6 +138,14 @@ class Tracker:
         log.info("event=experiment_decided experiment=%s kind=%s decision=%s reason=%r",
                  running.experiment_id, running.kind, result.decision, result.reason)
 
+    def toward_minimum(self, state: State) -> int:
+        """The running experiment's impressions as the training policy counts them: none once users
+        decided it, since the trainer is acting on it and the experiment that follows (a watch)
+        must get its own minimum first."""
+        if self.running is not None and state.get(f"decided:{self.running.experiment_id}"):
+            return 0
+        return self.impressions
+
     def view(self, state: State, now: datetime) -> dict[str, Any] | None:
         shown = view(state, self.running, self.impressions, now)
         if shown is not None and self.running is not None:

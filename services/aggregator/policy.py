@@ -64,17 +64,18 @@ def evaluate(counts: Counts, timing: Timing, policy: Policy, now: float,
              experiment: Experiment | None = None, impressions: int = 0) -> Verdict:
     """Checks the conditions in a fixed order; the first that fails is the one reported.
 
-    While users compare a challenger with the champion, no new candidate is trained: it would
-    replace the challenger before users could decide (feedback keeps counting for the next run).
-    After a promotion, the watch of the new champion gets its minimum of `impressions` first: a
-    new challenger ends the watch, and before that minimum it could not have caught a regression."""
-    if experiment is not None and experiment.kind == "challenge":
-        return Verdict(blocked_by=f"users are comparing {experiment.challenger} with {experiment.champion} "
-                                  "online: the next training waits for their decision")
+    A running experiment gets its minimum of `impressions` before the next training: the new
+    candidate would end it (`superseded`) before users could decide anything. Past the minimum,
+    an experiment users have not decided yet gives way to a candidate trained on more feedback
+    (an undecided challenger is close to the champion; the fresher one carries what users
+    taught since), and a watch has had its chance to catch a clear regression.
+    """
     if experiment is not None and impressions < experiment.min_impressions:
-        return Verdict(blocked_by=f"watching {experiment.champion} against {experiment.challenger}, the "
-                                  f"champion it replaced: {impressions} of {experiment.min_impressions} "
-                                  "impressions before the next training")
+        what = (f"users are comparing {experiment.challenger} with {experiment.champion} online"
+                if experiment.kind == "challenge" else
+                f"watching {experiment.champion} against {experiment.challenger}, the champion it replaced")
+        return Verdict(blocked_by=f"{what}: {impressions} of {experiment.min_impressions} impressions "
+                                  "before the next training")
     if timing.pending_since and now - timing.pending_since < policy.pending_timeout_s:
         return Verdict(blocked_by="a training request is waiting for the trainer")
     if timing.retry_at and now < timing.retry_at:

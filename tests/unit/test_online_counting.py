@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime
 
-from services.aggregator.experiment import credit, recounted
+from services.aggregator.experiment import Tracker, credit, recounted
 from services.aggregator.policy import Policy, Timing, apply_feedback, evaluate
 from services.aggregator.table import State
 from shared.events import Counts, FeedbackEvent, Interleaved
@@ -92,17 +92,29 @@ def test_feedback_on_another_experiment_or_none_credits_nothing() -> None:
     assert state.live() == (None, Live())
 
 
-def test_training_waits_for_users_decision_and_for_a_watch_to_reach_its_minimum() -> None:
+def test_training_waits_until_an_experiment_has_its_minimum_impressions() -> None:
     ready = Counts(total=200, like=100, dislike=100, new_since_training=150)
     assert evaluate(ready, Timing(), Policy(), 0.0).reason == "threshold"
-    held = evaluate(ready, Timing(), Policy(), 0.0, EXPERIMENT, impressions=10_000)
-    assert held.reason is None and "comparing v0001 with v0 online" in (held.blocked_by or "")
-    watch = EXPERIMENT.model_copy(update={"kind": "watch", "champion": "v0001", "challenger": "v0",
-                                          "min_impressions": 200})
+    challenge = EXPERIMENT.model_copy(update={"min_impressions": 200})
+    held = evaluate(ready, Timing(), Policy(), 0.0, challenge, impressions=199)
+    assert held.reason is None
+    assert "comparing v0001 with v0 online: 199 of 200 impressions" in (held.blocked_by or "")
+    # Past the minimum and still undecided: a candidate trained on more feedback may replace it.
+    assert evaluate(ready, Timing(), Policy(), 0.0, challenge, impressions=200).reason == "threshold"
+    watch = challenge.model_copy(update={"kind": "watch", "champion": "v0001", "challenger": "v0"})
     early = evaluate(ready, Timing(), Policy(), 0.0, watch, impressions=199)
     assert early.reason is None
-    assert "199 of 200 impressions before the next training" in (early.blocked_by or "")
+    assert "watching v0001 against v0, the champion it replaced: 199 of 200" in (early.blocked_by or "")
     assert evaluate(ready, Timing(), Policy(), 0.0, watch, impressions=200).reason == "threshold"
+
+
+def test_once_users_decided_the_policy_waits_for_the_experiment_that_follows() -> None:
+    tracker = Tracker()
+    tracker.running, tracker.impressions = EXPERIMENT, 5_000
+    state = State({})
+    assert tracker.toward_minimum(state) == 5_000
+    state.set(f"decided:{EXPERIMENT.experiment_id}", {"decision": "promote"})
+    assert tracker.toward_minimum(state) == 0
 
 
 def test_online_the_gate_only_checks_safety_and_offline_it_compares() -> None:
