@@ -60,7 +60,7 @@ eval: install
 
 # Do users decide right? Simulated people on the collection through the real services: the
 # sensitivity of interleaving against A/B, safety (flipped labels, a degraded champion), and what
-# users see while the loop learns online (bench/results/online.json; an hour or more per seed).
+# users see while the loop learns online (bench/results/online.json; about 20 minutes a seed here).
 # make online ONLINE_ARGS="--seeds 1 --searches 3000"
 online: install
 	$(BIN)/python bench/online.py --dataset $(DATASET) $(ONLINE_ARGS)
