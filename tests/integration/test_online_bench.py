@@ -31,8 +31,8 @@ def test_online_harness_decides_replays_and_measures_the_traffic(tmp_path: Path,
     dataset = beir_collection(tmp_path / "collection")
     out = tmp_path / "online.json"
     command = [sys.executable, str(ROOT / "bench" / "online.py"), "--dataset", str(dataset), "--seeds", "1",
-               "--searches", "240", "--pair-searches", "500", "--latency-searches", "20",
-               "--flipped-searches", "60", "--min-impressions", "30", "--max-impressions", "400",
+               "--searches", "200", "--pair-searches", "300", "--latency-searches", "20",
+               "--flipped-searches", "60", "--min-impressions", "30", "--max-impressions", "240",
                "--min-new", "40", "--resamples", "3", "--resample-cap", "2000",
                "--base-model", str(tiny_model), "--embedding-model", str(tiny_model), "--max-length", "64",
                "--train-timeout", "300", "--workdir", str(tmp_path / "work"), "--out", str(out)]
@@ -58,9 +58,11 @@ def test_online_harness_decides_replays_and_measures_the_traffic(tmp_path: Path,
     assert latency["plain_p95_ms"] > 0 and math.isfinite(latency["p95_ratio"])
     (loop,) = result["loops"]
     assert set(loop["traffic_queries"]).isdisjoint(loop["held_out_queries"])
-    assert loop["searches"] == 240
-    # Training fired from the aggregator's policy alone; its candidates went to users, not the gate.
+    assert loop["searches"] == 200
+    # Training fired from the aggregator's policy alone; a candidate the safety checks pass goes to
+    # users, never promoted by the gate (on the tiny model's random dense scores, most are refused).
     assert loop["feedback_runs"], "the policy never asked for training"
-    assert {r["status"] for r in loop["feedback_runs"]} <= {"challenger", "rejected", "skipped"}
+    # (the last may still be running when the stream ends)
+    assert {r["status"] for r in loop["feedback_runs"]} <= {"challenger", "rejected", "skipped", "running"}
     for key in ("ndcg10_traffic_v0", "ndcg10_traffic_final", "ndcg10_held_out_v0", "ndcg10_held_out_final"):
         assert 0.0 <= result[key] <= 1.0, key
