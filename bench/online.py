@@ -268,13 +268,18 @@ def run_pairs(collection: Collection, seed: int, args: argparse.Namespace, workd
 
 
 def back_to_zero(site: Site) -> None:
-    """Version 0 as the champion, serving alone, whatever the last experiment decided."""
-    while site.serving()["version"] != "v0":
-        site.admin("POST", "/rollback")
-        site.wait_serving("v0", None)
-    if site.serving().get("experiment"):
-        site.admin("POST", "/experiments/stop")
-        site.wait_serving("v0", None)
+    """Version 0 as the champion, serving alone, whatever the last experiment decided.
+
+    Read from the trainer, which acted on the decision before recording the experiment ended;
+    the replicas follow a moment later, so asking them could miss a promotion in flight."""
+    for _ in range(10):
+        if site.admin("GET", "/versions")["champion"] is not None:
+            site.admin("POST", "/rollback")  # ends the running experiment (the watch) too
+        elif any(e["status"] == "running" for e in site.experiments()):
+            site.admin("POST", "/experiments/stop")
+        else:
+            break
+    site.wait_serving("v0", None)
 
 
 def safety_checks(site: Site, stream: Stream, args: argparse.Namespace, seed: int) -> dict:
