@@ -34,11 +34,22 @@ def launched(workdir: Path, tiny_model: Path, *args: str) -> Iterator[tuple[subp
             [sys.executable, "-m", "shared.cli", "run", "--workdir", str(workdir / "var"), *args],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for(lambda: "Ctrl-C stops everything" in log.read_text(), 240, what="the stack up")
+        wait_for(lambda: "Ctrl-C stops everything" in log.read_text() or launcher.poll() is not None,
+                 240, what="the stack up or the launcher gone")
+        assert launcher.poll() is None, f"the launcher exited with code {launcher.returncode}"
         yield launcher, log
+    except AssertionError as exc:  # a failed start, or a failed check: either way, what the logs say
+        raise AssertionError(f"{exc}\n{logs(workdir)}") from None
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
+
+
+def logs(workdir: Path, lines: int = 15) -> str:
+    """The end of the launcher's log and of every log it writes: what a failed start says."""
+    paths = [workdir / "run.log", *sorted((workdir / "var").rglob("*.log"))]
+    return "\n".join(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+                     for path in paths if path.exists())
 
 
 def ctrl_c(launcher: subprocess.Popen[bytes], log: Path) -> str:
