@@ -1,6 +1,6 @@
 """Offline experiment: distil version 0 into the cross-encoder, then fuse it with version 0.
 
-Not part of the loop: it did not lift held-out queries reliably (README, "Does it learn?")
+Not part of the loop: it did not lift held-out queries reliably (docs/evaluation.md)
 and each training takes ~13 min on a 2-core CPU. Kept so that those figures can be
 reproduced and the idea taken further, e.g. on a GPU with more epochs or pseudo-queries.
 "Version 0" here is BM25 + dense, without pseudo-relevance feedback, as when the figures

@@ -242,7 +242,7 @@ class RankingModel:
 
         Unsupervised and per query, so it helps queries nobody has rated: the first pass's top
         few are mostly relevant, and their words and embedding add what a short query leaves
-        out (on Cranfield +0.017 nDCG@10 on held-out queries; README, "Does it learn?").
+        out (on Cranfield +0.017 nDCG@10 on held-out queries; docs/evaluation.md).
         The first pass is BM25 + dense over the same candidates, fused with this spec's weights.
         """
         spec, weights = self.spec, self.spec.weights
