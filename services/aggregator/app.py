@@ -59,7 +59,7 @@ from shared.events import (
 )
 from shared.kafka import DEADLETTER_TOPIC, dead_letter, decode_or_reason, faust_credentials
 from shared.settings import get_settings
-from shared.store import Store, StoreUnavailableError, open_store
+from shared.store import Store, StoreUnavailableError, store_from
 
 log = logging.getLogger(__name__)
 settings = get_settings()
@@ -144,7 +144,7 @@ def export(counts: Counts, versions: dict[str, dict[str, int]]) -> None:
 async def store() -> Store:
     global _store
     if _store is None:
-        _store = await open_store(settings.store_url)
+        _store = await store_from(settings)
     return _store
 
 
