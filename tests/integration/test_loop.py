@@ -12,9 +12,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.localstack import LocalStack, wait_for
+from shared.ml.evaluate import ndcg_at
 from shared.store import open_store
 from tests.conftest import tiny_stack
-from tests.unit.test_deploy import (
+from tests.integration.test_deploy import (
     DASHBOARD,
     SUFFIXES,
     alert_rules,
@@ -51,9 +52,9 @@ def search(stack: LocalStack, query: str, **extra: object) -> dict:
     return response.json()
 
 
-def rate_top_results(stack: LocalStack) -> int:
+def rate_top_results(stack: LocalStack, given: dict[str, dict[str, float]] | None = None) -> int:
     """Likes and dislikes the first 8 results of each query, both labels on every query: 48
-    feedback, past the threshold these tests train at (40)."""
+    feedback, past the threshold these tests train at (40). `given`: query → resource → 1 (like)."""
     sent = 0
     for query in QUERIES:
         body = search(stack, query)
@@ -66,8 +67,20 @@ def rate_top_results(stack: LocalStack) -> int:
             })
             assert response.status_code == 200, response.text
             assert response.json()["status"] == "created"
+            if given is not None:
+                given.setdefault(query, {})[result["resource_id"]] = float(label == "like")
             sent += 1
     return sent
+
+
+def agreement(stack: LocalStack, given: dict[str, dict[str, float]]) -> float:
+    """Mean nDCG@10 of each rated query's results against the likes given on it: how far the
+    served order follows what its users said."""
+    scores = []
+    for query, gains in given.items():
+        ranked = [gains.get(r["resource_id"], 0.0) for r in search(stack, query)["results"]]
+        scores.append(ndcg_at(ranked, list(gains.values())))
+    return sum(scores) / len(scores)
 
 
 def inference_stored(stack: LocalStack, inference_id: str) -> bool:
@@ -95,8 +108,10 @@ def test_feedback_retrains_and_the_reranker_reloads(stack: LocalStack) -> None:
     assert len(before["results"]) == 10
     assert [r["rank"] for r in before["results"]] == list(range(1, 11))
 
-    sent = rate_top_results(stack)
+    given: dict[str, dict[str, float]] = {}
+    sent = rate_top_results(stack, given)
     assert sent == 48
+    before_agreement = agreement(stack, given)
     assert stats(stack)["feedback"]["total"] == 48
 
     info = wait_for(
@@ -120,6 +135,9 @@ def test_feedback_retrains_and_the_reranker_reloads(stack: LocalStack) -> None:
     assert common
     assert any(abs(old[i] - new[i]) > 1e-6 for i in common), "the new version must score differently"
     assert "memory" in after["results"][0]["scores"]
+    # What it learned: the rated queries now rank their liked results above the disliked ones.
+    learned = agreement(stack, given)
+    assert learned > before_agreement + 0.05, (before_agreement, learned)
 
     runs = httpx.get(f"{stack.url('trainer')}/admin/runs").json()["runs"]
     assert any(r["status"] == "promoted" and r["version"] == "v0001" for r in runs)
