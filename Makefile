@@ -65,8 +65,9 @@ eval: install
 online: install
 	$(BIN)/python bench/online.py --dataset $(DATASET) $(ONLINE_ARGS)
 
+# The unit tests: no process, socket or store started (tests/integration has those).
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q tests/unit
 
 # The code is wrapped by hand at 110 columns; `ruff check` is the lint, not `ruff format`.
 lint: install

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
+
+from shared.settings import Settings, get_settings
 
 CLIENT_LOGGERS = ("kafka", "aiokafka")
 # kafka-python's and aiokafka's lines for one failed attempt to reach a broker (each retry logs them),
@@ -30,8 +31,10 @@ class QuietConnectionRetries(logging.Filter):
         return True
 
 
-def configure(service: str) -> None:
-    level = os.environ.get("EDURANKER_LOG_LEVEL", "INFO").upper()
+def configure(service: str, settings: Settings | None = None, quiet: bool = False) -> None:
+    """Logging for one process, at `EDURANKER_LOG_LEVEL`; `quiet` (a command line) defaults to warnings."""
+    settings = settings or get_settings()
+    level = "WARNING" if quiet and "log_level" not in settings.model_fields_set else settings.log_level
     logging.basicConfig(
         level=level,
         format=f"%(asctime)s level=%(levelname)s service={service} logger=%(name)s %(message)s",

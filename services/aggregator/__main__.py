@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from shared.events import ALL_TOPICS
 from shared.kafka import DEADLETTER_TOPIC, delete_topic, ensure_topics, unreadable_partitions
 from shared.logging import configure
-from shared.settings import get_settings
+from shared.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from faust.types import TopicT
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("services.aggregator")
 
 
-def drop_unreadable_changelog(changelog: "TopicT") -> None:
+def drop_unreadable_changelog(settings: Settings, changelog: "TopicT") -> None:
     """Faust's table recovery would wait forever on a changelog the broker cannot serve.
 
     Such a changelog appears only once created again (after a broker that lost its data), so it
@@ -23,7 +23,6 @@ def drop_unreadable_changelog(changelog: "TopicT") -> None:
     read is deleted: Faust creates a clean one, and the worker rebuilds its counts from the
     store, of which the table is only a cache.
     """
-    settings = get_settings()
     name = changelog.get_topic_name()
     policies = [p for p, on in (("compact", changelog.compacting), ("delete", changelog.deleting)) if on]
     config = {**(changelog.config or {}), **({"cleanup.policy": ",".join(policies)} if policies else {})}
@@ -36,10 +35,12 @@ def drop_unreadable_changelog(changelog: "TopicT") -> None:
 
 
 if __name__ == "__main__":
-    configure("aggregator")
-    ensure_topics(get_settings(), (*ALL_TOPICS, DEADLETTER_TOPIC))
-    from services.aggregator.app import app, state
+    settings = get_settings()
+    configure("aggregator", settings)
+    ensure_topics(settings, (*ALL_TOPICS, DEADLETTER_TOPIC))
+    from services.aggregator.app import TABLE, create_app
 
-    drop_unreadable_changelog(state.table.changelog_topic)
+    app = create_app(settings)
+    drop_unreadable_changelog(settings, app.tables[TABLE].changelog_topic)
     sys.argv = [sys.argv[0], "worker", "--loglevel", "warn"]
     app.main()

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.events import Counts
-from shared.settings import Settings
+from shared.settings import Settings, from_settings, setting
 from shared.store import Experiment, Feedback, TrainingRun
 
 LABELS = ("like", "dislike")
@@ -22,22 +22,19 @@ Versions = dict[str, dict[str, int]]
 
 @dataclass(frozen=True)
 class Policy:
-    """When to ask for training; every field is an `EDURANKER_TRAIN_*` setting."""
+    """When to ask for training; every field is an `EDURANKER_TRAIN_*` setting, with its default."""
 
-    min_total: int = 10
-    min_new: int = 100
-    min_per_class: int = 1
-    max_imbalance: float = 0.95
-    cooldown_s: float = 0.0
-    schedule_s: float = 0.0
-    pending_timeout_s: float = 3600.0
+    min_total: int = setting("train_min_feedback")
+    min_new: int = setting("train_min_new_feedback")
+    min_per_class: int = setting("train_min_per_class")
+    max_imbalance: float = setting("train_max_imbalance")
+    cooldown_s: float = setting("train_cooldown_s")
+    schedule_s: float = setting("train_schedule_s")
+    pending_timeout_s: float = setting("train_pending_timeout_s")
 
     @classmethod
     def from_settings(cls, s: Settings) -> Policy:
-        return cls(min_total=s.train_min_feedback, min_new=s.train_min_new_feedback,
-                   min_per_class=s.train_min_per_class, max_imbalance=s.train_max_imbalance,
-                   cooldown_s=s.train_cooldown_s, schedule_s=s.train_schedule_s,
-                   pending_timeout_s=s.train_pending_timeout_s)
+        return from_settings(cls, s)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from services.collector.outbox import OutboxRelay
 from services.collector.routes import router
 from shared.http import add_common
 from shared.settings import Settings, get_settings
-from shared.store import StoreUnavailableError, open_store
+from shared.store import StoreUnavailableError, store_from
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = await open_store(settings.store_url)
+        store = await store_from(settings)
         relay = OutboxRelay(store, settings)
         writer = FeedbackWriter(store)
         app.state.store, app.state.relay = store, relay

@@ -20,7 +20,7 @@ from shared.ml.model import configure_torch_threads
 from shared.ml.pipeline import VERSION_ZERO
 from shared.ml.vectors import StoredVectors
 from shared.settings import Settings, get_settings
-from shared.store import StoreUnavailableError, open_store
+from shared.store import StoreUnavailableError, store_from
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_torch_threads(settings.torch_threads)
-        store = await open_store(settings.store_url)
+        store = await store_from(settings)
         loop = asyncio.get_running_loop()
         holder = ModelHolder(settings, StoredVectors(store, loop))
         inference_log = InferenceLog(store, max_backlog=settings.inference_log_max_backlog)

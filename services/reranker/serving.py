@@ -23,7 +23,14 @@ from sentence_transformers import SentenceTransformer
 from shared import metrics
 from shared.ml.backends import BackendChoice, choose_backend
 from shared.ml.model import cross_backend, embedder_identity, pick_device
-from shared.ml.pipeline import SPEC_FILE, VERSION_ZERO, PipelineSpec, RankingModel, version_zero
+from shared.ml.pipeline import (
+    SPEC_FILE,
+    VERSION_ZERO,
+    PipelineSpec,
+    RankingModel,
+    served_version,
+    version_zero,
+)
 from shared.ml.registry import Registry
 from shared.ml.retrieval import CatalogueIndex
 from shared.ml.vectors import EmbeddingCache, StoredVectors
@@ -61,10 +68,6 @@ class ServingState:
     @property
     def experiment(self) -> Experiment | None:
         return self.challenger.experiment if self.challenger else None
-
-
-class VersionRejected(ValueError):
-    """A registry version that must not be served, whatever its files contain."""
 
 
 class ModelHolder:
@@ -162,17 +165,7 @@ class ModelHolder:
         metrics.SERVED_MODEL_VERSION.set(int(number))
 
     def _version(self, name: str) -> tuple[PipelineSpec, Path | None]:
-        """A served version by name: `v0` is version 0 (no folder), the rest are registry folders."""
-        if name == VERSION_ZERO:
-            return version_zero(self.settings), None
-        return self._registry_version(name)
-
-    def _registry_version(self, location: str) -> tuple[PipelineSpec, Path]:
-        folder = self.registry.resolve(location)
-        spec = PipelineSpec.load(folder)
-        if spec.version != folder.name:
-            raise VersionRejected(f"folder {folder.name} holds the pipeline of version {spec.version!r}")
-        return spec, folder
+        return served_version(self.settings, self.registry, name)
 
     def _failed(self, location: str, exc: BaseException) -> None:
         metrics.MODEL_RELOADS.labels("failed").inc()
@@ -188,7 +181,7 @@ class ModelHolder:
             champion = self.registry.champion()
             if champion:
                 try:
-                    spec, folder = self._registry_version(champion)
+                    spec, folder = self._version(champion)
                     self._state = await self._load(self._build, spec, folder, resources)
                 except Exception as exc:  # a broken champion must not keep the service down
                     self._failed(champion, exc)

@@ -20,7 +20,7 @@ from shared.ml.hyperparameters import Hyperparameters
 from shared.ml.model import configure_torch_threads
 from shared.ml.registry import VERSION_RE
 from shared.settings import Settings, get_settings
-from shared.store import StoreUnavailableError, open_store
+from shared.store import StoreUnavailableError, store_from
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 VersionName = Path(pattern=VERSION_RE.pattern, description="A registry version, like v0003.")
@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_torch_threads(settings.torch_threads)
         await asyncio.to_thread(ensure_topics, settings)
-        store = await open_store(settings.store_url)
+        store = await store_from(settings)
         trainer = Trainer(settings, store)
         await trainer.recover()
         app.state.store, app.state.trainer = store, trainer

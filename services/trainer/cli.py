@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import ValidationError
 
@@ -34,15 +32,13 @@ from shared.logging import configure
 from shared.ml.hyperparameters import Hyperparameters
 from shared.ml.registry import Registry
 from shared.settings import Settings, get_settings
-from shared.store import Store, open_store
+from shared.store import Store, store_from
 
-HYPERPARAMETER_FLAGS = {"epochs": int, "batch_size": int, "learning_rate": float, "warmup_ratio": float,
-                        "seed": int, "early_stopping_patience": int}
 SHOWN_METRICS = ("candidate_ndcg@10", "candidate_mrr@10", "candidate_f1", "candidate_auc")
 
 
 async def with_versions(settings: Settings, action: Callable[[Versions, Store], Awaitable[int]]) -> int:
-    store = await open_store(settings.store_url)
+    store = await store_from(settings)
     try:
         return await action(Versions(settings, store, Registry(settings.model_dir).ensure()), store)
     finally:
@@ -61,11 +57,8 @@ def wait_for_ready(consumer: Any, request_id: str, timeout_s: float) -> ModelRea
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
-    given = {name: getattr(args, name) for name in HYPERPARAMETER_FLAGS if getattr(args, name) is not None}
-    if args.auto is not None:
-        given["auto"] = args.auto
-    if args.precision:
-        given["precision"] = args.precision
+    given = {name: value for name in Hyperparameters.model_fields
+             if (value := getattr(args, name)) is not None}
     try:
         hyperparameters = Hyperparameters(**given)
     except ValidationError as exc:
@@ -159,16 +152,26 @@ def cmd_experiments(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(with_versions(settings, show))
 
 
+def hyperparameter_flags(train: argparse.ArgumentParser) -> None:
+    """One flag per field of `Hyperparameters`: what a run may set is declared there once."""
+    for name, info in Hyperparameters.model_fields.items():
+        kind = next(a for a in get_args(info.annotation) if a is not type(None))
+        flag = f"--{name.replace('_', '-')}"
+        text = f"{info.description or name}; default: the trainer's setting"
+        if kind is bool:
+            train.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif get_origin(kind) is Literal:
+            train.add_argument(flag, choices=get_args(kind), help=text)
+        else:
+            train.add_argument(flag, type=kind, help=text)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="python -m services.trainer.cli", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = root.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="request a training run now (reason: manual)")
-    for name, kind in HYPERPARAMETER_FLAGS.items():
-        train.add_argument(f"--{name.replace('_', '-')}", type=kind, help="default: the trainer's setting")
-    train.add_argument("--auto", action=argparse.BooleanOptionalAction, default=None,
-                       help="epochs and learning rate from the data size (the guide's advice)")
-    train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    hyperparameter_flags(train)
     train.add_argument("--include-test", action=argparse.BooleanOptionalAction, default=None,
                        help="train on feedback marked as test too")
     train.add_argument("--wait", type=float, default=0, metavar="SECONDS",
@@ -198,8 +201,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    configure("trainer-cli")
-    logging.getLogger().setLevel(os.environ.get("EDURANKER_LOG_LEVEL", "WARNING").upper())
+    configure("trainer-cli", quiet=True)
     try:
         return args.func(args, get_settings())
     except (VersionActionError, ExperimentError) as exc:

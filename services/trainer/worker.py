@@ -169,9 +169,7 @@ class Trainer:
         stored = StoredVectors(self.store, asyncio.get_running_loop())
 
         def work():  # noqa: ANN202 - runs on a worker thread: CPU-bound
-            champion_name = self.registry.champion()
-            folder = self.registry.resolve(champion_name) if champion_name else None
-            champion = load_champion(self.settings, champion_name, folder)
+            champion = load_champion(self.settings, self.registry)
             index = index_for_pairs(resources, pairs, champion, stored)
             return train_candidate(
                 self.settings, pairs, index, champion, self.registry, config=config,

@@ -37,7 +37,7 @@ from shared.ml.report import html_report, text_report
 from shared.ml.retrieval import CatalogueIndex
 from shared.ml.train import TrainConfig, TrainResult, fine_tune
 from shared.ml.vectors import EmbeddingCache, StoredVectors
-from shared.settings import OFFLINE_BASE_MODEL, Settings
+from shared.settings import OFFLINE_BASE_MODEL, Settings, from_settings, setting
 from shared.store import Resource
 
 log = logging.getLogger(__name__)
@@ -51,19 +51,22 @@ CE_FOLDER = "."
 Decision = Literal["promoted", "challenger", "rejected"]
 
 
+def promotes_online(settings: Settings) -> bool:
+    return settings.promotion == "online"
+
+
 @dataclass
 class Gate:
-    metric: str = "ndcg@10"
-    margin: float = 0.0
-    min_prior_auc: float = 0.5
+    metric: str = setting("gate_metric")
+    margin: float = setting("gate_margin")
+    min_prior_auc: float = setting("gate_min_prior_auc")
     # online: no promotion offline; a candidate that passes the safety checks becomes the challenger.
-    online: bool = False
-    safety_margin: float = 0.1
+    online: bool = promotes_online(Settings.model_construct())
+    safety_margin: float = setting("gate_safety_margin")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Gate:
-        return cls(settings.gate_metric, settings.gate_margin, settings.gate_min_prior_auc,
-                   online=settings.promotion == "online", safety_margin=settings.gate_safety_margin)
+        return from_settings(cls, settings, online=promotes_online(settings))
 
     def decide(self, candidate: dict[str, float], champion: dict[str, float],
                bm25: dict[str, float], prior_auc: float | None = None) -> tuple[bool, str]:

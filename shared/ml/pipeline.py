@@ -19,6 +19,7 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from shared.events import utcnow
 from shared.ml.model import cross_scores, embed, load_cross_encoder, load_embedder
+from shared.ml.registry import Registry
 from shared.ml.retrieval import CatalogueIndex
 from shared.settings import Settings
 
@@ -280,9 +281,26 @@ def version_zero(settings: Settings) -> PipelineSpec:
                         max_length=settings.max_length, prf_docs=settings.pseudo_relevance_docs)
 
 
-def load_champion(settings: Settings, registry_champion: str | None, folder: Path | None,
+class VersionRejected(ValueError):
+    """A registry version that must not be served, whatever its files contain."""
+
+
+def served_version(settings: Settings, registry: Registry,
+                   name: str | None) -> tuple[PipelineSpec, Path | None]:
+    """A version by name as every service loads it: None or `v0` is version 0 (no folder); the rest
+    are registry folders, refused unless their pipeline is the version they are named for."""
+    if name is None or name == VERSION_ZERO:
+        return version_zero(settings), None
+    folder = registry.resolve(name)
+    spec = PipelineSpec.load(folder)
+    if spec.version != folder.name:
+        raise VersionRejected(f"folder {folder.name} holds the pipeline of version {spec.version!r}")
+    return spec, folder
+
+
+def load_champion(settings: Settings, registry: Registry,
                   embedder: SentenceTransformer | None = None) -> RankingModel:
-    """The registry's champion, or version 0 when nothing has been promoted yet."""
-    if registry_champion and folder is not None:
-        return RankingModel.load(PipelineSpec.load(folder), folder, settings.device, embedder=embedder)
-    return RankingModel.load(version_zero(settings), None, settings.device, embedder=embedder)
+    """The registry's champion, or version 0 when nothing has been promoted yet (the trainer, the
+    notebook; the reranker goes through `served_version` for its fallbacks)."""
+    spec, folder = served_version(settings, registry, registry.champion())
+    return RankingModel.load(spec, folder, settings.device, embedder=embedder)

@@ -26,8 +26,8 @@ from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
 from transformers import TrainerCallback
 
 from shared.ml.dataset import Pair
-from shared.ml.hyperparameters import Hyperparameters, Precision
-from shared.settings import Settings
+from shared.ml.hyperparameters import Hyperparameters
+from shared.settings import Precision, Settings, from_settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +42,19 @@ class TrainConfig:
     leaves those alone.
     """
 
-    epochs: int = 3
-    batch_size: int = 16
-    learning_rate: float = 2e-5
-    warmup_ratio: float = 0.1
-    seed: int = 42
-    early_stopping_patience: int = 1
-    auto: bool = False
-    precision: Precision = "auto"
+    epochs: int = setting("num_epochs")
+    batch_size: int = setting("batch_size")
+    learning_rate: float = setting("learning_rate")
+    warmup_ratio: float = setting("warmup_ratio")
+    seed: int = setting("seed")
+    early_stopping_patience: int = setting("train_early_stopping_patience")
+    auto: bool = setting("train_auto")
+    precision: Precision = setting("train_precision")
     pinned: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TrainConfig:
-        return cls(epochs=settings.num_epochs, batch_size=settings.batch_size,
-                   learning_rate=settings.learning_rate, warmup_ratio=settings.warmup_ratio,
-                   seed=settings.seed, early_stopping_patience=settings.train_early_stopping_patience,
-                   auto=settings.train_auto, precision=settings.train_precision)
+        return from_settings(cls, settings)
 
     def with_overrides(self, values: dict[str, Any] | Hyperparameters) -> TrainConfig:
         """This run's explicit values; they win over the settings and over `auto`.

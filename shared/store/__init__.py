@@ -1,6 +1,10 @@
-"""Store access: `open_store(url)` picks the backend from the URL scheme."""
+"""Store access: `open_store(url)` picks the backend from the URL scheme; `store_from(settings)`
+opens the configured one, with every setting its backend reads."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.store.base import (
     Experiment,
@@ -17,23 +21,36 @@ from shared.store.base import (
     TrainingRun,
 )
 
+if TYPE_CHECKING:
+    from shared.settings import Settings
+
 __all__ = [
     "Experiment", "Feedback", "FeedbackOutcome", "Inference", "InterleavingRecord", "ModelVersion",
-    "OutboxEntry", "Resource", "ShownResult", "Store", "StoreUnavailableError", "TrainingRun", "open_store",
+    "OutboxEntry", "Resource", "ShownResult", "Store", "StoreUnavailableError", "TrainingRun", "make_store",
+    "open_store", "store_from",
 ]
 
 
-async def open_store(url: str) -> Store:
-    """Open and initialise the store named by `EDURANKER_STORE_URL`."""
+def make_store(url: str, tls_ca_file: Path | None = None) -> Store:
+    """The backend for `url`'s scheme, not opened yet; `tls_ca_file`: a private CA for MongoDB's TLS."""
     if url.startswith("sqlite:///"):
         from shared.store.sqlite import SQLiteStore
 
-        store: Store = SQLiteStore.from_url(url)
-    elif url.startswith(("mongodb://", "mongodb+srv://")):
+        return SQLiteStore.from_url(url)
+    if url.startswith(("mongodb://", "mongodb+srv://")):
         from shared.store.mongo import MongoStore
 
-        store = MongoStore.from_url(url)
-    else:
-        raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or mongodb://HOST/DB")
+        return MongoStore(url, tls_ca_file=tls_ca_file)
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or mongodb://HOST/DB")
+
+
+async def open_store(url: str, tls_ca_file: Path | None = None) -> Store:
+    """Open and initialise the store at `url` (tests, tools); services use `store_from`."""
+    store = make_store(url, tls_ca_file)
     await store.init()
     return store
+
+
+async def store_from(settings: Settings) -> Store:
+    """The store a service is configured for (`EDURANKER_STORE_URL`, `EDURANKER_MONGO_TLS_CA_FILE`)."""
+    return await open_store(settings.store_url, settings.mongo_tls_ca_file)

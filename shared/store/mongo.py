@@ -75,13 +75,6 @@ class MongoStore(Store):
         self._client: AsyncMongoClient[Doc] | None = None
         self._db: AsyncDatabase[Doc] | None = None
 
-    @classmethod
-    def from_url(cls, url: str) -> MongoStore:
-        """User, password and `tls=true` come in the URL; a private CA from `EDURANKER_MONGO_TLS_CA_FILE`."""
-        from shared.settings import get_settings
-
-        return cls(url, tls_ca_file=get_settings().mongo_tls_ca_file)
-
     def client_options(self) -> dict[str, Any]:
         """What `AsyncMongoClient` is given besides the URL."""
         ms = int(self.timeout_s * 1000)

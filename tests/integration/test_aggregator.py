@@ -227,10 +227,10 @@ def test_a_readable_changelog_is_kept(stack: LocalStack) -> None:
     """The start-up check that drops an unreadable changelog leaves a healthy one alone: the
     aggregator's own changelog has records, an empty topic has nothing to read, a missing one
     is not there. (The unreadable case is the broker-restart test in test_faults.py.)"""
-    from services.aggregator.app import state
+    from services.aggregator.app import TABLE, create_app
     from shared.kafka import ensure_topics, unreadable_partitions
 
-    changelog = state.table.changelog_topic.get_topic_name()
+    changelog = create_app(stack.settings).tables[TABLE].changelog_topic.get_topic_name()
     ensure_topics(stack.settings, ("eduranker.test.empty.v1",))
     with closing(KafkaConsumer(bootstrap_servers=stack.settings.kafka_bootstrap)) as consumer:
         end = consumer.end_offsets([TopicPartition(changelog, 0)])

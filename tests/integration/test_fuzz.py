@@ -23,6 +23,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from services.collector import intake
 from services.collector.app import create_app as collector_app
 from services.reranker.app import create_app as reranker_app
 from services.trainer.app import create_app as trainer_app
@@ -33,7 +34,7 @@ from shared.settings import Settings
 from tests.conftest import SAMPLE_CATALOGUE
 from tests.integration.served import Served
 
-pytestmark = pytest.mark.slow  # about two minutes: unknown inferences make the collector wait ~2 s each
+pytestmark = pytest.mark.slow
 CHECKS = [not_a_server_error, response_schema_conformance]
 FUZZ = settings(max_examples=10, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 
@@ -51,9 +52,13 @@ def urls(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path,
     )
     ensure_topics(config)
     asyncio.run(load_catalogue(config.store_url, SAMPLE_CATALOGUE))
-    with Served(collector_app(config), ports["collector"], "collector"), \
+    # Every fuzzed inference id is unknown, and the collector looks one up again for ~2 s (a click
+    # may overtake its search's record): one short retry here keeps the path, not the wait.
+    with pytest.MonkeyPatch.context() as patch, \
+            Served(collector_app(config), ports["collector"], "collector"), \
             Served(reranker_app(config), ports["reranker"], "reranker"), \
             Served(trainer_app(config), ports["trainer"], "trainer"):
+        patch.setattr(intake, "INFERENCE_GRACE_S", (0.01,))
         yield {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
 
 

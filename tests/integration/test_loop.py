@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from shared.localstack import LocalStack, wait_for
 from shared.store import open_store
 from tests.conftest import tiny_stack
-from tests.unit.test_deploy import (
+from tests.integration.test_deploy import (
     DASHBOARD,
     SUFFIXES,
     alert_rules,
@@ -51,9 +51,9 @@ def search(stack: LocalStack, query: str, **extra: object) -> dict:
     return response.json()
 
 
-def rate_top_results(stack: LocalStack) -> int:
+def rate_top_results(stack: LocalStack, given: dict[str, dict[str, float]] | None = None) -> int:
     """Likes and dislikes the first 8 results of each query, both labels on every query: 48
-    feedback, past the threshold these tests train at (40)."""
+    feedback, past the threshold these tests train at (40). `given`: query → resource → 1 (like)."""
     sent = 0
     for query in QUERIES:
         body = search(stack, query)
@@ -66,8 +66,24 @@ def rate_top_results(stack: LocalStack) -> int:
             })
             assert response.status_code == 200, response.text
             assert response.json()["status"] == "created"
+            if given is not None:
+                given.setdefault(query, {})[result["resource_id"]] = float(label == "like")
             sent += 1
     return sent
+
+
+def memory_separates(stack: LocalStack, given: dict[str, dict[str, float]]) -> list[str]:
+    """The rated queries whose served results do not score liked above disliked in the feedback
+    memory (what the version learned from its users, whatever weight fusion gives it); a disliked
+    result pushed out of the top 20 counts as below."""
+    wrong = []
+    for query, gains in given.items():
+        memory = {r["resource_id"]: r["scores"]["memory"] for r in search(stack, query, top_k=20)["results"]}
+        liked = [memory[i] for i, g in gains.items() if g and i in memory]
+        disliked = [memory[i] for i, g in gains.items() if not g and i in memory]
+        if not liked or (disliked and min(liked) <= max(disliked)):
+            wrong.append(f"{query}: liked {liked}, disliked {disliked}")
+    return wrong
 
 
 def inference_stored(stack: LocalStack, inference_id: str) -> bool:
@@ -95,7 +111,8 @@ def test_feedback_retrains_and_the_reranker_reloads(stack: LocalStack) -> None:
     assert len(before["results"]) == 10
     assert [r["rank"] for r in before["results"]] == list(range(1, 11))
 
-    sent = rate_top_results(stack)
+    given: dict[str, dict[str, float]] = {}
+    sent = rate_top_results(stack, given)
     assert sent == 48
     assert stats(stack)["feedback"]["total"] == 48
 
@@ -120,6 +137,10 @@ def test_feedback_retrains_and_the_reranker_reloads(stack: LocalStack) -> None:
     assert common
     assert any(abs(old[i] - new[i]) > 1e-6 for i in common), "the new version must score differently"
     assert "memory" in after["results"][0]["scores"]
+    # What it learned: on the rated queries, what users liked scores above what they disliked (the
+    # queries the run held out for validation are not in its memory: at most a third of them here).
+    wrong = memory_separates(stack, given)
+    assert len(wrong) <= len(given) // 3, wrong
 
     runs = httpx.get(f"{stack.url('trainer')}/admin/runs").json()["runs"]
     assert any(r["status"] == "promoted" and r["version"] == "v0001" for r in runs)

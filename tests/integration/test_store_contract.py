@@ -55,7 +55,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if not url:
         pytest.skip(f"{MONGODB_URL_ENV} is not set: no MongoDB server to run the contract against")
     name = f"eduranker_test_{uuid.uuid4().hex[:12]}"
-    mongo = MongoStore.from_url(urlsplit(url)._replace(path=f"/{name}").geturl())
+    mongo = MongoStore(urlsplit(url)._replace(path=f"/{name}").geturl())
     await mongo.init()
     try:
         yield mongo
@@ -406,7 +406,7 @@ async def test_mongo_store_fails_fast_when_no_server_answers() -> None:
         await store.close()
     assert asyncio.get_running_loop().time() - started < 5
 
-    unnamed = MongoStore.from_url(f"mongodb://127.0.0.1:{closed_port()}")
+    unnamed = MongoStore(f"mongodb://127.0.0.1:{closed_port()}")
     unnamed.timeout_s = 0.2
     try:
         with pytest.raises(StoreUnavailableError):

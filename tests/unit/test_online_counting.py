@@ -118,7 +118,7 @@ def test_once_users_decided_the_policy_waits_for_the_experiment_that_follows() -
 
 
 def test_online_the_gate_only_checks_safety_and_offline_it_compares() -> None:
-    online, offline = Gate(online=True, safety_margin=0.1), Gate()
+    online, offline = Gate(online=True, safety_margin=0.1), Gate(online=False)
     tie = {"ndcg@10": 0.80}
     below_bm25 = {"ndcg@10": 0.75}
     bm25 = {"ndcg@10": 0.82}

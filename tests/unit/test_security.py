@@ -15,6 +15,7 @@ from kafka.admin import KafkaAdminClient
 from shared.auth import KeyRing, KeysFileError, parse_keys_file
 from shared.kafka import faust_credentials, security_config, ssl_context
 from shared.settings import Settings
+from shared.store import make_store
 from shared.store.mongo import MongoStore
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -66,6 +67,9 @@ def test_the_mongo_ca_file_reaches_the_client() -> None:
     client = AsyncMongoClient(store.url, connect=False, **options)  # builds the TLS context, no I/O
     assert client.options.pool_options._ssl_context is not None
     assert "tls" not in MongoStore("mongodb://db:27017/eduranker").client_options()
+    # What a service is given reaches MongoDB (store_from(settings) builds it so), not the environment.
+    configured = make_store("mongodb://db:27017/eduranker", Settings(mongo_tls_ca_file=CA).mongo_tls_ca_file)
+    assert isinstance(configured, MongoStore) and configured.client_options()["tlsCAFile"] == str(CA)
 
 
 def test_keys_files_in_both_formats() -> None:

@@ -22,7 +22,7 @@ from shared.localstack import SERVICES
 from shared.prometheus import local_config
 from tests.conftest import ROOT
 from tests.debian import debian_program
-from tests.unit.test_deploy import ALERTS, PROMETHEUS, alert_rules, load_yaml
+from tests.integration.test_deploy import ALERTS, PROMETHEUS, alert_rules, load_yaml
 
 ALERTS_TEST = ALERTS.parent / "alerts_test.yml"
 BROKEN = {
