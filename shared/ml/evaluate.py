@@ -113,11 +113,11 @@ def scored_groups(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
 def pair_scores(model: RankingModel, index: CatalogueIndex, pairs: list[Pair],
                 leave_query_out: bool = False) -> tuple[Groups, np.ndarray, np.ndarray]:
     """Fused scores of labelled pairs, normalised within each query's labelled set."""
-    return fused(scored_groups(model, index, pairs, leave_query_out))
+    return pooled(scored_groups(model, index, pairs, leave_query_out))
 
 
-def fused(scored: ScoredGroups) -> tuple[Groups, np.ndarray, np.ndarray]:
-    """Per-query (labels, fused scores), and both concatenated over the queries."""
+def pooled(scored: ScoredGroups) -> tuple[Groups, np.ndarray, np.ndarray]:
+    """Per-query (labels, fused scores), and both pooled: concatenated over the queries (`fuse` fuses)."""
     groups = [(labels, scores["fused"]) for labels, scores in scored]
     if not groups:
         return [], np.array([], dtype=int), np.array([], dtype=float)
@@ -132,7 +132,7 @@ def evaluate_pairs(model: RankingModel, index: CatalogueIndex, pairs: list[Pair]
     `with_cross`: a cross-encoder at weight 0 is scored too (fusion leaves it out), so that
     `scorers` can check a saved version's cross-encoder against the one just trained."""
     scored = scored_groups(model, index, pairs, with_cross=with_cross)
-    groups, labels, scores = fused(scored)
+    groups, labels, scores = pooled(scored)
     if threshold is None:
         threshold = choose_threshold(labels, scores)
     metrics = {**ranking_metrics(groups), **classification_metrics(labels, scores, threshold)}

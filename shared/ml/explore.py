@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from sentence_transformers import CrossEncoder
 
-from shared.ml.candidate import CandidateResult, Gate, summarise
+from shared.ml.candidate import CandidateResult, Decision, Gate, promotes_online, summarise
 from shared.ml.dataset import Pair, group_by_query, normalise_query
 from shared.ml.evaluate import Evaluation
 from shared.ml.model import cross_scores
@@ -28,6 +28,7 @@ from shared.ml.registry import Registry
 from shared.ml.report import COMPARED, gains
 from shared.ml.retrieval import CatalogueIndex
 from shared.ml.train import TrainConfig
+from shared.settings import Settings, from_settings
 from shared.store import Feedback, Inference, ModelVersion, Resource, Store
 
 GENERATE_HINT = "python -m shared.sample_feedback --count 200"
@@ -54,21 +55,30 @@ def skipped(reason: str) -> str:
     return f"Skipped: {reason}. Get more feedback (e.g. `{GENERATE_HINT}`) and run all cells again."
 
 
+@dataclass
 class NotebookGate(Gate):
-    """The trainer's gate plus the person's choice: with `promote` False the version is only kept."""
+    """The trainer's gate plus the person's choice: with `promote` False the version is only kept.
 
-    def __init__(self, metric: str, margin: float, promote: bool) -> None:
-        super().__init__(metric, margin)
-        self.promote = promote
-        self.verdict: tuple[bool, str] | None = None
+    `verdict` is what the trainer's gate said (promoted, challenger or rejected), whatever
+    `promote` made of it."""
 
-    def decide(self, candidate: dict[str, float], champion: dict[str, float],
-               bm25: dict[str, float], prior_auc: float | None = None) -> tuple[bool, str]:
-        passed, reason = super().decide(candidate, champion, bm25, prior_auc)
-        self.verdict = (passed, reason)
-        if passed and not self.promote:
-            return False, f"kept for review (PROMOTE is False); the gate would promote: {reason}"
-        return passed, reason
+    promote: bool = False
+    verdict: tuple[Decision, str] | None = field(default=None, init=False)
+
+    @classmethod
+    def for_notebook(cls, settings: Settings, promote: bool) -> NotebookGate:
+        """The gate the trainer would use with these settings (online or offline promotion)."""
+        return from_settings(cls, settings, online=promotes_online(settings), promote=promote)
+
+    def review(self, candidate: dict[str, float], champion: dict[str, float],
+               bm25: dict[str, float], prior_auc: float | None = None) -> tuple[Decision, str]:
+        decision, reason = super().review(candidate, champion, bm25, prior_auc)
+        self.verdict = (decision, reason)
+        if decision != "rejected" and not self.promote:
+            would = "the champion" if decision == "promoted" else "the challenger users compare"
+            return "rejected", (f"kept for review (PROMOTE is False); the trainer's gate would make it "
+                                f"{would}: {reason}")
+        return decision, reason
 
 
 # Loading
@@ -369,15 +379,21 @@ def version_files(folder: Path) -> pd.DataFrame:
 def next_steps(result: CandidateResult, registry: Registry, gate: NotebookGate) -> str:
     """How the reranker gets this version; a version the gate refused is only offered for a pinned trial."""
     champion = registry.champion()
+    verdict = gate.verdict[0] if gate.verdict else "rejected"
     lines = [f"Version {result.version}: {result.metadata['decision']} ({result.reason})",
              f"Folder: {result.folder}", f"Champion now: {champion or 'none (version 0 is served)'}"]
     if champion == result.version:
         lines.append("A running reranker watches the registry's `current` pointer and loads it within "
                      "seconds; check GET /api/reranking/info-modele.")
-    elif gate.verdict and gate.verdict[0]:
+    elif verdict == "challenger":
+        lines += ["It passed the safety checks, so users may compare it with the champion: with the stack",
+                  "running, start that online experiment (docs/online.md) with",
+                  f"  python -m services.trainer.cli challenge {result.version}",
+                  "Their likes and dislikes then promote or retire it."]
+    elif verdict == "promoted":
         lines += ["It passed the gate. To serve it: set PROMOTE = True and run again, or promote it now with",
-                  f"  Registry({str(registry.root)!r}).set_champion({result.version!r})",
-                  "(a running reranker follows `current`)."]
+                  f"  python -m services.trainer.cli promote {result.version}",
+                  "(a running reranker follows the champion)."]
     else:
         lines += ["The gate kept the champion, so the served ranking does not get worse. To try this version",
                   f"anyway, pin a reranker to it: CROSS_ENCODER_PATH={result.folder} make run"]

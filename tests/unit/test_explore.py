@@ -8,6 +8,7 @@ import pytest
 
 from shared.ml.explore import NotebookGate, StoreData, quality_checks, training_plan
 from shared.ml.train import TrainConfig
+from shared.settings import Settings
 from shared.store import Feedback, Inference, Resource, ShownResult
 from shared.workspace import LOCAL_WORKDIR, local_settings
 from tests.conftest import ROOT
@@ -17,16 +18,26 @@ FAILS = ({"ndcg@10": 0.6}, {"ndcg@10": 0.8}, {"ndcg@10": 0.7})
 
 
 def test_notebook_gate_promotes_only_when_asked_and_the_gate_passes() -> None:
-    kept = NotebookGate("ndcg@10", 0.0, promote=False)
-    promoted, reason = kept.decide(*PASSES)
-    assert not promoted and "PROMOTE is False" in reason
-    assert kept.verdict is not None and kept.verdict[0] is True
+    offline = Settings(promotion="offline", gate_margin=0.0)
+    kept = NotebookGate.for_notebook(offline, promote=False)
+    decision, reason = kept.review(*PASSES)
+    assert decision == "rejected" and "PROMOTE is False" in reason and "the champion" in reason
+    assert kept.verdict is not None and kept.verdict[0] == "promoted"
 
-    assert NotebookGate("ndcg@10", 0.0, promote=True).decide(*PASSES)[0] is True
+    assert NotebookGate.for_notebook(offline, promote=True).review(*PASSES)[0] == "promoted"
 
-    refused = NotebookGate("ndcg@10", 0.0, promote=True)
-    promoted, reason = refused.decide(*FAILS)
-    assert not promoted and "below the champion" in reason
+    refused = NotebookGate.for_notebook(offline, promote=True)
+    decision, reason = refused.review(*FAILS)
+    assert decision == "rejected" and "below the champion" in reason
+
+
+def test_notebook_gate_follows_online_promotion_like_the_trainer() -> None:
+    online = Settings(promotion="online")
+    assert NotebookGate.for_notebook(online, promote=True).review(*FAILS)[0] == "challenger"
+    kept = NotebookGate.for_notebook(online, promote=False)
+    decision, reason = kept.review(*FAILS)
+    assert decision == "rejected" and "PROMOTE is False" in reason and "challenger" in reason
+    assert kept.verdict is not None and kept.verdict[0] == "challenger"
 
 
 def test_training_plan_counts_batches_and_warmup_and_applies_the_guides_advice() -> None:
