@@ -318,6 +318,16 @@ class Store(abc.ABC):
         event_id) order; the next page starts after the last (`after`, `after_id`) read."""
 
     @abc.abstractmethod
+    async def published_event_ids(self, after: datetime, until: datetime, limit: int = 1000,
+                                  after_id: str = "") -> list[tuple[str, datetime]]:
+        """(event_id, published_at) of `published_events`, same order and pages, without payloads:
+        the aggregator re-reads recent ones every second, and needs the payloads of almost none."""
+
+    @abc.abstractmethod
+    async def outbox_events(self, event_ids: list[str]) -> list[OutboxEntry]:
+        """The outbox entries of these ids that exist, in no particular order."""
+
+    @abc.abstractmethod
     async def pending_outbox(self, limit: int = 500) -> list[OutboxEntry]: ...
 
     @abc.abstractmethod

@@ -74,7 +74,8 @@ CREATE TABLE IF NOT EXISTS vectors (
 );
 """
 VECTORS_PER_QUERY = 900
-"""Keys per `IN (...)` query: under SQLite's bound-parameter limit on every version still in use."""
+"""Keys per `IN (...)` query (vectors, outbox events): under SQLite's bound-parameter limit on every
+version still in use."""
 FEEDBACK_PER_QUERY = 200
 """Feedback looked up per query: four parameters each (request id and identity), under that limit too."""
 # Columns added after a file may have been created: (table, column, declaration), then their indexes.
@@ -320,6 +321,28 @@ class SQLiteStore(Store):
                         created_at=datetime.fromisoformat(r[4]), published_at=datetime.fromisoformat(r[5]))
             for r in rows
         ]
+
+    async def published_event_ids(self, after: datetime, until: datetime, limit: int = 1000,
+                                  after_id: str = "") -> list[tuple[str, datetime]]:
+        rows = await self._all(
+            "SELECT event_id, published_at FROM outbox "
+            "WHERE (published_at > ? OR (published_at = ? AND event_id > ?)) AND published_at <= ? "
+            "ORDER BY published_at, event_id LIMIT ?",
+            (_iso(after), _iso(after), after_id, _iso(until), limit),
+        )
+        return [(r[0], datetime.fromisoformat(r[1])) for r in rows]
+
+    async def outbox_events(self, event_ids: list[str]) -> list[OutboxEntry]:
+        found: list[OutboxEntry] = []
+        for start in range(0, len(event_ids), VECTORS_PER_QUERY):
+            chunk = event_ids[start:start + VECTORS_PER_QUERY]
+            rows = await self._all(
+                "SELECT event_id, topic, key, payload, created_at, published_at FROM outbox "
+                f"WHERE event_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+            found += [OutboxEntry(event_id=r[0], topic=r[1], key=r[2], payload=r[3],
+                                  created_at=datetime.fromisoformat(r[4]),
+                                  published_at=datetime.fromisoformat(r[5]) if r[5] else None) for r in rows]
+        return found
 
     async def pending_outbox(self, limit: int = 500) -> list[OutboxEntry]:
         rows = await self._all(

@@ -418,6 +418,15 @@ async def test_store_writes_many_in_order_and_reads_back_published_events(store:
     assert sorted(e.event_id for e in read) == ids and len(read) == 3
     assert all(e.published_at is not None and e.payload for e in read)
     assert await store.published_events(epoch, epoch + timedelta(days=1)) == []
+    # The same pages without payloads, then the entries of chosen ids.
+    assert await store.published_event_ids(epoch, later, limit=2) == [
+        (e.event_id, e.published_at) for e in read[:2]]
+    second = read[1].published_at
+    assert second is not None
+    assert await store.published_event_ids(second, later, after_id=read[1].event_id) == [
+        (read[2].event_id, read[2].published_at)]
+    assert await store.outbox_events([read[2].event_id, "nope"]) == [read[2]]
+    assert await store.outbox_events([]) == []
 
     snapshot = await store.feedback_snapshot(events_since=epoch)
     assert [(f.feedback_id, f.label) for f in snapshot.feedback] == [("fb-0", "dislike"), ("fb-1", "like")]
