@@ -452,3 +452,20 @@ async def test_a_faulty_item_fails_alone_and_the_writer_goes_on(store: Store) ->
         assert (await writer.record(make_feedback(4))).status == "created"
     finally:
         await writer.close()
+
+
+async def test_a_request_is_stored_all_or_none(store: Store) -> None:  # noqa: F811
+    """Requests sharing a transaction that fails are written again each on its own: the faulty one
+    fails whole, the others are stored."""
+    writer = FeedbackWriter(store)
+    writer.start()
+    try:
+        await writer.record(make_feedback(0))
+        clash = make_feedback(1, feedback_id="fb-0")
+        faulty, fine = await asyncio.gather(writer.record_many([make_feedback(2), clash, make_feedback(3)]),
+                                            writer.record_many([make_feedback(4)]), return_exceptions=True)
+        assert isinstance(faulty, Exception)
+        assert [o.status for o in fine] == ["created"]  # type: ignore[union-attr]
+        assert sorted(f.feedback_id for f in await store.list_feedback()) == ["fb-0", "fb-4"]
+    finally:
+        await writer.close()
