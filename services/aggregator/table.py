@@ -150,6 +150,7 @@ class State:
         self._fresh: dict[str, list[Any]] = {}  # feedback id → [label, given at]
         self._groups: dict[str, float] = {}  # seen group → when it was counted
         self._fresh_groups: list[str] = []
+        self._timing: tuple[Any, Timing] = (None, Timing())
 
     def tally(self) -> tuple[Counts, Versions, str | None]:
         if self._open is not None:
@@ -159,7 +160,10 @@ class State:
         return counts, tally.get("versions") or {}, tally.get("last_event")
 
     def timing(self) -> Timing:
-        return Timing(**(self.table.get("timing") or {}))
+        raw = self.table.get("timing")
+        if raw is not self._timing[0]:  # read twice per count: built again only when it changed
+            self._timing = (raw, Timing(**(raw or {})))
+        return self._timing[1]
 
     def set_timing(self, timing: Timing) -> None:
         self.table["timing"] = asdict(timing)
