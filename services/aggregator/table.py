@@ -150,7 +150,7 @@ class State:
         self._fresh: dict[str, list[Any]] = {}  # feedback id → [label, given at]
         self._groups: dict[str, float] = {}  # seen group → when it was counted
         self._fresh_groups: list[str] = []
-        self._timing: tuple[Any, Timing] = (None, Timing())
+        self._timing = Timing()
 
     def tally(self) -> tuple[Counts, Versions, str | None]:
         if self._open is not None:
@@ -160,13 +160,14 @@ class State:
         return counts, tally.get("versions") or {}, tally.get("last_event")
 
     def timing(self) -> Timing:
-        raw = self.table.get("timing")
-        if raw is not self._timing[0]:  # read twice per count: built again only when it changed
-            self._timing = (raw, Timing(**(raw or {})))
-        return self._timing[1]
+        # Read twice per count: once the table is restored (`_load`), only `set_timing` changes it.
+        if not self._loaded:
+            return Timing(**(self.table.get("timing") or {}))
+        return self._timing
 
     def set_timing(self, timing: Timing) -> None:
         self.table["timing"] = asdict(timing)
+        self._timing = timing
 
     def get(self, key: str) -> Any:
         return self.table.get(key)
@@ -181,6 +182,7 @@ class State:
         if self._loaded:
             return
         self._loaded = True
+        self._timing = Timing(**(self.table.get("timing") or {}))
         tally = self.table.get("tally") or {}
         self._seq, self._fresh_from = tally.get("seq", 0), tally.get("fresh_from", 0)
         groups: list[tuple[str, Any]] = []
