@@ -29,8 +29,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES, read_queries  # noqa: E402
-from shared.localstack import SERVICES, LocalStack, offline_defaults  # noqa: E402
+from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES, read_queries  # noqa: E402
+from tools.localstack import SERVICES, LocalStack, offline_defaults  # noqa: E402
 
 SEARCH = "/api/reranking/search-with-reranking"
 

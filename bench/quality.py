@@ -33,9 +33,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.localstack import LocalStack, wait_for  # noqa: E402
 from shared.ml.evaluate import mrr_at, ndcg_at  # noqa: E402
 from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
+from tools.localstack import LocalStack, wait_for  # noqa: E402
 
 log = logging.getLogger("quality")
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
@@ -241,9 +241,9 @@ def base_cross_encoder_ndcg(collection: Collection, held_out: list[str], args: a
     """The untrained base cross-encoder reranking BM25's top 50: the guide's starting point."""
     import numpy as np
 
-    from shared.catalogue import read_catalogue
     from shared.ml.model import cross_scores, load_cross_encoder
     from shared.ml.retrieval import CatalogueIndex
+    from tools.catalogue import read_catalogue
 
     resources = list(read_catalogue(collection.corpus))
     index = CatalogueIndex(resources)

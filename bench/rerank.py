@@ -245,7 +245,7 @@ def main() -> int:
     configure_torch_threads()
     settings = Settings()
 
-    from shared.localstack import LocalStack
+    from tools.localstack import LocalStack
 
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
         work = Path(tmp)
@@ -255,7 +255,7 @@ def main() -> int:
         catalogue = work / "catalogue.jsonl"
         catalogue.write_text(SAMPLE_CATALOGUE.read_text() + "".join(json.dumps(d) + "\n" for d in cran_docs))
         sample_queries = [q.strip() for q in SAMPLE_QUERIES.read_text().splitlines() if q.strip()]
-        from shared.catalogue import read_catalogue
+        from tools.catalogue import read_catalogue
 
         resources: list[Resource] = list(read_catalogue(catalogue))
         index = CatalogueIndex(resources)

@@ -31,7 +31,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.catalogue import read_catalogue  # noqa: E402
 from shared.ml.dataset import Pair, group_by_query  # noqa: E402
 from shared.ml.evaluate import classification_metrics, ranking_metrics  # noqa: E402
 from shared.ml.model import configure_torch_threads, cross_scores, load_cross_encoder  # noqa: E402
@@ -39,6 +38,7 @@ from shared.ml.retrieval import CatalogueIndex  # noqa: E402
 from shared.ml.train import TrainConfig, fine_tune, resolve_precision  # noqa: E402
 from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
 from shared.store import Resource  # noqa: E402
+from tools.catalogue import read_catalogue  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "train.json"
 CRANFIELD = ROOT.parent / "shared" / "datasets" / "cranfield"
@@ -60,7 +60,7 @@ def cranfield() -> tuple[list[Resource], list[tuple[str, set[str]]]]:
 def sample_catalogue() -> tuple[list[Resource], list[tuple[str, set[str]]]]:
     """Without Cranfield: the sample catalogue, its sample queries and its titles as queries, likes
     where most of the query's words appear."""
-    from shared.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES
+    from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES
 
     resources = list(read_catalogue(SAMPLE_CATALOGUE))
     queries = [q.strip() for q in SAMPLE_QUERIES.read_text().splitlines() if q.strip()]

@@ -19,7 +19,6 @@ from prometheus_client import REGISTRY
 
 from services.reranker.app import create_app
 from shared.broker import EmbeddedBroker, free_port
-from shared.catalogue import load_catalogue, read_catalogue
 from shared.kafka import ensure_topics
 from shared.ml.candidate import index_for_pairs
 from shared.ml.dataset import Pair
@@ -30,6 +29,7 @@ from shared.settings import Settings
 from shared.store.sqlite import SQLiteStore
 from tests.conftest import SAMPLE_CATALOGUE, build_tiny_bert
 from tests.integration.served import Served
+from tools.catalogue import load_catalogue, read_catalogue
 
 SEARCH = "/api/reranking/search-with-reranking"
 INFO = "/api/reranking/info-modele"

@@ -31,7 +31,7 @@ from shared.ml.train import TrainConfig
 from shared.settings import Settings, from_settings
 from shared.store import Feedback, Inference, ModelVersion, Resource, Store
 
-GENERATE_HINT = "python -m shared.sample_feedback --count 200"
+GENERATE_HINT = "python -m tools.sample_feedback --count 200"
 
 
 def what_to_do(reason: str, minimum: int, store_url: str) -> str:
@@ -43,7 +43,7 @@ def what_to_do(reason: str, minimum: int, store_url: str) -> str:
         "To get more:\n"
         "  1. collect real feedback: `make run`, search, and like/dislike results "
         "(POST /api/feedback);\n"
-        "  2. play test traffic through the running API: `python -m shared.cli traffic --count 200`;\n"
+        "  2. play test traffic through the running API: `python -m tools.cli traffic --count 200`;\n"
         f"  3. or write test feedback straight into the store: `{GENERATE_HINT}`\n"
         f"     (it writes to EDURANKER_STORE_URL, else var/eduranker.db; this notebook reads {store_url}).\n"
         "Then run the notebook again from the top. The cells below are skipped."

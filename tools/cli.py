@@ -1,4 +1,4 @@
-"""`eduranker` / `python -m shared.cli`: run the local stack, load a catalogue, play test traffic."""
+"""`eduranker` / `python -m tools.cli`: run the local stack, load a catalogue, play test traffic."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ SAMPLE_QUERIES = ROOT / "data" / "sample_queries.txt"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shared.localstack import LocalStack, offline_defaults
-    from shared.prometheus import LocalPrometheus, PrometheusError
+    from tools.localstack import LocalStack, offline_defaults
+    from tools.prometheus import LocalPrometheus, PrometheusError
 
     prometheus_bin = shutil.which(args.prometheus) if args.monitor else None
     if args.monitor and prometheus_bin is None:
@@ -94,8 +94,8 @@ Ctrl-C stops everything.""", flush=True)
 
 
 def cmd_load_catalogue(args: argparse.Namespace) -> int:
-    from shared.catalogue import load_catalogue
     from shared.settings import get_settings
+    from tools.catalogue import load_catalogue
 
     count = asyncio.run(load_catalogue(get_settings().store_url, Path(args.path)))
     print(f"loaded {count} resources from {args.path}")

@@ -1,9 +1,9 @@
-"""Test feedback written straight into the store: `python -m shared.sample_feedback --count 200`.
+"""Test feedback written straight into the store: `python -m tools.sample_feedback --count 200`.
 
 For trying the notebook or the trainer without running the services. Each sample query is
 searched with first-stage BM25 over the catalogue, the search is logged as an inference, and
 the shown results get a like or a dislike from the same stand-in for a person that the
-`traffic` command uses through the HTTP API (`shared.cli.like_rule`). Feedback goes through
+`traffic` command uses through the HTTP API (`tools.cli.like_rule`). Feedback goes through
 `Store.record_feedback`, so its events are queued in the outbox like the collector's.
 """
 
@@ -17,12 +17,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from shared.catalogue import read_catalogue
-from shared.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES, like_rule
 from shared.events import new_id
 from shared.ml.retrieval import CatalogueIndex
 from shared.store import Feedback, Inference, ShownResult, Store, open_store
-from shared.workspace import local_settings
+from tools.catalogue import read_catalogue
+from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES, like_rule
+from tools.local_settings import local_settings
 
 SAMPLE_MODEL_VERSION = "sample-bm25"
 """What produced the sample rankings: BM25 alone, never a served model version."""
@@ -99,7 +99,7 @@ async def fill(store_url: str, count: int, seed: int = 0, queries: list[str] | N
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.sample_feedback",
+    parser = argparse.ArgumentParser(prog="python -m tools.sample_feedback",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=200, help="feedback records to write")
     parser.add_argument("--store-url", default=None,
