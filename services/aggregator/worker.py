@@ -30,16 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.aggregator.experiment import Tracker, credit, recounted
-from services.aggregator.policy import (
-    Policy,
-    apply_feedback,
-    apply_fresh,
-    apply_to_versions,
-    count_feedback,
-    describe,
-    evaluate,
-    last_training,
-)
+from services.aggregator.policy import Policy, evaluate
 from services.aggregator.table import State
 from shared import metrics
 from shared.events import (
@@ -51,6 +42,14 @@ from shared.events import (
     ModelReadyEvent,
     TrainingRequestedEvent,
     encode,
+)
+from shared.feedback_counts import (
+    apply_feedback,
+    apply_fresh,
+    apply_to_versions,
+    count_feedback,
+    describe,
+    last_training,
 )
 from shared.kafka import DEADLETTER_TOPIC, dead_letter, decode_or_reason
 from shared.settings import Settings

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from services.aggregator.policy import count_feedback, describe, last_training
 from services.collector.intake import FeedbackError, FeedbackRequest, FeedbackResponse, Intake
 from services.collector.outbox import OutboxRelay
 from shared.auth import require_feedback
 from shared.events import utcnow
+from shared.feedback_counts import count_feedback, describe, last_training
 from shared.interleaving import rated, recount
 from shared.sequential import describe as describe_experiment
 from shared.store import Store
