@@ -22,14 +22,11 @@ from shared.ml.retrieval import CatalogueIndex
 from shared.store import Feedback, Inference, ShownResult, Store, open_store
 from tools.catalogue import read_catalogue
 from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES, like_rule
+from tools.collection import read_queries
 from tools.local_settings import local_settings
 
 SAMPLE_MODEL_VERSION = "sample-bm25"
 """What produced the sample rankings: BM25 alone, never a served model version."""
-
-
-def read_queries(path: Path = SAMPLE_QUERIES) -> list[str]:
-    return [q.strip() for q in path.read_text(encoding="utf-8").splitlines() if q.strip()]
 
 
 async def ensure_catalogue(store: Store, catalogue: Path = SAMPLE_CATALOGUE) -> int:
@@ -93,7 +90,8 @@ async def fill(store_url: str, count: int, seed: int = 0, queries: list[str] | N
     store = await open_store(store_url)
     try:
         await ensure_catalogue(store, catalogue)
-        return await generate(store, count, queries or read_queries(), seed=seed, is_test=is_test)
+        queries = queries or list(read_queries(SAMPLE_QUERIES).values())
+        return await generate(store, count, queries, seed=seed, is_test=is_test)
     finally:
         await store.close()
 
@@ -115,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     store_url = args.store_url or local_settings().store_url
     started = time.perf_counter()
     try:
-        sent = asyncio.run(fill(store_url, args.count, args.seed, read_queries(args.queries), args.catalogue,
-                                args.mark_test))
+        queries = list(read_queries(args.queries).values())
+        sent = asyncio.run(fill(store_url, args.count, args.seed, queries, args.catalogue, args.mark_test))
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
