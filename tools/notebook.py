@@ -19,15 +19,16 @@ import torch
 from matplotlib.figure import Figure
 from sentence_transformers import CrossEncoder
 
-from shared.ml.candidate import CandidateResult, Decision, Gate, promotes_online, summarise
 from shared.ml.dataset import Pair, group_by_query, normalise_query
 from shared.ml.evaluate import Evaluation
+from shared.ml.gate import Decision, Gate, promotes_online
 from shared.ml.model import cross_scores
 from shared.ml.pipeline import PipelineSpec, RankingModel
 from shared.ml.registry import Registry
 from shared.ml.report import COMPARED, gains
 from shared.ml.retrieval import CatalogueIndex
 from shared.ml.train import TrainConfig
+from shared.ml.training_run import CandidateResult, summarise
 from shared.settings import Settings, from_settings
 from shared.store import Feedback, Inference, ModelVersion, Resource, Store
 

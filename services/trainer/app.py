@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
 from services.trainer.experiments import ExperimentError
-from services.trainer.operations import VersionActionError, Versions, request_training
+from services.trainer.version_actions import VersionActionError, VersionActions, request_training
 from services.trainer.worker import Trainer, consume
 from shared.auth import require_admin
 from shared.http import add_common
@@ -46,20 +46,20 @@ async def train(request: Request, body: TrainBody | None = None) -> dict:
 @router.get("/versions")
 async def versions(request: Request) -> dict:
     """Every indexed version: status, metrics, the run's reason, champion and previous champion."""
-    return await request.app.state.versions.listing()
+    return await request.app.state.version_actions.listing()
 
 
 @router.post("/versions/{version}/promote")
 async def promote(request: Request, version: str = VersionName) -> dict:
     """Make this version the champion, whatever its gate said; `model.ready` tells the rerankers."""
-    event = await request.app.state.versions.promote(version)
+    event = await request.app.state.version_actions.promote(version)
     return {"champion": event.version, "model_ready": event.model_dump(mode="json")}
 
 
 @router.post("/rollback")
 async def rollback(request: Request) -> dict:
     """Back to the previous champion (or version 0); the current one becomes `retired`."""
-    event = await request.app.state.versions.rollback()
+    event = await request.app.state.version_actions.rollback()
     return {"champion": event.version, "model_ready": event.model_dump(mode="json")}
 
 
@@ -70,7 +70,7 @@ ChallengerName = Path(pattern=f"{VERSION_RE.pattern}|^v0$",
 @router.post("/versions/{version}/challenge")
 async def challenge(request: Request, version: str = ChallengerName) -> dict:
     """Let users compare this version with the champion by interleaving; a running experiment ends."""
-    event = await request.app.state.versions.challenge(version)
+    event = await request.app.state.version_actions.challenge(version)
     return {"experiment_id": event.experiment_id, "model_ready": event.model_dump(mode="json")}
 
 
@@ -84,7 +84,7 @@ async def experiments(request: Request, limit: int = 20) -> dict:
 @router.post("/experiments/stop")
 async def stop_experiment(request: Request) -> dict:
     """End the running experiment; the champion serves alone."""
-    event = await request.app.state.versions.stop_experiment()
+    event = await request.app.state.version_actions.stop_experiment()
     return {"stopped": event.experiment_id, "model_ready": event.model_dump(mode="json")}
 
 
@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         trainer = Trainer(settings, store)
         await trainer.recover()
         app.state.store, app.state.trainer = store, trainer
-        app.state.versions = Versions(settings, store, trainer.registry)
+        app.state.version_actions = VersionActions(settings, store, trainer.registry)
         stop, joined = threading.Event(), threading.Event()
         app.state.joined = joined
         thread = threading.Thread(target=consume, name="trainer-consumer", daemon=True,

@@ -18,7 +18,7 @@ from pathlib import Path
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from services.trainer.operations import Versions
+from services.trainer.version_actions import VersionActions
 from shared import metrics
 from shared.broker import BrokerOutage
 from shared.events import (
@@ -32,11 +32,11 @@ from shared.events import (
     utcnow,
 )
 from shared.kafka import DeadLetters, make_group_consumer, make_producer, publish
-from shared.ml.candidate import index_for_pairs, summarise, train_candidate
 from shared.ml.dataset import build_pairs, not_enough_reason
 from shared.ml.pipeline import load_champion
 from shared.ml.registry import Registry
 from shared.ml.train import TrainConfig
+from shared.ml.training_run import index_for_pairs, summarise, train_candidate
 from shared.ml.vectors import StoredVectors
 from shared.settings import Settings
 from shared.store import ModelVersion, Store, TrainingRun
@@ -71,13 +71,13 @@ class Trainer:
         self.settings = settings
         self.store = store
         self.registry = Registry(settings.model_dir).ensure()
-        self.versions = Versions(settings, store, self.registry)
+        self.version_actions = VersionActions(settings, store, self.registry)
         self.busy = threading.Event()
 
     async def recover(self) -> None:
         """After a crash: no half-written version, runs left 'running' failed, index and folders agree."""
-        await self.versions.reconcile()
-        await self.versions.prune()
+        await self.version_actions.reconcile()
+        await self.version_actions.prune()
 
     async def handle(self, request: TrainingRequestedEvent) -> ModelReadyEvent | None:
         runs = await self.store.list_training_runs(limit=500)
@@ -98,7 +98,7 @@ class Trainer:
             run.status, run.detail = "failed", f"{type(exc).__name__}: {exc}"[:500]
             run.version = None
             try:
-                await self.versions.discard_run(run.run_id)
+                await self.version_actions.discard_run(run.run_id)
             except Exception:
                 log.exception("event=discard_failed run=%s", run.run_id)
             ready = self._event(request, run, "failed")
@@ -133,9 +133,9 @@ class Trainer:
 
     async def decided(self, event: ExperimentDecidedEvent) -> ModelReadyEvent | None:
         """Users decided an experiment: promote, retire or roll back (None: already done)."""
-        ready = await self.versions.experiments.act(event)
+        ready = await self.version_actions.experiments.act(event)
         if ready is not None:
-            await self.versions.prune()
+            await self.version_actions.prune()
         return ready
 
     async def _train(self, request: TrainingRequestedEvent, run: TrainingRun) -> ModelReadyEvent:
@@ -181,7 +181,7 @@ class Trainer:
         decision = result.decision
         summary = summarise(result.metadata["metrics"])
         # Index first, champion pointer (or experiment) second: a crash in between leaves an indexed,
-        # unserved version that `Versions.reconcile` removes with its unfinished run.
+        # unserved version that `VersionActions.reconcile` removes with its unfinished run.
         await self.store.save_model_version(ModelVersion(
             version=result.version, location=result.version, status=decision,
             base_model=self.settings.base_model, metrics=summary,
@@ -190,7 +190,7 @@ class Trainer:
         if decision == "promoted":
             self.registry.set_champion(result.version)
         elif decision == "challenger":
-            experiment = await self.versions.experiments.challenge(
+            experiment = await self.version_actions.experiments.challenge(
                 result.version, f"training run {run.run_id}", run_id=run.run_id)
             experiment_id = experiment.experiment_id
         run.status, run.detail, run.version, run.metrics = decision, result.reason, result.version, summary
@@ -198,7 +198,7 @@ class Trainer:
             for name in ("ndcg@10", "mrr@10", "f1", "auc"):
                 if name in values:
                     metrics.TRAINING_METRIC.labels(model, name).set(values[name])
-        await self.versions.prune()
+        await self.version_actions.prune()
         return self._event(request, run, decision, experiment_id)
 
 

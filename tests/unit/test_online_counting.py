@@ -11,7 +11,7 @@ from services.aggregator.table import State
 from shared.events import Counts, FeedbackEvent, Interleaved
 from shared.feedback_counts import apply_feedback
 from shared.interleaving import Live
-from shared.ml.candidate import Gate
+from shared.ml.gate import Gate
 from shared.store import Experiment, Feedback
 from tests.unit.test_policy import LoggedTable, restore
 

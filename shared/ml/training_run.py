@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import sentence_transformers
@@ -30,6 +30,7 @@ from shared.ml.evaluate import (
     ranking_metrics,
     scored_groups,
 )
+from shared.ml.gate import Decision, Gate
 from shared.ml.model import embedder_identity, load_cross_encoder, load_embedder
 from shared.ml.pipeline import FeedbackMemory, PipelineSpec, RankingModel, fuse
 from shared.ml.registry import Registry
@@ -37,7 +38,7 @@ from shared.ml.report import html_report, text_report
 from shared.ml.retrieval import CatalogueIndex
 from shared.ml.train import TrainConfig, TrainResult, fine_tune
 from shared.ml.vectors import EmbeddingCache, StoredVectors
-from shared.settings import OFFLINE_BASE_MODEL, Settings, from_settings, setting
+from shared.settings import OFFLINE_BASE_MODEL, Settings
 from shared.store import Resource
 
 log = logging.getLogger(__name__)
@@ -46,70 +47,6 @@ CROSS_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 # Never 0: every candidate carries what its feedback taught; the gate decides whether it serves.
 MEMORY_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
 CE_FOLDER = "."
-
-
-Decision = Literal["promoted", "challenger", "rejected"]
-
-
-def promotes_online(settings: Settings) -> bool:
-    return settings.promotion == "online"
-
-
-@dataclass
-class Gate:
-    metric: str = setting("gate_metric")
-    margin: float = setting("gate_margin")
-    min_prior_auc: float = setting("gate_min_prior_auc")
-    # online: no promotion offline; a candidate that passes the safety checks becomes the challenger.
-    online: bool = promotes_online(Settings.model_construct())
-    safety_margin: float = setting("gate_safety_margin")
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Gate:
-        return from_settings(cls, settings, online=promotes_online(settings))
-
-    def decide(self, candidate: dict[str, float], champion: dict[str, float],
-               bm25: dict[str, float], prior_auc: float | None = None) -> tuple[bool, str]:
-        """Promote only if not worse than the champion and than BM25 alone, by more than the margin.
-
-        Feedback is also checked against BM25 itself (`prior_auc`, over all pairs): real users'
-        likes agree with a lexical match more often than not; labels that BM25 ranks backwards
-        look flipped or adversarial, and whatever they taught would look good on their own
-        validation split.
-        """
-        flipped = self.flipped(prior_auc)
-        if flipped:
-            return False, flipped
-        c, ch, b = candidate.get(self.metric, 0.0), champion.get(self.metric, 0.0), bm25.get(self.metric, 0.0)
-        if c < ch - self.margin:
-            return False, f"{self.metric} {c:.4f} is below the champion's {ch:.4f} (margin {self.margin})"
-        if c < b - self.margin:
-            return False, f"{self.metric} {c:.4f} is below BM25 alone {b:.4f} (margin {self.margin})"
-        return True, f"{self.metric} {c:.4f} vs champion {ch:.4f} and BM25 {b:.4f}"
-
-    def flipped(self, prior_auc: float | None) -> str | None:
-        if prior_auc is not None and prior_auc < self.min_prior_auc:
-            return (f"feedback contradicts BM25 (AUC {prior_auc:.3f} < {self.min_prior_auc}): "
-                    "labels look flipped or adversarial")
-        return None
-
-    def review(self, candidate: dict[str, float], champion: dict[str, float],
-                bm25: dict[str, float], prior_auc: float | None = None) -> tuple[Decision, str]:
-        """Offline: `decide`. Online: only safety checks here; users decide between champion and
-        challenger by interleaving, because offline validation cannot (the memory is inert on
-        unseen queries, the sample is what the champion chose to show, a few queries are noise)."""
-        if not self.online:
-            promoted, reason = self.decide(candidate, champion, bm25, prior_auc)
-            return ("promoted" if promoted else "rejected"), reason
-        flipped = self.flipped(prior_auc)
-        if flipped:
-            return "rejected", flipped
-        c, b = candidate.get(self.metric, 0.0), bm25.get(self.metric, 0.0)
-        if c < b - self.safety_margin:
-            return "rejected", (f"{self.metric} {c:.4f} is below BM25 alone {b:.4f} by more than the "
-                                f"safety margin {self.safety_margin}")
-        return "challenger", (f"safe to try on users ({self.metric} {c:.4f}, BM25 {b:.4f}, champion "
-                              f"{champion.get(self.metric, 0.0):.4f} on validation): users decide online")
 
 
 @dataclass
