@@ -32,11 +32,16 @@ from shared.events import (
     utcnow,
 )
 from shared.kafka import DeadLetters, make_group_consumer, make_producer, publish
-from shared.ml.dataset import build_pairs, not_enough_reason
-from shared.ml.pipeline import load_champion
+from shared.ml.dataset import not_enough_reason
 from shared.ml.registry import Registry
 from shared.ml.train import TrainConfig
-from shared.ml.training_run import index_for_pairs, summarise, train_candidate
+from shared.ml.training_run import (
+    CandidateResult,
+    champion_and_index,
+    read_training_data,
+    summarise,
+    train_candidate,
+)
 from shared.ml.vectors import StoredVectors
 from shared.settings import Settings
 from shared.store import ModelVersion, Store, TrainingRun
@@ -139,6 +144,8 @@ class Trainer:
         return ready
 
     async def _train(self, request: TrainingRequestedEvent, run: TrainingRun) -> ModelReadyEvent:
+        """One run: its hyperparameters, the feedback it reads, the candidate (trained off the event
+        loop by `shared.ml.training_run`), then what the decision changes."""
         try:
             config = TrainConfig.from_settings(self.settings).with_overrides(request.hyperparameters)
         except ValidationError as exc:
@@ -146,38 +153,38 @@ class Trainer:
             return self._event(request, run, "failed")
         include_test = (self.settings.train_include_test if request.include_test is None
                         else request.include_test)
-        everything = await self.store.list_feedback(include_test=True)
-        feedback = [f for f in everything if include_test or not f.is_test]
-        inferences = await self.store.get_inferences(sorted({f.inference_id for f in feedback}))
-        resources = await self.store.list_resources()
-        pairs = build_pairs(feedback, inferences, {r.id: r for r in resources})
-        run.pairs = len(pairs)
-        reason = not_enough_reason(pairs, self.settings.train_min_feedback)
+        data = await read_training_data(self.store, include_test)
+        run.pairs = len(data.pairs)
+        reason = not_enough_reason(data.pairs, self.settings.train_min_feedback)
         if reason:
             run.status, run.detail = "skipped", reason
             log.info("event=training_skipped run=%s reason=%r", run.run_id, reason)
             return self._event(request, run, "skipped")
-        metrics.TRAINING_PAIRS.set(len(pairs))
+        metrics.TRAINING_PAIRS.set(len(data.pairs))
         extra = {
             "run_id": run.run_id, "request_event_id": request.event_id, "request_reason": request.reason,
             "requested_hyperparameters": {k: getattr(config, k) for k in sorted(config.pinned)},
-            "feedback": {"used": len(feedback), "test_feedback": sum(f.is_test for f in everything),
+            "feedback": {"used": len(data.feedback), "test_feedback": data.test_feedback,
                          "test_feedback_included": include_test},
             "code": code_version(),
         }
-
         stored = StoredVectors(self.store, asyncio.get_running_loop())
 
-        def work():  # noqa: ANN202 - runs on a worker thread: CPU-bound
-            champion = load_champion(self.settings, self.registry)
-            index = index_for_pairs(resources, pairs, champion, stored)
+        def work() -> CandidateResult:  # on a worker thread: CPU-bound
+            champion, index = champion_and_index(self.settings, self.registry, data, stored)
             return train_candidate(
-                self.settings, pairs, index, champion, self.registry, config=config,
+                self.settings, data.pairs, index, champion, self.registry, config=config,
                 progress=lambda line: log.info("event=training_progress run=%s %s", run.run_id, line),
                 extra_metadata=extra, switch_champion=False,
             )
 
         result = await asyncio.to_thread(work)
+        experiment_id = await self._record(run, result)
+        return self._event(request, run, result.decision, experiment_id)
+
+    async def _record(self, run: TrainingRun, result: CandidateResult) -> str | None:
+        """The version in the store's index, then the champion pointer or the experiment users decide
+        in (returns its id); the run's outcome and metrics; old rejected versions pruned."""
         decision = result.decision
         summary = summarise(result.metadata["metrics"])
         # Index first, champion pointer (or experiment) second: a crash in between leaves an indexed,
@@ -199,7 +206,7 @@ class Trainer:
                 if name in values:
                     metrics.TRAINING_METRIC.labels(model, name).set(values[name])
         await self.version_actions.prune()
-        return self._event(request, run, decision, experiment_id)
+        return experiment_id
 
 
 def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoop,
