@@ -13,25 +13,25 @@ import importlib.metadata
 import logging
 import threading
 import time
+from collections.abc import Awaitable
+from concurrent.futures import Future
 from pathlib import Path
 
-from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from services.trainer.version_actions import VersionActions
+from services.trainer.version_actions import VersionActions, announce
 from shared import metrics
-from shared.broker import BrokerOutage
 from shared.events import (
     EXPERIMENT_DECIDED_TOPIC,
-    MODEL_READY_TOPIC,
     TRAINING_REQUESTED_TOPIC,
+    Event,
     ExperimentDecidedEvent,
     ModelReadyEvent,
     TrainingRequestedEvent,
     new_id,
     utcnow,
 )
-from shared.kafka import DeadLetters, make_group_consumer, make_producer, publish
+from shared.kafka import ConsumerLoop, DeadLetters, make_group_consumer
 from shared.ml.dataset import not_enough_reason
 from shared.ml.registry import Registry
 from shared.ml.train import TrainConfig
@@ -209,62 +209,24 @@ class Trainer:
         return experiment_id
 
 
-def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoop,
-            stop: threading.Event, joined: threading.Event) -> None:
-    """The consumer thread: one request or decision at a time, partitions paused while it works."""
-    producer = None
-    consumer = None
-    dead_letters = DeadLetters(settings)
-    outage = BrokerOutage(settings, "trainer-consumer")
-    while not stop.is_set():
-        try:
-            if consumer is None:
-                if not outage.reachable():
-                    stop.wait(1.0)
-                    continue
-                consumer = make_group_consumer(settings, (TRAINING_REQUESTED_TOPIC, EXPERIMENT_DECIDED_TOPIC),
-                                               GROUP_ID)
-            if producer is None:
-                producer = make_producer(settings)
-            batches = consumer.poll(timeout_ms=500, max_records=1)
-            outage.check()
-            if consumer.assignment():
-                joined.set()
-            for records in batches.values():
-                for record in records:
-                    request = dead_letters.decode(record)
-                    if isinstance(request, TrainingRequestedEvent):
-                        work = trainer.handle(request)
-                    elif isinstance(request, ExperimentDecidedEvent):
-                        work = trainer.decided(request)
-                    else:
-                        continue
-                    assigned = list(consumer.assignment())
-                    consumer.pause(*assigned)
-                    future = asyncio.run_coroutine_threadsafe(work, loop)
-                    while not future.done():
-                        consumer.poll(timeout_ms=200)  # keeps the group membership alive
-                    consumer.resume(*assigned)
-                    ready = future.result()
-                    if ready is not None:
-                        publish(producer, MODEL_READY_TOPIC, ready, key="model")
-                        log.info("event=model_ready_sent version=%s decision=%s", ready.version,
-                                 ready.decision)
-            if batches:
-                consumer.commit()
-        except KafkaError as exc:
-            outage.failed(exc)
-            stop.wait(1.0)
-        except Exception:
-            # The request stays uncommitted: a new group member is handed it again after the pause.
-            log.exception("event=trainer_request_failed action=retry_in_5s")
-            if consumer is not None:
-                with contextlib.suppress(Exception):
-                    consumer.close(autocommit=False)
-            consumer = None
-            stop.wait(5.0)
-    if consumer is not None:
-        consumer.close()
-    if producer is not None:
-        producer.close(5)
-    dead_letters.close()
+def request_consumer(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoop) -> ConsumerLoop:
+    """One training request or users' decision at a time, worked on `loop`; its `model.ready` is
+    sent before the request is committed."""
+
+    async def answer(work: Awaitable[ModelReadyEvent | None]) -> None:
+        ready = await work
+        if ready is not None:
+            await announce(settings, ready)
+
+    def handle(event: Event) -> Future[None] | None:
+        if isinstance(event, TrainingRequestedEvent):
+            return asyncio.run_coroutine_threadsafe(answer(trainer.handle(event)), loop)
+        if isinstance(event, ExperimentDecidedEvent):
+            return asyncio.run_coroutine_threadsafe(answer(trainer.decided(event)), loop)
+        return None
+
+    return ConsumerLoop(
+        lambda: make_group_consumer(settings, (TRAINING_REQUESTED_TOPIC, EXPERIMENT_DECIDED_TOPIC), GROUP_ID),
+        TRAINING_REQUESTED_TOPIC, handle, settings, name="trainer-consumer",
+        dead_letters=DeadLetters(settings), max_records=1, retry_s=5.0,
+    )
