@@ -13,10 +13,10 @@ from services.reranker.inference_log import InferenceLog
 from services.reranker.ranking import rank
 from services.reranker.serving import ModelHolder
 from shared.auth import require_admin, require_search
+from shared.deps import SettingsDep, StoreDep
 from shared.events import new_id
 from shared.ml.retrieval import CatalogueIndex
-from shared.settings import Settings
-from shared.store import Inference, Resource, ShownResult, Store
+from shared.store import Inference, Resource, ShownResult
 
 router = APIRouter()
 
@@ -45,21 +45,11 @@ def get_holder(request: Request) -> ModelHolder:
     return holder
 
 
-def get_store(request: Request) -> Store:
-    return request.app.state.store
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 def get_inference_log(request: Request) -> InferenceLog:
     return request.app.state.inference_log
 
 
 Holder = Annotated[ModelHolder, Depends(get_holder)]
-StoreDep = Annotated[Store, Depends(get_store)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 class SearchRequest(BaseModel):

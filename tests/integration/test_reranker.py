@@ -27,10 +27,8 @@ from services.reranker.app import create_app
 from services.reranker.inference_log import InferenceLog
 from services.reranker.routes import MAX_QUERY_CHARS, query_as_read
 from shared.broker import EmbeddedBroker, free_port
-from shared.catalogue import load_catalogue, read_catalogue
 from shared.events import MODEL_READY_TOPIC, ModelReadyEvent, new_id
 from shared.kafka import ensure_topics, make_producer, publish
-from shared.localstack import wait_for
 from shared.ml.model import cross_scores, load_cross_encoder, load_onnx_cross_encoder
 from shared.ml.pipeline import PipelineSpec
 from shared.ml.registry import Registry
@@ -38,6 +36,8 @@ from shared.ml.retrieval import CatalogueIndex
 from shared.settings import Settings
 from shared.store import Inference, ShownResult, open_store
 from tests.conftest import ROOT, SAMPLE_CATALOGUE
+from tools.catalogue import load_catalogue, read_catalogue
+from tools.localstack import wait_for
 
 SEARCH = "/api/reranking/search-with-reranking"
 INFO = "/api/reranking/info-modele"
