@@ -79,6 +79,9 @@ class SearchResult(BaseModel):
 class SearchResponse(BaseModel):
     inference_id: str
     query_text: str
+    query_truncated: bool = Field(default=False, description=(
+        f"True when the query was longer than the {MAX_QUERY_CHARS:,} characters the rankers read: "
+        "`query_text` is the part they read."))
     model_version: str
     use_reranker: bool
     candidates: int = Field(description="First-stage results the served pipeline scored (0: BM25 only).")
@@ -124,8 +127,9 @@ async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
                              team=teams[n] if teams else None) for n, r in enumerate(results)],
     ))
     holder.count_served(version)
-    return SearchResponse(inference_id=inference_id, query_text=query, model_version=version,
-                          use_reranker=body.use_reranker,
+    return SearchResponse(inference_id=inference_id, query_text=query,
+                          query_truncated=len(query) < len(body.query_text.strip()),
+                          model_version=version, use_reranker=body.use_reranker,
                           candidates=int(ranked.positions.size) if body.use_reranker else 0,
                           latency_ms=round(latency_ms, 3), results=results)
 

@@ -242,6 +242,8 @@ def test_a_pasted_paragraph_is_searched_on_what_the_rankers_read(server: Server)
     body = server.search(paragraph, top_k=3)
     assert len(paragraph) > 3 * MAX_QUERY_CHARS and body["query_text"] == query_as_read(paragraph)
     assert len(body["query_text"]) <= MAX_QUERY_CHARS and paragraph.startswith(body["query_text"])
+    assert body["query_truncated"] is True
+    assert server.search("linear algebra", top_k=1)["query_truncated"] is False
     assert body["results"] and body["results"][0]["first_stage_score"] > 0
 
     # Feedback on it trains on the query as read, as it was ranked.
