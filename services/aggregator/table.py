@@ -31,8 +31,9 @@ from typing import Any
 import faust
 from faust.stores import memory
 
-from services.aggregator.policy import Fresh, Timing, Versions
+from services.aggregator.policy import Timing
 from shared.events import Counts
+from shared.feedback_counts import CountsByVersion, Fresh
 from shared.interleaving import Credit, Live, QueryCredit
 
 ExperimentCredit = tuple[str, Credit, str, QueryCredit]
@@ -99,7 +100,7 @@ class Commit:
     """Counts recorded and not written yet: the tally they lead to, and what they add."""
 
     counts: Counts
-    versions: Versions
+    versions: CountsByVersion
     experiment: dict[str, Any] | None
     last_event: str | None
     before: Mapping[str, Any]  # entries the last tally named: re-applied first where they went missing
@@ -152,7 +153,7 @@ class State:
         self._fresh_groups: list[str] = []
         self._timing = Timing()
 
-    def tally(self) -> tuple[Counts, Versions, str | None]:
+    def tally(self) -> tuple[Counts, CountsByVersion, str | None]:
         if self._open is not None:
             return self._open.counts, self._open.versions, self._open.last_event
         tally = self.table.get("tally") or {}
@@ -278,7 +279,7 @@ class State:
                                 tally.get("experiment"), tally.get("last_event"), before)
         return self._open
 
-    def record(self, counts: Counts, versions: Versions, event_id: str,
+    def record(self, counts: Counts, versions: CountsByVersion, event_id: str,
                fresh: tuple[str, Fresh] | None, now: float,
                experiment: tuple[str, Live, ExperimentCredit] | None = None) -> None:
         """One count: the tally's new counts, its event's id, fresh entry and credits."""
@@ -307,7 +308,7 @@ class State:
             self._fresh_groups.append(key)
             self._fresh.update(fresh[start:start + GROUP_SIZE])
 
-    def _write_tally(self, seq: int, counts: Counts, versions: Versions, last_event: str | None,
+    def _write_tally(self, seq: int, counts: Counts, versions: CountsByVersion, last_event: str | None,
                      experiment: dict[str, Any] | None, credits: dict[str, list[int]]) -> None:
         self._last_tally = {"counts": counts.model_dump(), "versions": versions, "last_event": last_event,
                             "experiment": experiment, "seq": seq, "fresh_from": self._fresh_from,
@@ -347,7 +348,7 @@ class State:
             del self.table[key]
         return len(stale)
 
-    def replace(self, counts: Counts, versions: Versions, fresh: Mapping[str, Fresh],
+    def replace(self, counts: Counts, versions: CountsByVersion, fresh: Mapping[str, Fresh],
                 event_ids: Iterable[str], now: float, experiment: Recount | None = None) -> None:
         """A rebuild: these counts, exactly these fresh entries, and these events as seen; with
         `experiment`, the running experiment's recount from the same read (credits first)."""

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.collector.outbox import OutboxRelay
 from shared import metrics
+from shared.batch_writer import BatchWriter
 from shared.events import Interleaved, new_id
 from shared.interleaving import query_key
 from shared.store import Feedback, FeedbackOutcome, Inference, Store, StoreUnavailableError
@@ -106,24 +107,20 @@ Request = tuple[list[Feedback], asyncio.Future[list[FeedbackOutcome]]]
 """One request's feedback, written all or none, and where its outcomes go."""
 
 
-class FeedbackWriter:
+class FeedbackWriter(BatchWriter[Request]):
     """Group commit: the requests queued when a transaction starts are written in it, in order."""
 
     def __init__(self, store: Store, max_batch: int = 256) -> None:
+        super().__init__("feedback-writer", max_batch)  # items per transaction
         self.store = store
-        self.max_batch = max_batch  # items per transaction, exceeded only by one large request
-        self.queue: asyncio.Queue[Request] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="feedback-writer")
+    def size(self, request: Request) -> int:
+        return len(request[0])
 
     async def close(self) -> None:
         """Writes what is queued, then stops."""
-        await self.queue.join()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flushed()
+        await self.stop()
 
     async def record(self, feedback: Feedback) -> FeedbackOutcome:
         return (await self.record_many([feedback]))[0]
@@ -136,24 +133,15 @@ class FeedbackWriter:
         self.queue.put_nowait((items, future))
         return await future
 
-    async def _run(self) -> None:
-        while True:
-            requests = [await self.queue.get()]
-            size = len(requests[0][0])
-            while size < self.max_batch and not self.queue.empty():
-                requests.append(self.queue.get_nowait())
-                size += len(requests[-1][0])
-            try:
-                await self._write(requests)
-            except Exception as exc:  # noqa: BLE001 - the callers get it; the writer goes on
-                log.warning("event=feedback_write_failed size=%d error=%r", size, exc)
-                for _, future in requests:
-                    _settle(future, exc=exc)
-            finally:
-                for _ in requests:
-                    self.queue.task_done()
+    async def write(self, batch: list[Request]) -> None:
+        try:
+            await self._commit(batch)
+        except Exception as exc:  # noqa: BLE001 - the callers get it; the writer goes on
+            log.warning("event=feedback_write_failed size=%d error=%r", sum(map(self.size, batch)), exc)
+            for _, future in batch:
+                _settle(future, exc=exc)
 
-    async def _write(self, requests: list[Request]) -> None:
+    async def _commit(self, requests: list[Request]) -> None:
         try:
             outcomes = await self.store.record_feedback_many([f for items, _ in requests for f in items])
         except Exception as exc:
