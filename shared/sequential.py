@@ -14,11 +14,12 @@ after every feedback and stopped at the first crossing without inflating its err
 always-valid p-value. The product over impressions does not depend on their order, so an
 impression whose credit changes (a user rates another result) moves its own term only.
 
-Why this rule: `bench/interleaving_study.py` (results in `bench/results/interleaving_study.json`)
-compared it with the mixture SPRT on the signs of the impressions (the rule before it), which a
-fractional credit cannot use (random clicks give each sign probability 1/2 only when every credit
-is ±1): with probabilistic interleaving it decides 1.5 to 7 times sooner at the same error rate.
-The clip (2 net likes) and the fixed fractions are what the study measured; they are not settings.
+Why this rule: the rule before it, a mixture SPRT on which side won each impression, needs every
+credit to be ±1 (only then do random clicks give each side half the wins); probabilistic
+interleaving's credits are fractional. `bench/interleaving_study.py` (docs/online.md) measured
+the two: as fast on team draft's credits, and with probabilistic interleaving 1.7 to 8 times
+sooner than team draft with the sign test. The clip (two net likes) and the fixed fractions are
+what the study measured; they are not settings.
 """
 
 from __future__ import annotations
