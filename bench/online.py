@@ -54,12 +54,12 @@ from bench.simulate import (  # noqa: E402
     ndcg10,
     summary,
 )
-from shared.localstack import LocalStack, wait_for  # noqa: E402
 from shared.ml.pipeline import PipelineSpec, version_zero  # noqa: E402
 from shared.ml.registry import Registry  # noqa: E402
 from shared.sequential import SequentialTest  # noqa: E402
 from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
 from shared.store import ModelVersion, open_store  # noqa: E402
+from tools.localstack import LocalStack, wait_for  # noqa: E402
 
 log = logging.getLogger("online")
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"

@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 import pytest
 
 from services.aggregator.experiment import Tracker, credit, recounted
-from services.aggregator.policy import Policy, Timing, apply_feedback, evaluate
+from services.aggregator.policy import Policy, Timing, evaluate
 from services.aggregator.table import State
 from shared.events import Counts, FeedbackEvent, Interleaved
+from shared.feedback_counts import apply_feedback
 from shared.interleaving import Live
-from shared.ml.candidate import Gate
+from shared.ml.gate import Gate
 from shared.store import Experiment, Feedback
 from tests.unit.test_policy import LoggedTable, restore
 
