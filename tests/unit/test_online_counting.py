@@ -82,6 +82,18 @@ def test_the_live_tally_equals_the_stores_recount() -> None:
     assert live.champion + live.challenger + live.tie == 8  # every impression rated once
 
 
+def test_a_tally_counted_before_the_betting_rule_gets_its_evidence_from_the_credits() -> None:
+    stream = events(60)
+    state = State({})
+    for event in stream:
+        count(state, event)
+    tally = dict(state.get("tally"))
+    older = {k: v for k, v in tally["experiment"]["live"].items() if k not in ("net", "stakes")}
+    state.set("tally", {**tally, "experiment": {"id": "exp1", "live": older}})
+    _, live, _ = recounted(EXPERIMENT, stored(stream))  # type: ignore[misc]
+    assert same(state.live(), ("exp1", live)) and live.stakes != Live().stakes
+
+
 def test_any_prefix_of_the_changelog_credits_each_event_once() -> None:
     """A restore may lose the last writes; the broker then delivers what was not marked seen again."""
     stream = events(25, seed=11)
