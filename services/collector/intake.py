@@ -167,7 +167,7 @@ async def validate(body: FeedbackRequest, inferences: InferenceCache) -> Feedbac
     interleaved = None
     if inference.interleaving is not None and shown.team is not None:
         interleaved = Interleaved(experiment_id=inference.interleaving.experiment_id, team=shown.team,
-                                  query_key=query_key(inference.query))
+                                  query_key=query_key(inference.query), share=shown.share)
     return Feedback(
         feedback_id=new_id(), inference_id=body.inference_id, resource_id=body.resource_id,
         label=body.feedback, rank=shown.rank, model_version=inference.model_version,
