@@ -56,10 +56,10 @@ K = 10
 
 def compute_rankings(collection: Collection, candidates: int) -> dict[str, dict[str, list[str]]]:
     """Every ranker's ordering of BM25's top `candidates`, per query, by the served pipeline code."""
-    from shared.catalogue import read_catalogue
     from shared.ml.pipeline import RankingModel, version_zero
     from shared.ml.retrieval import CatalogueIndex
     from shared.settings import OFFLINE_BASE_MODEL, get_settings
+    from tools.catalogue import read_catalogue
 
     resources = list(read_catalogue(collection.corpus))
     settings = get_settings().model_copy(update={"base_model": OFFLINE_BASE_MODEL,
