@@ -34,7 +34,8 @@ from faust.stores import memory
 from services.aggregator.policy import Timing
 from shared.events import Counts
 from shared.feedback_counts import CountsByVersion, Fresh
-from shared.interleaving import Credit, Live, QueryCredit
+from shared.interleaving import Credit, Live, QueryCredit, net
+from shared.sequential import NO_STAKES, moved
 
 ExperimentCredit = tuple[str, Credit, str, QueryCredit]
 """One count's experiment entries: impression key, its credit, query key, the query's credit."""
@@ -226,7 +227,18 @@ class State:
         else:
             part = (self.table.get("tally") or {}).get("experiment") or {}
         live = part.get("live")
+        if live and "stakes" not in live:  # counted before the betting rule: its terms from the credits
+            live = {**live, **self._evidence(part["id"])}
         return part.get("id"), (Live(**{**live, "queries": dict(live["queries"])}) if live else Live())
+
+    def _evidence(self, experiment_id: str) -> dict[str, Any]:
+        """The net credit and the bettors' log-wealths of the impressions credited so far."""
+        net_credit, stakes = 0.0, NO_STAKES
+        for key, value in list(self.table.items()):
+            if str(key).startswith(f"imp:{experiment_id}:"):
+                impression = net((float(value[0]), float(value[1])))
+                net_credit, stakes = net_credit + impression, moved(stakes, None, impression)
+        return {"net": round(net_credit, 9), "stakes": stakes}
 
     def credit(self, key: str) -> Any:
         """An impression's or a query's credit."""

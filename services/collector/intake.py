@@ -198,7 +198,7 @@ def check(body: FeedbackRequest, inference: Inference | None) -> Feedback | Feed
     interleaved = None
     if inference.interleaving is not None and shown.team is not None:
         interleaved = Interleaved(experiment_id=inference.interleaving.experiment_id, team=shown.team,
-                                  query_key=query_key(inference.query))
+                                  query_key=query_key(inference.query), share=shown.share)
     return Feedback(
         feedback_id=new_id(), inference_id=body.inference_id, resource_id=body.resource_id,
         label=body.feedback, rank=shown.rank, model_version=inference.model_version,

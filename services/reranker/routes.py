@@ -107,7 +107,7 @@ async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
         ranked = await holder.run(rank, state, query, True, n_candidates, top_k, inference_id)
     else:
         ranked = rank(state, query, False, n_candidates, top_k, inference_id)
-    results, teams = [], ranked.teams
+    results, teams, shares = [], ranked.teams, ranked.shares
     for shown, i in enumerate(ranked.order):
         resource = state.index.resources[ranked.positions[i]]
         results.append(SearchResult(
@@ -124,7 +124,8 @@ async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
         latency_ms=latency_ms, interleaving=ranked.interleaving,
         results=[ShownResult(resource_id=r.resource_id, rank=r.rank, first_stage_score=r.first_stage_score,
                              rerank_score=r.rerank_score, scores=r.scores,
-                             team=teams[n] if teams else None) for n, r in enumerate(results)],
+                             team=teams[n] if teams else None, share=shares[n] if shares else None)
+                 for n, r in enumerate(results)],
     ))
     holder.count_served(version)
     return SearchResponse(inference_id=inference_id, query_text=query,
