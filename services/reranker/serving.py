@@ -9,20 +9,24 @@ in flight finishes on the model it started with.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import logging
+import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sentence_transformers import SentenceTransformer
 
 from shared import metrics
-from shared.ml.backends import BackendChoice, choose_backend
-from shared.ml.model import cross_backend, embedder_identity, pick_device
+from shared.ml.backends import BackendChoice, choose_backend, onnx_cache
+from shared.ml.embedder import Encoder, load_encoder
+from shared.ml.model import cross_backend, pick_device
 from shared.ml.pipeline import (
     SPEC_FILE,
     VERSION_ZERO,
@@ -32,8 +36,8 @@ from shared.ml.pipeline import (
     version_zero,
 )
 from shared.ml.registry import Registry
-from shared.ml.retrieval import CatalogueIndex
-from shared.ml.vectors import EmbeddingCache, StoredVectors
+from shared.ml.retrieval import CatalogueIndex, VectorTable
+from shared.ml.vectors import StoredVectors, VectorFiller
 from shared.settings import Settings
 from shared.store import Experiment, Resource
 
@@ -79,10 +83,15 @@ class ModelHolder:
         self._state: ServingState | None = None
         self.vectors = vectors
         """Where resource vectors are kept between starts and shared with other replicas."""
-        # One cache per loaded embedder: versions that share an embedder share its vectors.
-        self._caches: weakref.WeakKeyDictionary[SentenceTransformer, EmbeddingCache] = (
-            weakref.WeakKeyDictionary())
+        # One encoder per loaded embedder, one filler per vector identity in use.
+        self._encoders: weakref.WeakKeyDictionary[SentenceTransformer, Encoder] = weakref.WeakKeyDictionary()
+        self._fillers: dict[str, VectorFiller] = {}
+        self._pending: dict[str, CatalogueIndex] = {}
+        """Indexes of versions being built, by vector identity: filled before they serve."""
+        self._swap_lock = threading.Lock()
+        """Held to replace the served indexes, and by fillers to put vectors into them."""
         self._reload_lock = asyncio.Lock()
+        self._merging = False
         self.served: dict[str, int] = {}
         self.failed: dict[str, str] = {}
         """Versions that failed to load, with the error; the watcher does not retry them."""
@@ -106,13 +115,19 @@ class ModelHolder:
         return await asyncio.get_running_loop().run_in_executor(self.loader, fn, *args)
 
     def close(self) -> None:
+        for filler in list(self._fillers.values()):
+            filler.stop()
         self.loader.shutdown(wait=True, cancel_futures=True)
         self.executor.shutdown(wait=True)
 
     # Loading (loader thread)
     def _loaded(self, spec: PipelineSpec, folder: Path | None,
-                resources: list[Resource]) -> tuple[RankingModel, CatalogueIndex, BackendChoice]:
-        """A version loaded, indexed, on its backend and warm; an embedder already loaded is shared."""
+                base: CatalogueIndex | list[Resource]) -> tuple[RankingModel, CatalogueIndex, BackendChoice]:
+        """A version loaded, indexed, on its backend and warm; an embedder already loaded is shared.
+
+        `base`: the served index (a new version shares its BM25, and its vectors too when it embeds
+        with the same model; another embedder's vectors are all built here, before it serves), or
+        the resources of a first start (served at once; vectors fill in the background)."""
         reuse = None
         if self._state is not None:
             for loaded in (self._state.model, *((self._state.challenger.model,) if self._state.challenger
@@ -120,41 +135,110 @@ class ModelHolder:
                 if loaded.embedder is not None and loaded.spec.embedding_model == spec.embedding_model:
                     reuse = loaded.embedder
         model = RankingModel.load(spec, folder, self.settings.device, embedder=reuse)
-        index = self._index(model, resources)
+        self._attach_encoder(model)
+        index = self._index(model, base)
         model.warm_up(index)
         model, backend = choose_backend(model, index, self.settings)
         model.warm_up(index)
         return model, index, backend
 
-    def _build(self, spec: PipelineSpec, folder: Path | None, resources: list[Resource]) -> ServingState:
-        model, index, backend = self._loaded(spec, folder, resources)
+    def _attach_encoder(self, model: RankingModel) -> None:
+        if model.embedder is None:
+            return
+        encoder = self._encoders.get(model.embedder)
+        if encoder is None:
+            encoder = load_encoder(model.embedder, self.settings.embedding_backend, onnx_cache(self.settings),
+                                   self.settings.torch_threads)
+            self._encoders[model.embedder] = encoder
+        model.encoder = encoder
+
+    def _index(self, model: RankingModel, base: CatalogueIndex | list[Resource]) -> CatalogueIndex:
+        vectors_id = model.vectors_id
+        if not isinstance(base, CatalogueIndex):
+            index = CatalogueIndex(base)
+            if model.embedder is not None and vectors_id is not None:
+                index.vectors = VectorTable(self._dim(model), len(index), vectors_id)
+            return index
+        if vectors_id is None or (base.vectors is not None and base.vectors.model_id == vectors_id):
+            return base
+        index = copy.copy(base)
+        index.vectors = VectorTable(self._dim(model), len(index), vectors_id)
+        self._pending[vectors_id] = index
+        try:
+            filler = self._filler(model)
+            log.info("event=embedding_new_model model=%s resources=%d", vectors_id, index.live_count)
+            filler.run()  # every vector before it serves; the served version answers meanwhile
+        finally:
+            self._pending.pop(vectors_id, None)
+        return index
+
+    @staticmethod
+    def _dim(model: RankingModel) -> int:
+        assert model.embedder is not None
+        return int(model.embedder.get_embedding_dimension() or len(model.embed_texts(["a"])[0]))
+
+    def _index_of(self, vectors_id: str) -> CatalogueIndex | None:
+        """The index whose vectors have this identity: one being built, the champion's, or the
+        challenger's own."""
+        if vectors_id in self._pending:
+            return self._pending[vectors_id]
+        state = self._state
+        if state is None:
+            return None
+        for index in (state.index, state.challenger.index if state.challenger else None):
+            if index is not None and index.vectors is not None and index.vectors.model_id == vectors_id:
+                return index
+        return None
+
+    def _filler(self, model: RankingModel) -> VectorFiller:
+        vectors_id = model.vectors_id
+        assert vectors_id is not None
+        filler = self._fillers.get(vectors_id)
+        if filler is None:
+            filler = VectorFiller(model.embed_texts, vectors_id, self.vectors,
+                                  lambda: self._index_of(vectors_id), self._swap_lock,
+                                  chunk=self.settings.embedding_chunk)
+            self._fillers[vectors_id] = filler
+        return filler
+
+    def _fill_in_background(self) -> None:
+        """A filler for each vector identity served, woken; the others stopped."""
+        state = self._state
+        if state is None:
+            return
+        wanted = {m.vectors_id: m for m in (state.model, *((state.challenger.model,) if state.challenger
+                                                           else ())) if m.vectors_id is not None}
+        for vectors_id in list(self._fillers):
+            if vectors_id not in wanted and vectors_id not in self._pending:
+                self._fillers.pop(vectors_id).stop(timeout_s=0)
+        for model in wanted.values():
+            filler = self._filler(model)
+            filler.publish = model is state.model
+            if filler._thread is None:
+                filler.start()
+            filler.wake()
+
+    @staticmethod
+    def _rebased(index: CatalogueIndex, onto: CatalogueIndex) -> CatalogueIndex:
+        """`index` (built beside `onto`, from an earlier catalogue) on `onto`'s catalogue: the changes
+        applied since are kept, and `index`'s vectors follow them by resource and text."""
+        if index is onto or index.vectors is None or index.vectors is onto.vectors:
+            return onto
+        return onto.adopt_vectors(index)
+
+    def _build(self, spec: PipelineSpec, folder: Path | None,
+               base: CatalogueIndex | list[Resource]) -> ServingState:
+        model, index, backend = self._loaded(spec, folder, base)
         return ServingState(model=model, index=index, backend=backend)
 
     def _build_challenger(self, spec: PipelineSpec, folder: Path | None, experiment: Experiment,
                           state: ServingState) -> Challenger:
         """The challenger beside the champion: the first stage, the catalogue index and the
         embeddings are shared wherever both use the same embedding model."""
-        model, index, backend = self._loaded(spec, folder, state.index.resources)
-        shared = index.embeddings is None or (
-            state.model.embedder is not None and model.embedder is state.model.embedder)
+        model, index, backend = self._loaded(spec, folder, state.index)
+        shared = index is state.index or index.vectors is None
         return Challenger(model=model, experiment=experiment, backend=backend,
                           index=None if shared else index)
-
-    def _index(self, model: RankingModel, resources: list[Resource]) -> CatalogueIndex:
-        cache = self._cache(model)
-        if cache is None:
-            return CatalogueIndex(resources)
-        return CatalogueIndex(resources, cache([r.text for r in resources]))
-
-    def _cache(self, model: RankingModel) -> EmbeddingCache | None:
-        if model.embedder is None:
-            return None
-        cache = self._caches.get(model.embedder)
-        if cache is None:
-            cache = EmbeddingCache(model.embed_texts, embedder_identity(model.embedder), self.vectors,
-                                   chunk=self.settings.embedding_chunk)
-            self._caches[model.embedder] = cache
-        return cache
 
     def _publish_info(self) -> None:
         state = self.state
@@ -173,7 +257,8 @@ class ModelHolder:
         log.error("event=reload_failed location=%s error=%r", location, self.failed[location])
 
     async def load_initial(self, resources: list[Resource]) -> None:
-        """`CROSS_ENCODER_PATH` (a failure stops start-up), else the champion, else version 0."""
+        """`CROSS_ENCODER_PATH` (a failure stops start-up), else the champion, else version 0.
+        Ready once BM25 is built: the vectors are read from the store or embedded in the background."""
         if self.settings.cross_encoder_path is not None:
             folder = Path(self.settings.cross_encoder_path).resolve()
             self._state = await self._load(self._build, pinned_spec(self.settings, folder), folder, resources)
@@ -187,14 +272,30 @@ class ModelHolder:
                     self._failed(champion, exc)
             if self._state is None:
                 self._state = await self._load(self._build, version_zero(self.settings), None, resources)
+        self._fill_in_background()
         self._publish_info()
         state = self.state
-        log.info("event=model_loaded version=%s kind=%s backend=%s path=%s", state.model.version,
-                 state.model.spec.kind, state.backend.backend, state.model.folder)
+        log.info("event=model_loaded version=%s kind=%s backend=%s path=%s resources=%d", state.model.version,
+                 state.model.spec.kind, state.backend.backend, state.model.folder, len(state.index))
+
+    def _swap(self, model: RankingModel, index: CatalogueIndex, backend: BackendChoice,
+              challenger: Challenger | None) -> ServingState:
+        """Serve this (under the swap lock): indexes built beside the served one first catch up
+        with the catalogue changes applied meanwhile."""
+        with self._swap_lock:
+            champion_index = self._rebased(index, self.state.index)
+            if challenger is not None and challenger.index is not None:
+                own = self._rebased(challenger.index, champion_index)
+                challenger = dataclasses.replace(challenger, index=own)
+            self._state = ServingState(model=model, index=champion_index, backend=backend,
+                                       challenger=challenger)
+        self._fill_in_background()
+        return self._state
 
     async def reload(self, location: str) -> bool:
         """Load a promoted version (`v0`: version 0) and swap it in; any failure leaves the current
-        model serving. A challenger users just preferred is already loaded: it is swapped in as is."""
+        model serving. A challenger users just preferred is already loaded: it is swapped in as is.
+        A version with another embedder has all its vectors before it serves."""
         if self.pinned:
             log.info("event=reload_ignored reason=pinned location=%s", location)
             return False
@@ -206,15 +307,15 @@ class ModelHolder:
                     return True
                 started = time.perf_counter()
                 challenger = state.challenger
-                if (challenger is not None and challenger.model.version == spec.version
-                        and challenger.index is None):
-                    new = ServingState(model=challenger.model, index=state.index, backend=challenger.backend)
+                if challenger is not None and challenger.model.version == spec.version:
+                    new = ServingState(model=challenger.model, index=challenger.index or state.index,
+                                       backend=challenger.backend)
                 else:
-                    new = await self._load(self._build, spec, folder, state.index.resources)
+                    new = await self._load(self._build, spec, folder, state.index)
             except Exception as exc:  # whatever a version's files hold, the service keeps serving
                 self._failed(location, exc)
                 return False
-            self._state = new
+            new = await asyncio.to_thread(self._swap, new.model, new.index, new.backend, None)
             self.failed.pop(location, None)
             metrics.MODEL_RELOADS.labels("success").inc()
             self._publish_info()
@@ -243,14 +344,17 @@ class ModelHolder:
                 experiment = None  # for another champion: it waits until this replica serves that one
             if experiment is None:
                 if current is not None:
-                    self._state = dataclasses.replace(state, challenger=None)
+                    with self._swap_lock:
+                        self._state = dataclasses.replace(self.state, challenger=None)
+                    self._fill_in_background()
                     log.info("event=challenger_dropped version=%s experiment=%s", current.model.version,
                              current.experiment.experiment_id)
                 return
             if current is not None and current.model.version == experiment.challenger:
                 if current.experiment != experiment:
-                    self._state = dataclasses.replace(
-                        state, challenger=dataclasses.replace(current, experiment=experiment))
+                    with self._swap_lock:
+                        self._state = dataclasses.replace(self.state, challenger=dataclasses.replace(
+                            current, experiment=experiment))
                 return
             if experiment.challenger in self.failed:
                 return
@@ -261,22 +365,63 @@ class ModelHolder:
             except Exception as exc:  # a challenger that does not load leaves the champion serving alone
                 self._failed(experiment.challenger, exc)
                 return
-            self._state = dataclasses.replace(self.state, challenger=challenger)
+            now = self.state
+            await asyncio.to_thread(self._swap, now.model, now.index, now.backend, challenger)
             log.info("event=challenger_loaded version=%s experiment=%s kind=%s share=%s seconds=%.1f",
                      spec.version, experiment.experiment_id, experiment.kind, experiment.share,
                      time.perf_counter() - started)
 
-    async def refresh_catalogue(self, resources: list[Resource]) -> None:
-        """Re-index after catalogue changes; only new or changed texts are embedded."""
-        async with self._reload_lock:
+    async def apply_changes(self, changed: list[Resource]) -> int:
+        """Added or updated resources, searchable as soon as this returns (BM25 at once, the dense
+        part once their vectors are in); a background rebuild merges the delta when it grows.
+        Returns how many resources the change actually touched."""
+        if not changed:
+            return 0
+        touched = await asyncio.to_thread(self._apply, changed)
+        if touched:
+            self._fill_in_background()
+            log.info("event=catalogue_changed resources=%d delta=%d", touched, self.state.index.delta_size())
+            if self.state.index.delta_size() >= self.settings.delta_merge_at and not self._merging:
+                self._merging = True
+                asyncio.get_running_loop().create_task(self._merge())
+        return touched
+
+    def _apply(self, changed: list[Resource]) -> int:
+        with self._swap_lock:
             state = self.state
-            index = await self._load(self._index, state.model, resources)
+            index = state.index.with_changes(changed)
+            if index is state.index:
+                return 0
             challenger = state.challenger
             if challenger is not None and challenger.index is not None:
-                own = await self._load(self._index, challenger.model, resources)
-                challenger = dataclasses.replace(challenger, index=own)
+                challenger = dataclasses.replace(challenger, index=challenger.index.with_changes(changed))
             self._state = dataclasses.replace(state, index=index, challenger=challenger)
-            log.info("event=catalogue_indexed resources=%d", len(resources))
+            return len(index) - len(state.index)
+
+    async def _merge(self) -> None:
+        """Rebuild BM25 over the live resources off the request path, then swap it in with the
+        changes that came meanwhile; vectors follow by resource and text."""
+        try:
+            started = time.perf_counter()
+            snapshot = self.state.index
+            rebuilt = await asyncio.to_thread(CatalogueIndex, snapshot.live_resources())
+            await asyncio.to_thread(self._install_merged, snapshot, rebuilt)
+            log.info("event=catalogue_merged resources=%d seconds=%.1f", len(self.state.index),
+                     time.perf_counter() - started)
+        except Exception:  # the delta keeps serving; the next change tries again
+            log.exception("event=catalogue_merge_failed")
+        finally:
+            self._merging = False
+
+    def _install_merged(self, snapshot: CatalogueIndex, rebuilt: CatalogueIndex) -> None:
+        with self._swap_lock:
+            state = self.state
+            merged = rebuilt.with_changes(state.index.resources[len(snapshot.resources):])
+            index = merged.adopt_vectors(state.index) if state.index.vectors is not None else merged
+            challenger = state.challenger
+            if challenger is not None and challenger.index is not None:
+                challenger = dataclasses.replace(challenger, index=merged.adopt_vectors(challenger.index))
+            self._state = dataclasses.replace(state, index=index, challenger=challenger)
 
     def count_served(self, version: str) -> None:
         self.served[version] = self.served.get(version, 0) + 1
@@ -301,18 +446,28 @@ class ModelHolder:
             "metrics": spec.metrics,
             "inferences_served": self.served.get(spec.version, 0),
             "inferences_served_total": sum(self.served.values()),
-            "catalogue_size": len(state.index),
+            "catalogue_size": state.index.live_count,
+            "catalogue": self.catalogue_info(),
             "embedding": self.embedding_info(state.model),
             "failed_versions": dict(self.failed),
             "experiment": self.experiment_info(),
         }
 
+    def catalogue_info(self) -> dict[str, Any]:
+        """The served index: resources, how many sit in the delta, when BM25 was last built."""
+        index = self.state.index
+        return {"resources": index.live_count, "delta": index.delta_size(), "merging": self._merging,
+                "built_at": datetime.fromtimestamp(index.built_at, UTC).isoformat(),
+                "memory_bytes": index.memory_bytes()}
+
     def embedding_info(self, model: RankingModel) -> dict[str, Any] | None:
         """How far the model's vectors got and where they came from (None: it has no dense scorer)."""
-        cache = self._caches.get(model.embedder) if model.embedder is not None else None
-        if cache is None:
+        vectors_id = model.vectors_id
+        filler = self._fillers.get(vectors_id) if vectors_id is not None else None
+        if filler is None or model.encoder is None:
             return None
-        return {"model_id": cache.model_id, "stored": self.vectors is not None, **cache.progress.as_dict()}
+        return {"model_id": vectors_id, "stored": self.vectors is not None, "backend": model.encoder.backend,
+                "backend_reason": model.encoder.reason, **filler.progress.as_dict()}
 
     def experiment_info(self) -> dict[str, Any] | None:
         """The running experiment as this replica serves it (None: the champion serves alone)."""

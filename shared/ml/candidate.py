@@ -30,11 +30,11 @@ from shared.ml.evaluate import (
     ranking_metrics,
     scored_groups,
 )
-from shared.ml.model import embedder_identity, load_cross_encoder, load_embedder
+from shared.ml.model import load_cross_encoder, load_embedder
 from shared.ml.pipeline import FeedbackMemory, PipelineSpec, RankingModel, fuse
 from shared.ml.registry import Registry
 from shared.ml.report import html_report, text_report
-from shared.ml.retrieval import CatalogueIndex
+from shared.ml.retrieval import CatalogueIndex, VectorTable
 from shared.ml.train import TrainConfig, TrainResult, fine_tune
 from shared.ml.vectors import EmbeddingCache, StoredVectors
 from shared.settings import OFFLINE_BASE_MODEL, Settings, from_settings, setting
@@ -132,14 +132,14 @@ def index_for_pairs(resources: list[Resource], pairs: list[Pair], model: Ranking
     """BM25 over the whole catalogue (its statistics matter), embeddings only where pairs need them:
     read from `stored` where the reranker (or an earlier run) already embedded them."""
     index = CatalogueIndex(resources)
-    if model.embedder is not None and resources:
+    if model.embedder is not None and model.vectors_id is not None and resources:
         needed = sorted({index.position[p.resource_id] for p in pairs if p.resource_id in index.position})
-        cache = EmbeddingCache(model.embed_texts, embedder_identity(model.embedder), stored)
+        cache = EmbeddingCache(model.embed_texts, model.vectors_id, stored)
         vectors = cache([resources[i].text for i in needed]) if needed else None
         dim = vectors.shape[1] if vectors is not None else 1
-        index.embeddings = np.zeros((len(resources), dim), dtype=np.float32)
+        index.vectors = VectorTable(dim, len(resources), model.vectors_id)
         if vectors is not None:
-            index.embeddings[needed] = vectors
+            index.vectors.put(np.asarray(needed), vectors)
     return index
 
 

@@ -210,7 +210,7 @@ def quantize_onnx(source: Path, target: Path) -> Path:
     return target
 
 
-def _atomic(target: Path, build: Any) -> Path:
+def atomic_file(target: Path, build: Any) -> Path:
     """Build into a temporary name then rename: readers never see half a file."""
     if target.exists():
         return target
@@ -232,8 +232,8 @@ def load_onnx_cross_encoder(cross: CrossEncoder, folder: Path, backend: str, cac
     if cross.device.type != "cpu":
         raise ValueError("the ONNX backends run on CPU; on a GPU the torch backend uses fp16")
     cache = cache_dir / weights_fingerprint(folder)
-    fp32 = _atomic(cache / "model.onnx", lambda tmp: export_onnx(cross, tmp))
-    path = fp32 if backend == "onnx" else _atomic(cache / "model-int8.onnx",
+    fp32 = atomic_file(cache / "model.onnx", lambda tmp: export_onnx(cross, tmp))
+    path = fp32 if backend == "onnx" else atomic_file(cache / "model-int8.onnx",
                                                   lambda tmp: quantize_onnx(fp32, tmp))
     log.info("event=onnx_ready backend=%s path=%s", backend, path)
     return OnnxCrossEncoder(cross, path, backend, threads)
