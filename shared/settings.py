@@ -74,8 +74,8 @@ class Settings(BaseSettings):
     # Resource texts embedded, then written to the store, per round: the progress step, and the most
     # a replica stopped while embedding loses (vectors live in the store, shared/ml/vectors.py).
     embedding_chunk: int = Field(default=512, ge=1)
-    # The bi-encoder's runtime for resource and query vectors; auto: ONNX Runtime fp32 on a CPU (the
-    # same vectors as torch, faster), torch where the export fails. onnx-int8 stores other vectors.
+    # The bi-encoder's runtime for resource and query vectors; auto: ONNX Runtime int8 on a CPU (its
+    # own vectors, stored apart; the ranking holds), torch on a GPU or where the export fails.
     embedding_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
 
     # Catalogue updates: resources added or changed since the BM25 index was built are searched in a

@@ -32,8 +32,10 @@ from shared.events import (
     utcnow,
 )
 from shared.kafka import DeadLetters, make_group_consumer, make_producer, publish
+from shared.ml.backends import onnx_cache
 from shared.ml.candidate import index_for_pairs, summarise, train_candidate
 from shared.ml.dataset import build_pairs, not_enough_reason
+from shared.ml.embedder import load_encoder
 from shared.ml.pipeline import load_champion
 from shared.ml.registry import Registry
 from shared.ml.train import TrainConfig
@@ -170,6 +172,9 @@ class Trainer:
 
         def work():  # noqa: ANN202 - runs on a worker thread: CPU-bound
             champion = load_champion(self.settings, self.registry)
+            if champion.embedder is not None:  # the reranker's vectors: same runtime, same identity
+                champion.encoder = load_encoder(champion.embedder, self.settings.embedding_backend,
+                                                onnx_cache(self.settings), self.settings.torch_threads)
             index = index_for_pairs(resources, pairs, champion, stored)
             return train_candidate(
                 self.settings, pairs, index, champion, self.registry, config=config,

@@ -10,12 +10,15 @@ statistics, so it ranks among the others without rebuilding the matrix.
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import bm25s
 import numpy as np
 import Stemmer
+
+log = logging.getLogger(__name__)
 
 K1, B = 1.5, 0.75
 TOKENIZE_CHUNK = 20_000
@@ -72,6 +75,9 @@ class TokenRows:
             flat = np.fromiter(itertools.chain.from_iterable(chunk.ids), dtype=np.int32)
             parts.append(to_global[flat] if flat.size else flat)
             lengths.append(np.fromiter((len(row) for row in chunk.ids), dtype=np.int64, count=len(chunk.ids)))
+            if len(texts) > TOKENIZE_CHUNK:  # what a long start is doing, in the log
+                log.info("event=tokenized resources=%d of=%d", min(start + TOKENIZE_CHUNK, len(texts)),
+                         len(texts))
         offsets = np.zeros(len(texts) + 1, dtype=np.int64)
         if texts:
             np.cumsum(np.concatenate(lengths), out=offsets[1:])

@@ -221,7 +221,8 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
     # Every rated query is embedded once; the gate sees only what the training split taught.
     memory = FeedbackMemory.build(embedder, [(p.query, p.resource_id, p.label) for p in pairs])
     candidate = RankingModel(spec=spec, embedder=embedder, cross=cross,
-                             memory=memory.restricted_to({p.query for p in train}))
+                             memory=memory.restricted_to({p.query for p in train}),
+                             encoder=champion.encoder if embedder is champion.embedder else None)
     candidate.spec = candidate.spec.model_copy(
         update={"weights": choose_weights(champion, candidate, index, train, grid)})
     # Its cross-encoder scored even at weight 0: the notebook checks the saved one against it.

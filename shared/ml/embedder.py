@@ -42,9 +42,9 @@ class ExportUnsupported(ValueError):
 class _Pooled(torch.nn.Module):
     """Transformer, mean pooling over the attention mask, unit length: what `encode` computes."""
 
-    def __init__(self, transformer: torch.nn.Module, normalize: bool) -> None:
+    def __init__(self, transformer: torch.nn.Module) -> None:
         super().__init__()
-        self.transformer, self.normalize = transformer, normalize
+        self.transformer = transformer
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:
@@ -52,11 +52,12 @@ class _Pooled(torch.nn.Module):
                                   token_type_ids=token_type_ids).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+        return torch.nn.functional.normalize(pooled, dim=-1)
 
 
-def _modules(model: SentenceTransformer) -> tuple[torch.nn.Module, bool]:
-    """The transformer to export and whether the model normalises; refuses what the graph would change."""
+def _transformer(model: SentenceTransformer) -> torch.nn.Module:
+    """The transformer to export; refuses a model whose other modules the graph would not reproduce.
+    `embed` normalises whether or not the model ends with a Normalize, and so does the graph."""
     parts = list(model)
     names = [type(p).__name__ for p in parts]
     if names not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
@@ -66,13 +67,12 @@ def _modules(model: SentenceTransformer) -> tuple[torch.nn.Module, bool]:
         "mean" if getattr(pooling, "pooling_mode_mean_tokens", False) else None)
     if mode != "mean":
         raise ExportUnsupported(f"pooling {mode!r}: only mean pooling exports")
-    return parts[0].auto_model, len(parts) == 3
+    return parts[0].auto_model
 
 
 def export_embedder(model: SentenceTransformer, target: Path) -> Path:
     """fp32 graph: token ids, attention mask, token types in; unit sentence vectors out."""
-    transformer, normalize = _modules(model)
-    wrapped = _Pooled(transformer.eval(), normalize).eval()
+    wrapped = _Pooled(_transformer(model).eval()).eval()
     sample = _features(model, ["a", "a b c d e f g"])
     args = tuple(torch.from_numpy(sample[name]) for name in ("input_ids", "attention_mask", "token_type_ids"))
     axes = {n: {0: "batch", 1: "sequence"} for n in ("input_ids", "attention_mask", "token_type_ids")}
@@ -85,7 +85,7 @@ def export_embedder(model: SentenceTransformer, target: Path) -> Path:
 
 
 def _features(model: SentenceTransformer, texts: list[str]) -> dict[str, np.ndarray]:
-    features = model.tokenize(texts)
+    features = model.preprocess(texts)
     ids = features["input_ids"].numpy().astype(np.int64)
     types = features.get("token_type_ids")
     return {"input_ids": ids, "attention_mask": features["attention_mask"].numpy().astype(np.int64),
@@ -140,14 +140,16 @@ class Encoder:
 
 
 def load_encoder(model: SentenceTransformer, backend: str, cache_dir: Path, threads: int = 0) -> Encoder:
-    """The embedder on `backend` (`auto`: ONNX fp32 on a CPU); torch where ONNX cannot run, logged."""
+    """The embedder on `backend` (`auto`: ONNX int8 on a CPU); torch where ONNX cannot run, logged."""
     if backend not in EMBEDDING_BACKENDS:
         raise ValueError(f"unknown embedding backend {backend!r}; one of {EMBEDDING_BACKENDS}")
     if backend == "torch":
         return Encoder(model, "torch", reason="EDURANKER_EMBEDDING_BACKEND=torch")
     if model.device.type != "cpu":
         return Encoder(model, "torch", reason="GPU: torch")
-    wanted = "onnx" if backend == "auto" else backend
+    # auto: int8, whose vectors keep version 0's Cranfield nDCG@10 within 0.001 of fp32 and embed
+    # about twice as fast (bench/results/embedding.json).
+    wanted = "onnx-int8" if backend == "auto" else backend
     try:
         folder = cache_dir / embedder_identity(model)
         fp32 = atomic_file(folder / "embedder.onnx", lambda tmp: export_embedder(model, tmp))

@@ -24,6 +24,7 @@ from shared.kafka import ensure_topics
 from shared.localstack import wait_for
 from shared.ml.candidate import index_for_pairs
 from shared.ml.dataset import Pair
+from shared.ml.embedder import load_encoder
 from shared.ml.model import embed, embedder_identity, load_embedder
 from shared.ml.pipeline import RankingModel, version_zero
 from shared.ml.vectors import EmbeddingCache, StoredVectors
@@ -53,6 +54,30 @@ def test_identity_follows_the_weights_and_the_length_not_the_folder(tiny_model: 
     assert embedder_identity(other) != embedder_identity(one)
     again.max_seq_length = 32  # truncated otherwise: other vectors
     assert embedder_identity(again) != embedder_identity(one)
+
+
+def test_onnx_encoder_gives_torchs_vectors_in_fp32_and_stores_int8_apart(
+        tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    embedder = load_embedder(str(tiny_model), 64, "cpu")
+    texts = TEXTS[:40] + ["a", "photosynthesis " * 200]  # very short, and cut at max_length
+    reference = embed(embedder, texts)
+    fp32 = load_encoder(embedder, "onnx", tmp_path)
+    assert fp32.backend == "onnx" and fp32.identity == embedder_identity(embedder)
+    assert np.allclose(fp32(texts), reference, atol=1e-5)
+    int8 = load_encoder(embedder, "onnx-int8", tmp_path)
+    assert int8.backend == "onnx-int8" and int8.identity == embedder_identity(embedder) + "-int8"
+    vectors = int8(texts)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert float((vectors * reference).sum(axis=1).min()) > 0.9  # close, not the same: stored apart
+    assert load_encoder(embedder, "auto", tmp_path).backend == "onnx-int8"
+    assert load_encoder(embedder, "torch", tmp_path).backend == "torch"
+
+    # A model the graph would not reproduce (CLS pooling) embeds with torch, and says why.
+    embedder[1].pooling_mode = "cls"
+    caplog.set_level(logging.WARNING, logger="shared.ml.embedder")
+    fallback = load_encoder(embedder, "onnx", tmp_path / "cls")
+    assert fallback.backend == "torch" and "pooling" in fallback.reason
+    assert any("event=embedder_onnx_unavailable" in m for m in caplog.messages)
 
 
 async def test_cache_reads_stored_vectors_and_embeds_only_what_is_missing(
