@@ -144,11 +144,13 @@ class BM25Matrix:
 
     def scores(self, terms: np.ndarray) -> np.ndarray:
         """Every indexed document's BM25 for the query's term ids (repeats count again, as in bm25s)."""
-        out = np.zeros(self.n_docs, dtype=np.float32)
-        for term in terms[terms < len(self.indptr) - 1]:
-            start, end = self.indptr[term], self.indptr[term + 1]
-            np.add.at(out, self.docs[start:end], self.data[start:end])
-        return out
+        terms = terms[terms < len(self.indptr) - 1]
+        if not terms.size:
+            return np.zeros(self.n_docs, dtype=np.float32)
+        spans = [slice(self.indptr[t], self.indptr[t + 1]) for t in terms]
+        docs = np.concatenate([self.docs[span] for span in spans])
+        data = np.concatenate([self.data[span] for span in spans])
+        return np.bincount(docs, weights=data, minlength=self.n_docs).astype(np.float32)
 
     def score_rows(self, rows: TokenRows, pairs: RowTerms, terms: np.ndarray) -> np.ndarray:
         """Rows indexed later (`pairs` are theirs), scored with this matrix's statistics; a term it
