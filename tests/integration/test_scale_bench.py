@@ -15,7 +15,8 @@ def test_scale_benchmark_runs_end_to_end_on_tiny_sizes(tiny_model: Path, tmp_pat
     out = tmp_path / "scale.json"
     done = subprocess.run(
         [sys.executable, "bench/scale.py", "--sizes", "150", "400", "--embed-up-to", "150",
-         "--searches", "10", "--updates", "1", "--launcher", "200", "--launcher-watch-s", "1", "--throughput-texts", "16",
+         "--searches", "10", "--updates", "1", "--launcher", "200", "--launcher-watch-s", "1",
+         "--throughput-texts", "16",
          "--base-model", str(tiny_model), "--out", str(out)],
         cwd=ROOT, env={**os.environ, **tiny_env(tiny_model)}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
