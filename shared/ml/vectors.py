@@ -230,9 +230,11 @@ class VectorFiller:
         missing = self._missing(index)
         if not missing.size:
             return False
-        if not self._bulk_read:  # one read for everything missing at start: the usual restart
+        if not self._bulk_read:  # everything missing read at start, a chunk of keys at a time: a restart
             self._bulk_read = True
-            self._place(index, missing, {}, from_store=True)
+            for start in range(0, missing.size, READ_CHUNK):
+                self._place(index, missing[start:start + READ_CHUNK], {}, from_store=True)
+                self._missing(index)
             return True
         longest = missing[np.argsort([-len(index.resources[p].text) for p in missing], kind="stable")]
         chunk = longest[:self.chunk]
@@ -287,8 +289,7 @@ class VectorFiller:
             return {}
         found: dict[str, np.ndarray] = {}
         try:
-            for start in range(0, len(keys), READ_CHUNK):
-                found |= self.stored.get(self.model_id, keys[start:start + READ_CHUNK])
+            found = self.stored.get(self.model_id, keys)
         except StoreUnavailableError as exc:  # embedded here instead: slower, still served
             log.warning("event=vectors_read_failed model=%s error=%s", self.model_id, exc)
         return found
