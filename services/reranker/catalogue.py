@@ -19,8 +19,10 @@ from shared.store import Resource, Store
 log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-OVERLAP = timedelta(seconds=30)
-"""How far back each read starts before the previous one began: longer than a write takes to commit."""
+OVERLAP = timedelta(seconds=10)
+"""How far back each read starts before the previous one began: longer than a write takes to commit
+(and than the writers' clocks differ). Short, because what it re-reads is compared again: a whole
+catalogue loaded just before a start is re-read once by the first update."""
 
 
 class CatalogueFollower:

@@ -88,6 +88,7 @@ class ModelHolder:
         self._fillers: dict[str, VectorFiller] = {}
         self._pending: dict[str, CatalogueIndex] = {}
         """Indexes of versions being built, by vector identity: filled before they serve."""
+        self._fillers_lock = threading.Lock()
         self._swap_lock = threading.Lock()
         """Held to replace the served indexes, and by fillers to put vectors into them."""
         self._reload_lock = asyncio.Lock()
@@ -203,6 +204,10 @@ class ModelHolder:
 
     def _fill_in_background(self) -> None:
         """A filler for each vector identity served, woken; the others stopped."""
+        with self._fillers_lock:
+            self._start_fillers()
+
+    def _start_fillers(self) -> None:
         state = self._state
         if state is None:
             return

@@ -8,6 +8,7 @@ state between "ready" and "every vector in" for as long as it needs, instead of 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,9 +22,10 @@ from shared.broker import EmbeddedBroker, free_port
 from shared.catalogue import load_catalogue
 from shared.kafka import ensure_topics
 from shared.localstack import wait_for
-from shared.ml.pipeline import RankingModel
+from shared.ml.pipeline import RankingModel, version_zero
+from shared.ml.registry import Registry
 from shared.settings import Settings
-from tests.conftest import SAMPLE_CATALOGUE
+from tests.conftest import SAMPLE_CATALOGUE, build_tiny_bert
 from tests.integration.served import Served
 
 SEARCH = "/api/reranking/search-with-reranking"
@@ -127,3 +129,35 @@ def test_a_new_resource_is_found_at_once_from_the_delta_then_merged_in_the_backg
         wait_for(lambda: info(served.url)["embedding"]["complete"], 60, 0.2, "the new vectors in")
         assert info(served.url)["embedding"]["resources"] == 352
         assert "dense" in search(served.url, "oenology")[0]["scores"]
+
+
+def test_a_version_with_another_embedder_serves_only_once_its_vectors_are_all_in(
+        tiny_model: Path, tmp_path: Path, broker: EmbeddedBroker, gate: threading.Event,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="services.reranker.serving")
+    other = build_tiny_bert(tmp_path / "other-bi-encoder")  # same shape, other weights: other vectors
+    settings = settings_for(tmp_path, tiny_model, broker)
+    ensure_topics(settings)
+    asyncio.run(load_catalogue(settings.store_url, SAMPLE_CATALOGUE))
+    gate.set()
+    with Served(create_app(settings), settings.reranker_port, "reranker") as served:
+        wait_for(lambda: info(served.url)["embedding"]["complete"], 120, 0.2, "version 0's vectors")
+        first = info(served.url)["embedding"]["model_id"]
+        gate.clear()  # the new embedder's texts wait: the promoted version cannot be complete yet
+        spec = version_zero(settings).model_copy(update={"version": "v0001", "embedding_model": str(other)})
+        registry = Registry(settings.model_dir).ensure()
+        registry.write_version("v0001", spec.save)
+        registry.set_champion("v0001")
+        # The watcher loads it and embeds the catalogue with the new model; meanwhile version 0 serves.
+        wait_for(lambda: any("event=embedding_new_model" in m for m in caplog.messages), 60, 0.1,
+                 "the new version's vectors under way")
+        serving = info(served.url)
+        assert serving["version"] == "v0" and serving["embedding"]["model_id"] == first
+        assert search(served.url, "photosynthesis in plants")[0]["scores"].get("dense") is not None
+        gate.set()
+        switched = wait_for(lambda: (i := info(served.url))["version"] == "v0001" and i, 120, 0.2,
+                            "the new version served")
+        progress = switched["embedding"]
+        assert progress["model_id"] != first and progress["complete"] and progress["embedded"] == 350
+        assert progress["encoded"] == 350  # every text once with the new model, before it served
+        assert "dense" in search(served.url, "photosynthesis in plants")[0]["scores"]
