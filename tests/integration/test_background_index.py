@@ -134,7 +134,7 @@ def test_a_new_resource_is_found_at_once_from_the_delta_then_merged_in_the_backg
 def test_a_version_with_another_embedder_serves_only_once_its_vectors_are_all_in(
         tiny_model: Path, tmp_path: Path, broker: EmbeddedBroker, gate: threading.Event,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="services.reranker.serving")
+    caplog.set_level(logging.INFO, logger="services.reranker.indexes")
     other = build_tiny_bert(tmp_path / "other-bi-encoder")  # same shape, other weights: other vectors
     settings = settings_for(tmp_path, tiny_model, broker)
     ensure_topics(settings)
