@@ -98,6 +98,15 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.limit:
             await self.refuse(scope, receive, send)
             return
+        encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+        has_body = (length is not None and length != b"0") or b"transfer-encoding" in headers
+        if has_body and encoding not in ("", "identity"):
+            # The services read bodies as sent; a compressed one would otherwise be refused as
+            # "not UTF-8", which points the client at the wrong fix.
+            await JSONResponse({"detail": f"the body must not be compressed (Content-Encoding: "
+                                          f"{encoding[:40]}): send it uncompressed, as UTF-8 JSON"},
+                               status_code=415)(scope, receive, send)
+            return
         json_body = is_json(headers.get(b"content-type", b"").decode("latin-1"))
         if length is not None and not json_body:
             await self.app(scope, receive, send)  # the server delivers exactly `length` bytes

@@ -12,6 +12,7 @@ OpenAPI schema to generate requests from; `test_aggregator.py` covers those page
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,6 +118,12 @@ HOSTILE: list[tuple[bytes, str, int | None, str | None]] = [
     (b'{"epochs": -9223372036854775809, "learning_rate": 1e-400, "seed": 1e18}', JSON, None, None),
     (b'{"seed": 4294967296}', JSON, None, None),  # accepted, it failed the run later (numpy's limit)
 ]
+# Bodies sent with other headers: (body, headers, status, what the detail must say)
+HOSTILE_HEADERS: list[tuple[bytes, dict[str, str], int, str]] = [
+    (gzip.compress(b'{"query_text": "x"}'), {"Content-Type": JSON, "Content-Encoding": "gzip"}, 415,
+     "must not be compressed"),
+    (b'{"query_text": "x"}', {"Content-Type": JSON, "Content-Encoding": "br"}, 415, "must not be compressed"),
+]
 
 
 def body_routes(base_url: str) -> list[tuple[str, str]]:
@@ -146,4 +153,8 @@ def test_unusual_json_and_other_content_types_get_a_4xx_that_says_why(urls: dict
                     failures.append(f"{method} {path} {body[:60]!r}: {answer.status_code}, not {status}")
                 elif says is not None and says not in str(detail):
                     failures.append(f"{method} {path} {body[:60]!r}: {detail!r} does not say {says!r}")
+            for body, headers, status, says in HOSTILE_HEADERS:
+                answer = client.request(method, path, content=body, headers=headers)
+                if answer.status_code != status or says not in answer.text:
+                    failures.append(f"{method} {path} {headers}: {answer.status_code} {answer.text[:200]}")
     assert not failures, "\n".join(failures)

@@ -27,6 +27,7 @@ from shared.events import utcnow as now
 from shared.kafka import make_broadcast_consumer, make_producer, parse, publish
 from shared.localstack import LocalStack, wait_for
 from shared.ml.registry import Registry
+from shared.ml.report import moved
 from shared.store import Feedback, Inference, Resource, ShownResult, open_store
 from tests.conftest import tiny_env
 
@@ -231,8 +232,10 @@ def test_a_request_trains_records_reports_and_announces_a_version(stack: LocalSt
     assert meta["code"]["eduranker"] and meta["versions"]["torch"] and meta["durations"]["train_s"] > 0
     assert set(meta["metrics"]) == {"champion", "bm25", "candidate"}
     report = (folder / "report.html").read_text()
-    for caption in ("Loss curve", "ROC", "Confusion matrix", "Score distributions", "Before / after"):
+    for caption in ("Loss curve", "ROC", "Confusion matrix", "Score distributions"):
         assert f"<figcaption>{caption}" in report, caption
+    # The before/after bars only when a validation metric moved (a run can tie its champion).
+    assert ("<figcaption>Before / after" in report) == moved(meta)
     assert report.count("src='data:image/png;base64,") >= 5 and "<th>gain</th>" in report
     assert "decision: promoted" in (folder / "training_report.txt").read_text()
 
