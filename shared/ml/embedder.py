@@ -22,9 +22,9 @@ from sentence_transformers import SentenceTransformer
 from shared.ml.model import (
     ONNX_OPSET,
     atomic_file,
-    available_cores,
     embed,
     embedder_identity,
+    onnx_session,
     quantize_onnx,
 )
 
@@ -96,15 +96,7 @@ class OnnxEmbedder:
     """Embeds texts with ONNX Runtime; the SentenceTransformer only tokenizes."""
 
     def __init__(self, model: SentenceTransformer, path: Path, backend: str, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cores()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads)
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.model, self.path, self.backend = model, path, backend
 

@@ -136,19 +136,24 @@ def load_embedder(name_or_path: str, max_length: int = 128, device: str = "auto"
     return model
 
 
+def onnx_session(path: Path, threads: int = 0) -> Any:
+    """An ONNX Runtime session on the CPU: every core for intra-op work, one graph at a time."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or available_cores()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxCrossEncoder:
     """A cross-encoder run by ONNX Runtime; tokenization is the torch model's own `preprocess`."""
 
     def __init__(self, cross: CrossEncoder, path: Path, backend: str, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cores()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.cross = cross
         self.path = path

@@ -66,6 +66,23 @@ class StoredVectors:
     def put(self, model_id: str, vectors: dict[str, np.ndarray]) -> None:
         self._wait(self.store.put_vectors(model_id, vectors))
 
+    def read(self, model_id: str, keys: list[str]) -> dict[str, np.ndarray]:
+        """`get`, or nothing when the store does not answer: the texts are embedded here instead,
+        slower, still served."""
+        try:
+            return self.get(model_id, keys) if keys else {}
+        except StoreUnavailableError as exc:
+            log.warning("event=vectors_read_failed model=%s error=%s", model_id, exc)
+            return {}
+
+    def write(self, model_id: str, vectors: dict[str, np.ndarray]) -> None:
+        """`put`, or a warning when the store does not answer: the vectors are used all the same,
+        and the next start embeds them again."""
+        try:
+            self.put(model_id, vectors)
+        except StoreUnavailableError as exc:
+            log.warning("event=vectors_write_failed model=%s count=%d error=%s", model_id, len(vectors), exc)
+
 
 @dataclass
 class EmbeddingProgress:
@@ -117,7 +134,8 @@ class EmbeddingCache:
         for start in range(0, len(missing), self.chunk):
             chunk = missing[start:start + self.chunk]
             fresh = dict(zip(chunk, self.encode([by_key[k] for k in chunk]), strict=True))
-            self._write(fresh)
+            if self.stored is not None:
+                self.stored.write(self.model_id, fresh)
             self.vectors.update(fresh)
             self.progress.encoded += len(fresh)
             metrics.EMBEDDING_TEXTS.labels("model").inc(len(fresh))
@@ -132,24 +150,11 @@ class EmbeddingCache:
     def _read(self, keys: list[str]) -> int:
         if not keys or self.stored is None:
             return 0
-        try:
-            found = self.stored.get(self.model_id, keys)
-        except StoreUnavailableError as exc:  # the texts are embedded here instead: slower, still served
-            log.warning("event=vectors_read_failed model=%s error=%s", self.model_id, exc)
-            return 0
+        found = self.stored.read(self.model_id, keys)
         self.vectors.update(found)
         self.progress.from_store += len(found)
         metrics.EMBEDDING_TEXTS.labels("store").inc(len(found))
         return len(found)
-
-    def _write(self, vectors: dict[str, np.ndarray]) -> None:
-        if self.stored is None:
-            return
-        try:
-            self.stored.put(self.model_id, vectors)
-        except StoreUnavailableError as exc:  # kept in memory; the next start embeds them again
-            log.warning("event=vectors_write_failed model=%s count=%d error=%s", self.model_id,
-                        len(vectors), exc)
 
     def _report(self, total: int, embedded: int) -> None:
         self.progress.total, self.progress.embedded = total, embedded
@@ -244,7 +249,8 @@ class VectorFiller:
             texts = [index.resources[p].text for p in todo]
             encoded = self.encode(texts)
             fresh = {text_hash(t): v for t, v in zip(texts, encoded, strict=True)}
-            self._write(fresh)
+            if self.stored is not None:
+                self.stored.write(self.model_id, fresh)
             self.progress.encoded += len(fresh)
             metrics.EMBEDDING_TEXTS.labels("model").inc(len(fresh))
             self._place(index, np.asarray(todo), fresh, from_store=False)
@@ -260,7 +266,7 @@ class VectorFiller:
         texts = {int(p): index.resources[p].text for p in positions}
         keys = {p: text_hash(t) for p, t in texts.items()}
         if from_store:
-            vectors = self._read(list(set(keys.values())))
+            vectors = self.stored.read(self.model_id, list(set(keys.values()))) if self.stored else {}
         placed: set[int] = set()
         if not vectors:
             return placed
@@ -283,25 +289,6 @@ class VectorFiller:
             self.progress.from_store += len(placed)
             metrics.EMBEDDING_TEXTS.labels("store").inc(len(placed))
         return placed
-
-    def _read(self, keys: list[str]) -> dict[str, np.ndarray]:
-        if not keys or self.stored is None:
-            return {}
-        found: dict[str, np.ndarray] = {}
-        try:
-            found = self.stored.get(self.model_id, keys)
-        except StoreUnavailableError as exc:  # embedded here instead: slower, still served
-            log.warning("event=vectors_read_failed model=%s error=%s", self.model_id, exc)
-        return found
-
-    def _write(self, vectors: dict[str, np.ndarray]) -> None:
-        if self.stored is None:
-            return
-        try:
-            self.stored.put(self.model_id, vectors)
-        except StoreUnavailableError as exc:  # kept in memory; the next start embeds them again
-            log.warning("event=vectors_write_failed model=%s count=%d error=%s", self.model_id,
-                        len(vectors), exc)
 
     def _report(self, total: int, embedded: int) -> None:
         self.progress.total, self.progress.embedded = total, embedded
