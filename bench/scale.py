@@ -169,8 +169,9 @@ def embedding(url: str) -> dict:
 
 def one_size(size: int, args: argparse.Namespace, env: dict[str, str], vectors_id: str, dim: int) -> dict:
     embedded = size <= args.embed_up_to
-    result: dict = {"resources": size, "vectors": "embedded by the reranker" if embedded else
-                    "generated (random unit vectors under the served embedder's identity)"}
+    how = ("embedded by the reranker" if embedded
+           else "generated (random unit vectors under the served identity)")
+    result: dict = {"resources": size, "load_average_at_start": os.getloadavg(), "vectors": how}
     with tempfile.TemporaryDirectory(prefix=f"scale-{size}-") as tmp, \
             LocalStack(Path(tmp), env=dict(env)) as stack:
         stack.start_broker()
@@ -262,16 +263,24 @@ def main() -> int:
     parser.add_argument("--throughput-texts", type=int, default=512)
     parser.add_argument("--base-model", default=os.environ.get("EDURANKER_BASE_MODEL", OFFLINE_BASE_MODEL))
     parser.add_argument("--out", type=Path, default=RESULTS / "scale.json")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other sizes already in --out (rerun one size alone)")
     args = parser.parse_args()
     configure_torch_threads()
+    # The embedder's ONNX graph is exported once per model and kept, like the vectors: every start
+    # here reads the one the throughput run exported (a replica's is on the registry's volume).
+    cache = Path(os.environ.get("EDURANKER_ONNX_CACHE_DIR", ROOT / "var" / "onnx-cache")).resolve()
     env = {"EDURANKER_BASE_MODEL": args.base_model, "EDURANKER_EMBEDDING_MODEL": args.base_model,
-           "HF_HUB_OFFLINE": "1"}
-    settings = Settings(base_model=args.base_model, embedding_model=args.base_model)
+           "EDURANKER_ONNX_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1"}
+    settings = Settings(base_model=args.base_model, embedding_model=args.base_model, onnx_cache_dir=cache)
     embedder = load_embedder(args.base_model, settings.max_length, "cpu")
     encoder = load_encoder(embedder, settings.embedding_backend, onnx_cache(settings))
     dim = int(embedder.get_embedding_dimension() or 384)
-    result: dict = {"load_average_before": os.getloadavg(), "cores": len(os.sched_getaffinity(0)),
-                    "model": args.base_model, "embedding_backend": encoder.backend, "sizes": {}}
+    result: dict = {"sizes": {}}
+    if args.merge and args.out.exists():
+        result = json.loads(args.out.read_text())
+    result |= {"load_average_before": os.getloadavg(), "cores": len(os.sched_getaffinity(0)),
+               "model": args.base_model, "embedding_backend": encoder.backend}
     texts = [f"{r['title']}. {r['description']}" for r in synthetic_resources(args.throughput_texts, seed=7)]
     backends = (encoder.backend,) if encoder.backend != "torch" else ()
     result["embedding_throughput"] = throughput(texts, args.base_model, onnx_cache(settings), backends)

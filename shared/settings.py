@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     torch_threads: int = 0  # 0: every core this process may use
     # Resource texts embedded, then written to the store, per round: the progress step, and the most
     # a replica stopped while embedding loses (vectors live in the store, shared/ml/vectors.py).
-    embedding_chunk: int = Field(default=512, ge=1)
+    embedding_chunk: int = Field(default=128, ge=1)
     # The bi-encoder's runtime for resource and query vectors; auto: ONNX Runtime int8 on a CPU (its
     # own vectors, stored apart; the ranking holds), torch on a GPU or where the export fails.
     embedding_backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"

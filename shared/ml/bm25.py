@@ -170,5 +170,22 @@ class BM25Matrix:
         np.add.at(out, docs, part.astype(np.float32))
         return out
 
+    def score_tokens(self, rows: list[np.ndarray], terms: np.ndarray) -> np.ndarray:
+        """BM25 of a few documents given their token ids (indexed or added later alike), the same
+        as `scores` at their positions: a candidate's score costs its length, not the postings'."""
+        out = np.zeros(len(rows), dtype=np.float32)
+        terms = terms[terms >= 0]
+        if not terms.size:
+            return out
+        wanted = np.bincount(terms)
+        present = np.flatnonzero(wanted)
+        df = np.where(present < len(self.df), self.df[np.minimum(present, len(self.df) - 1)], 0)
+        idf = self._idf(np.maximum(df, 1)) * wanted[present]
+        for i, row in enumerate(rows):
+            if row.size:
+                tf = np.bincount(row, minlength=wanted.size)[present].astype(np.float32)
+                out[i] = float((idf * self._tfc(tf, np.float32(row.size))).sum())
+        return out
+
     def nbytes(self) -> int:
         return self.docs.nbytes + self.data.nbytes + self.indptr.nbytes + self.df.nbytes + self.idf.nbytes

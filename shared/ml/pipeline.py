@@ -21,7 +21,7 @@ from shared.events import utcnow
 from shared.ml.embedder import Encoder
 from shared.ml.model import cross_scores, embed, embedder_identity, load_cross_encoder, load_embedder
 from shared.ml.registry import Registry
-from shared.ml.retrieval import CatalogueIndex
+from shared.ml.retrieval import CatalogueIndex, tokenize
 from shared.settings import Settings
 
 SPEC_FILE = "pipeline.json"
@@ -257,7 +257,7 @@ class RankingModel:
         positions = np.asarray(positions, dtype=np.int64)
         reuse = reuse or {}
         scores: dict[str, np.ndarray] = {
-            "bm25": bm25 if bm25 is not None else index.bm25_all(query)[positions]
+            "bm25": bm25 if bm25 is not None else index.bm25_at(tokenize([query])[0], positions)
         }
         weights = self.spec.weights
         query_vector = reuse["query_vector"] if "query_vector" in reuse else self.query_vector(query)
@@ -294,7 +294,7 @@ class RankingModel:
         best = positions[np.argsort(-fuse(scores, first), kind="stable")[: spec.prf_docs]]
         out = {}
         if weights.get("bm25_prf"):
-            out["bm25_prf"] = index.bm25_terms(index.expansion_terms(best, query, spec.prf_terms))[positions]
+            out["bm25_prf"] = index.bm25_at(index.expansion_terms(best, query, spec.prf_terms), positions)
         if weights.get("dense_prf") and query_vector is not None and index.has_vectors:
             rows, have = index.vectors_of(best)  # the best that have a vector yet
             expanded = query_vector + spec.prf_beta * rows[have].mean(axis=0) if have.any() else query_vector

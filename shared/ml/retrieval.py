@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections import Counter
+from collections import ChainMap, Counter
 
 import numpy as np
 
@@ -28,6 +28,9 @@ class VectorTable:
     """
 
     def __init__(self, dim: int, capacity: int = 0, model_id: str = "") -> None:
+        """Room for `capacity` vectors and a few percent more, so that the first additions to the
+        catalogue do not copy the table."""
+        capacity += capacity // 20 + 64 if capacity else 0
         self.dim, self.model_id = dim, model_id
         """`model_id`: the embedder identity the vectors come from."""
         self.matrix = np.zeros((capacity, dim), dtype=np.float16)
@@ -82,7 +85,8 @@ class CatalogueIndex:
     def __init__(self, resources: list[Resource], embeddings: np.ndarray | None = None,
                  vectors: VectorTable | None = None) -> None:
         self.resources = list(resources)
-        self.position = {r.id: i for i, r in enumerate(self.resources)}
+        self.position: ChainMap[str, int] = ChainMap({}, {r.id: i for i, r in enumerate(self.resources)})
+        """Resource id -> live position: the delta's entries over the base's (shared by snapshots)."""
         self.vocabulary = Vocabulary()
         self.rows = TokenRows.of([r.text for r in self.resources], self.vocabulary)
         # bm25s-style: texts that are all stop words ("the", "0") all score 0.
@@ -127,7 +131,7 @@ class CatalogueIndex:
             return self
         new = copy.copy(self)
         new.resources = [*self.resources, *fresh]
-        new.position = dict(self.position)
+        new.position = ChainMap(dict(self.position.maps[0]), self.position.maps[1])
         new.live = np.concatenate([self.live, np.ones(len(fresh), dtype=bool)])
         for offset, resource in enumerate(fresh):
             old = new.position.get(resource.id)
@@ -139,7 +143,7 @@ class CatalogueIndex:
         new.delta = TokenRows(np.concatenate([self.delta.ids, added.ids]), offsets)
         new.delta_terms = RowTerms.of(new.delta)
         if new.vectors is not None:
-            new.vectors.reserve(len(new.resources))
+            new.vectors.reserve(len(new.resources))  # grows by a quarter at a time
         return new
 
     def delta_size(self) -> int:
@@ -159,6 +163,17 @@ class CatalogueIndex:
         if self.delta_size():
             out[self.base_size:] = self.matrix.score_rows(self.delta, self.delta_terms, ids)
         out[~self.live] = 0.0
+        return out
+
+    def bm25_at(self, terms: list[str], positions: np.ndarray) -> np.ndarray:
+        """`bm25_terms(terms)[positions]`, computed from these resources' own tokens: what
+        pseudo-relevance feedback asks of its candidates without scoring the whole catalogue."""
+        out = np.zeros(len(positions), dtype=np.float32)
+        ids = self.vocabulary.known(terms)
+        if self.matrix is None or not ids.size or not len(positions):
+            return out
+        out[:] = self.matrix.score_tokens([self.tokens_of(int(p)) for p in positions], ids)
+        out[~self.live[np.asarray(positions, dtype=np.int64)]] = 0.0
         return out
 
     def tokens_of(self, position: int) -> np.ndarray:

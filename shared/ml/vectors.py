@@ -182,6 +182,7 @@ class VectorFiller:
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self._bulk_read = False
+        self._order: tuple[CatalogueIndex, np.ndarray] | None = None
         self.publish = False
         """Whether its progress is the served champion's, shown by the metrics."""
 
@@ -241,8 +242,7 @@ class VectorFiller:
                 self._place(index, missing[start:start + READ_CHUNK], {}, from_store=True)
                 self._missing(index)
             return True
-        longest = missing[np.argsort([-len(index.resources[p].text) for p in missing], kind="stable")]
-        chunk = longest[:self.chunk]
+        chunk = self._longest_first(index, missing)[:self.chunk]
         found = self._place(index, chunk, {}, from_store=True)
         todo = [p for p in chunk if p not in found]
         if todo:
@@ -258,6 +258,17 @@ class VectorFiller:
         log.info("event=embedding_progress model=%s embedded=%d of=%d", self.model_id,
                  self.progress.embedded, self.progress.total)
         return True
+
+    def _longest_first(self, index: CatalogueIndex, missing: np.ndarray) -> np.ndarray:
+        """The missing positions, longest text first: sorted once per index snapshot, not per round."""
+        if self._order is None or self._order[0] is not index:
+            lengths = np.fromiter((len(index.resources[p].description) for p in missing), dtype=np.int64,
+                                  count=missing.size)
+            self._order = (index, missing[np.argsort(-lengths, kind="stable")])
+        order = self._order[1]
+        wanted = np.zeros(len(index), dtype=bool)
+        wanted[missing] = True
+        return order[wanted[order]]
 
     def _place(self, index: CatalogueIndex, positions: np.ndarray, vectors: dict[str, np.ndarray],
                from_store: bool) -> set[int]:

@@ -83,6 +83,7 @@ CREATE INDEX IF NOT EXISTS inferences_experiment ON inferences(experiment_id)
 CREATE INDEX IF NOT EXISTS feedback_experiment ON feedback(experiment_id)
     WHERE experiment_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS resources_updated ON resources(updated_at);
+CREATE INDEX IF NOT EXISTS resources_seq ON resources(seq);
 """
 
 
