@@ -102,7 +102,7 @@ def candidates() -> dict[str, tuple]:
             return index
 
         def usearch_search(index: object, query: np.ndarray) -> np.ndarray:
-            return np.asarray(index.search(query, K).keys)  # type: ignore[attr-defined]
+            return np.asarray(index.search(query[0], K).keys)[None, :]  # type: ignore[attr-defined]
 
         def usearch_size(index: object) -> int:
             return int(index.memory_usage)  # type: ignore[attr-defined]
