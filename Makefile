@@ -28,14 +28,14 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 run: install
-	$(BIN)/python -m shared.cli run
+	$(BIN)/python -m tools.cli run
 
 # `make run` plus Prometheus on http://127.0.0.1:$(PROMETHEUS_PORT), with deploy/prometheus's jobs
 # and alerts (docs/monitoring.md). Prometheus is not installed for you: apt-get install prometheus.
 PROMETHEUS      ?= prometheus
 PROMETHEUS_PORT ?= 9090
 monitor: install
-	$(BIN)/python -m shared.cli run --monitor --prometheus $(PROMETHEUS) --prometheus-port $(PROMETHEUS_PORT)
+	$(BIN)/python -m tools.cli run --monitor --prometheus $(PROMETHEUS) --prometheus-port $(PROMETHEUS_PORT)
 
 test: install
 	$(BIN)/python -m pytest -q

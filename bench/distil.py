@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from quality import DEFAULT_DATASET, Collection, Users  # noqa: E402
 
-from shared.catalogue import read_catalogue  # noqa: E402
 from shared.ml.evaluate import ndcg_at  # noqa: E402
 from shared.ml.model import configure_torch_threads, embed, load_cross_encoder, load_embedder  # noqa: E402
 from shared.ml.pipeline import fuse, version_zero  # noqa: E402
 from shared.ml.retrieval import CatalogueIndex  # noqa: E402
 from shared.settings import OFFLINE_BASE_MODEL, get_settings  # noqa: E402
+from tools.catalogue import read_catalogue  # noqa: E402
 
 
 def main() -> None:

@@ -31,8 +31,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.localstack import LocalStack  # noqa: E402
 from shared.store import Inference, ShownResult, open_store  # noqa: E402
+from tools.localstack import LocalStack  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "feedback.json"
 SHOWN = 10

@@ -29,8 +29,9 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES, read_queries  # noqa: E402
-from shared.localstack import SERVICES, LocalStack, offline_defaults  # noqa: E402
+from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES  # noqa: E402
+from tools.collection import read_queries  # noqa: E402
+from tools.localstack import SERVICES, LocalStack, offline_defaults  # noqa: E402
 
 SEARCH = "/api/reranking/search-with-reranking"
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.start(catalogue=SAMPLE_CATALOGUE)
             urls = {name: stack.url(name) for name in SERVICES}
         processes = service_processes(urls)
-        queries = [text for _, text in read_queries(SAMPLE_QUERIES)]
+        queries = list(read_queries(SAMPLE_QUERIES).values())
         warm = Load(urls["reranker"], urls["collector"], queries, seconds=min(3.0, args.duration))
         warm.run(1)  # first requests load lazily built parts; not measured
         rss_start = rss_mb(processes)

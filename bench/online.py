@@ -9,7 +9,8 @@ Two stacks per seed (embedded broker, SQLite, the four services, the corpus as c
   people like more (their attention read into the judgments); nDCG@10's verdict is kept
   beside it. The impressions the services logged are then replayed, resampled, to compare
   the impressions interleaving needs to decide with what an A/B test on likes per search
-  needs at the same error rate.
+  needs, both judged by the product's rule at the same error rate, with the product's minimum
+  of impressions and without (bench/online_summary.py sums them up).
   Then safety: a challenger trained on flipped labels must be retired by users, and a
   degraded champion promoted by an operator must be rolled back by them.
 - **loop**: a stream of searches where queries repeat as real traffic does (Zipf popularity,
@@ -39,11 +40,13 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.online_summary import aggregate  # noqa: E402
 from bench.quality import Collection, start_harness  # noqa: E402
 from bench.simulate import (  # noqa: E402
     Impression,
     People,
     Stream,
+    ab_normal_run,
     ab_run,
     expected_likes,
     fixed_horizon,
@@ -51,12 +54,12 @@ from bench.simulate import (  # noqa: E402
     ndcg10,
     summary,
 )
-from shared.localstack import LocalStack, wait_for  # noqa: E402
 from shared.ml.pipeline import PipelineSpec, version_zero  # noqa: E402
 from shared.ml.registry import Registry  # noqa: E402
 from shared.sequential import SequentialTest  # noqa: E402
 from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
 from shared.store import ModelVersion, open_store  # noqa: E402
+from tools.localstack import LocalStack, wait_for  # noqa: E402
 
 log = logging.getLogger("online")
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
@@ -145,7 +148,8 @@ class Site:
                                   shown=tuple(r.resource_id for r in inference.results),
                                   teams=tuple(r.team or "" for r in inference.results),
                                   champion=tuple(record.champion_ranking),
-                                  challenger=tuple(record.challenger_ranking)))
+                                  challenger=tuple(record.challenger_ranking),
+                                  shares=tuple(r.share for r in inference.results)))
         return out
 
     def add_version(self, spec: PipelineSpec) -> PipelineSpec:
@@ -188,28 +192,47 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def compare(site: Site, name: str, experiment: dict, args: argparse.Namespace, seed: int) -> dict:
-    """The real experiment's outcome, then interleaving against A/B on its replayed impressions."""
+    """The real experiment's outcome, then interleaving against A/B on its replayed impressions.
+
+    Both replays use the product's rule (testing by betting, `shared/sequential.py`): interleaving
+    on each impression's net credit, the A/B test on the difference of likes of a pair of searches,
+    one shown each ranker's list alone. Each replay is counted with the product's minimum before
+    any decision and without it, so that what each method needs is not capped by a policy. The
+    normal-mixture A/B test, its spread set to the true difference, is kept beside as a reference."""
     impressions = site.impressions(experiment["experiment_id"])
     qrels = site.collection.qrels
     judged = truth(impressions, qrels)
     # What users prefer is what they see: the likes the judgments predict for each list. nDCG@10
     # weighs ranks 6 to 10 more than these users look at them, and may disagree on close pairs.
     right, right_ndcg = better(judged, "_likes"), better(judged)
-    test = SequentialTest(experiment["alpha"], experiment["effect"])
+    test = SequentialTest(experiment["alpha"])
     rng = random.Random(seed)
     people = People(rng=rng)
     horizon = fixed_horizon(impressions, qrels, rng, people)
     tau = abs(horizon["like_rate_challenger"] - horizon["like_rate_champion"]) or 0.01
-    interleaving = [interleaving_run(impressions, qrels, test, experiment["min_impressions"], rng, people,
-                                     args.resample_cap) for _ in range(args.resamples)]
-    ab = [ab_run(impressions, qrels, test.alpha, tau, experiment["min_impressions"], rng, people,
-                 args.resample_cap) for _ in range(args.resamples)]
+    floor, cap = experiment["min_impressions"], args.resample_cap
+    interleaving = [interleaving_run(impressions, qrels, test, floor, rng, people, cap)
+                    for _ in range(args.resamples)]
+    ab = [ab_run(impressions, qrels, test, floor, rng, people, cap) for _ in range(args.resamples)]
+    ab_normal = [ab_normal_run(impressions, qrels, test.alpha, tau, floor, rng, people, cap)
+                 for _ in range(args.resamples)]
+    decision = experiment["decision"] if experiment["decision"] in ("promote", "retire") else None
     return {"pair": name, "experiment": experiment, "logged_impressions": len(impressions),
             "by_judgments": judged, "right_winner": right, "right_winner_ndcg10": right_ndcg,
-            "decided_right": (experiment["decision"] == "promote") == (right == "challenger"),
-            "decided_right_ndcg10": (experiment["decision"] == "promote") == (right_ndcg == "challenger"),
+            "relative_gap": relative_gap(judged),
+            "decided": decision, "decided_right": None if decision is None else (
+                (decision == "promote") == (right == "challenger")),
+            "decided_right_ndcg10": None if decision is None else (
+                (decision == "promote") == (right_ndcg == "challenger")),
             "fixed_horizon_80_power": horizon,
-            "resampled_interleaving": summary(interleaving, right), "resampled_ab": summary(ab, right)}
+            **{f"resampled_{method}": {"no_floor": summary(runs, right, False, cap),
+                                       "with_floor": summary(runs, right, True, cap)}
+               for method, runs in (("interleaving", interleaving), ("ab", ab), ("ab_normal", ab_normal))}}
+
+
+def relative_gap(judged: dict[str, float]) -> float:
+    """How far apart the two lists are in likes per search, relative to the champion's."""
+    return (judged["challenger_likes"] - judged["champion_likes"]) / max(judged["champion_likes"], 1e-9)
 
 
 def stack_env(args: argparse.Namespace, seed: int, **settings: object) -> dict[str, str]:
@@ -302,6 +325,11 @@ def safety_checks(site: Site, stream: Stream, args: argparse.Namespace, seed: in
         ended = site.until_decided(experiment["experiment_id"], stream, args.pair_searches)
         out["flipped_experiment"] = ended
         out["flipped_rejected_online"] = ended["decision"] == "retire"
+        impressions = site.impressions(experiment["experiment_id"])
+        if ended["decision"] in ("promote", "retire") and impressions:
+            out["flipped_judged"] = {"experiment_id": ended["experiment_id"], "decision": ended["decision"],
+                                     "impressions": ended["evidence"].get("impressions"),
+                                     **truth(impressions, site.collection.qrels)}
         if ended["status"] != "ended":
             site.admin("POST", "/experiments/stop")
         elif ended["decision"] == "promote":
@@ -371,59 +399,6 @@ def run_loop(collection: Collection, seed: int, args: argparse.Namespace, workdi
             "experiments": [{k: e.get(k) for k in ("kind", "champion", "challenger", "decision", "reason")}
                             | {"impressions": e["evidence"].get("impressions")} for e in experiments],
             "judged_challenges": judged}
-
-
-def aggregate(pairs: list[dict], loops: list[dict]) -> dict:
-    all_pairs = [p for run in pairs for p in run["pairs"]]
-
-    def median_of(key: str, pair: str, field: str = "median_impressions") -> float:
-        values = [p[key][field] for p in all_pairs if p["pair"] == pair and field in p[key]]
-        return statistics.median(values) if values else float("nan")
-
-    def mean_of(key: str, pair: str, field: str) -> float:
-        return statistics.mean(p[key][field] for p in all_pairs if p["pair"] == pair)
-
-    sensitivity = {}
-    for pair in sorted({p["pair"] for p in all_pairs}):
-        inter, ab = median_of("resampled_interleaving", pair), median_of("resampled_ab", pair)
-        fixed_i = median_of("fixed_horizon_80_power", pair, "interleaving")
-        fixed_ab = median_of("fixed_horizon_80_power", pair, "ab")
-        sensitivity[pair] = {
-            "impressions_to_decide_interleaving": inter, "impressions_to_decide_ab": ab,
-            "ratio": ab / inter if inter else float("nan"),
-            "interleaving_right": mean_of("resampled_interleaving", pair, "right"),
-            "ab_right": mean_of("resampled_ab", pair, "right"),
-            "ab_undecided": mean_of("resampled_ab", pair, "undecided"),
-            "fixed_horizon_interleaving": fixed_i, "fixed_horizon_ab": fixed_ab,
-            "fixed_horizon_ratio": fixed_ab / fixed_i if fixed_i else float("nan"),
-            "real_decisions_right": [p["decided_right"] for p in all_pairs if p["pair"] == pair],
-            "real_decisions_right_by_ndcg10": [p["decided_right_ndcg10"] for p in all_pairs
-                                               if p["pair"] == pair]}
-    promotions = [p["experiment"]["decision"] == "promote" and p["right_winner"] == "champion"
-                  for p in all_pairs]
-    promotions += [j["decision"] == "promote" and j["challenger_likes"] < j["champion_likes"]
-                   for loop in loops for j in loop["judged_challenges"]]
-    wrong_resampled = [p["resampled_interleaving"]["false_promotion"] for p in all_pairs]
-    safety = [run["safety"] for run in pairs]
-    return {
-        "sensitivity": sensitivity,
-        "impressions_to_decide_interleaving": {k: v["impressions_to_decide_interleaving"]
-                                               for k, v in sensitivity.items()},
-        "impressions_to_decide_ab": {k: v["impressions_to_decide_ab"] for k, v in sensitivity.items()},
-        "false_promotion_rate": sum(promotions) / len(promotions) if promotions else 0.0,
-        "experiments_judged": len(promotions),
-        "false_promotion_rate_resampled": statistics.mean(wrong_resampled) if wrong_resampled else 0.0,
-        "flipped_rejected_online": all(s["flipped_rejected_online"] for s in safety),
-        "rollback_happened": all(s["rollback_happened"] for s in safety),
-        "rollback_impressions": [s["rollback_impressions"] for s in safety],
-        "ndcg10_traffic_v0": statistics.mean(r["ndcg10_traffic_v0"] for r in loops),
-        "ndcg10_traffic_final": statistics.mean(r["ndcg10_traffic_final"] for r in loops),
-        "traffic_gain_by_seed": [r["ndcg10_traffic_final"] - r["ndcg10_traffic_v0"] for r in loops],
-        "ndcg10_held_out_v0": statistics.mean(r["ndcg10_held_out_v0"] for r in loops),
-        "ndcg10_held_out_final": statistics.mean(r["ndcg10_held_out_final"] for r in loops),
-        "held_out_gain_by_seed": [r["ndcg10_held_out_final"] - r["ndcg10_held_out_v0"] for r in loops],
-        "latency": {k: statistics.mean(run["latency"][k] for run in pairs) for k in pairs[0]["latency"]},
-    }
 
 
 def main() -> int:

@@ -33,9 +33,10 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.localstack import LocalStack, wait_for  # noqa: E402
 from shared.ml.evaluate import mrr_at, ndcg_at  # noqa: E402
 from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
+from tools.collection import read_qrels, read_queries, relevant  # noqa: E402
+from tools.localstack import LocalStack, wait_for  # noqa: E402
 
 log = logging.getLogger("quality")
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
@@ -50,18 +51,9 @@ class Collection:
 
     @classmethod
     def load(cls, folder: Path) -> Collection:
-        queries = {}
-        for line in (folder / "queries.jsonl").open():
-            if line.strip():
-                row = json.loads(line)
-                queries[str(row["_id"])] = row["text"]
-        qrels: dict[str, dict[str, int]] = {}
-        for number, line in enumerate((folder / "qrels.tsv").open()):
-            parts = line.rstrip("\n").split("\t")
-            if number == 0 or len(parts) < 3:
-                continue
-            if int(parts[2]) > 0:
-                qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
+        """The queries that have a relevant resource, and their relevant resources (score > 0)."""
+        qrels = relevant(read_qrels(folder / "qrels.tsv"))
+        queries = read_queries(folder / "queries.jsonl")
         return cls({q: t for q, t in queries.items() if q in qrels}, qrels, folder / "corpus.jsonl")
 
     def split(self, seed: int, held_out_share: float = 0.5) -> tuple[list[str], list[str]]:
@@ -241,9 +233,9 @@ def base_cross_encoder_ndcg(collection: Collection, held_out: list[str], args: a
     """The untrained base cross-encoder reranking BM25's top 50: the guide's starting point."""
     import numpy as np
 
-    from shared.catalogue import read_catalogue
     from shared.ml.model import cross_scores, load_cross_encoder
     from shared.ml.retrieval import CatalogueIndex
+    from tools.catalogue import read_catalogue
 
     resources = list(read_catalogue(collection.corpus))
     index = CatalogueIndex(resources)

@@ -53,6 +53,8 @@ from shared.ml.pipeline import PipelineSpec, zscore  # noqa: E402
 from shared.ml.retrieval import CatalogueIndex  # noqa: E402
 from shared.settings import OFFLINE_BASE_MODEL, Settings  # noqa: E402
 from shared.store import Resource  # noqa: E402
+from tools.catalogue import read_catalogue  # noqa: E402
+from tools.collection import read_queries  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "rerank.json"
 SAMPLE_CATALOGUE = ROOT / "data" / "sample_catalogue.jsonl"
@@ -69,18 +71,14 @@ def log(message: str) -> None:
     print(f"[bench/rerank {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.open(encoding="utf-8") if line.strip()]
-
-
-def cranfield(use: bool) -> tuple[list[dict], list[str], str]:
+def cranfield(use: bool) -> tuple[list[Resource], list[str], str]:
     """A slice of the Cranfield abstracts and queries, or nothing (with the reason)."""
     if not use:
         return [], [], "not used (--quick)"
     if not (CRANFIELD / "corpus.jsonl").is_file():
         return [], [], f"absent ({CRANFIELD}); sample catalogue only"
-    docs = read_jsonl(CRANFIELD / "corpus.jsonl")[:CRANFIELD_DOCS]
-    queries = [q["text"] for q in read_jsonl(CRANFIELD / "queries.jsonl")[:CRANFIELD_QUERIES]]
+    docs = list(read_catalogue(CRANFIELD / "corpus.jsonl"))[:CRANFIELD_DOCS]
+    queries = list(read_queries(CRANFIELD / "queries.jsonl").values())[:CRANFIELD_QUERIES]
     return docs, queries, f"{len(docs)} abstracts, {len(queries)} queries"
 
 
@@ -245,7 +243,7 @@ def main() -> int:
     configure_torch_threads()
     settings = Settings()
 
-    from shared.localstack import LocalStack
+    from tools.localstack import LocalStack
 
     with tempfile.TemporaryDirectory(prefix="bench-rerank-") as tmp:
         work = Path(tmp)
@@ -253,10 +251,9 @@ def main() -> int:
         spec = PipelineSpec.load(folder)
         cran_docs, cran_queries, cran_note = cranfield(not args.quick)
         catalogue = work / "catalogue.jsonl"
-        catalogue.write_text(SAMPLE_CATALOGUE.read_text() + "".join(json.dumps(d) + "\n" for d in cran_docs))
-        sample_queries = [q.strip() for q in SAMPLE_QUERIES.read_text().splitlines() if q.strip()]
-        from shared.catalogue import read_catalogue
-
+        catalogue.write_text(SAMPLE_CATALOGUE.read_text()
+                             + "".join(d.model_dump_json() + "\n" for d in cran_docs))
+        sample_queries = list(read_queries(SAMPLE_QUERIES).values())
         resources: list[Resource] = list(read_catalogue(catalogue))
         index = CatalogueIndex(resources)
         queries = sample_queries + cran_queries

@@ -13,7 +13,7 @@ the JSON says which), then a reranker process on version 0 started cold on them:
   the first search that finds it (the replica's watcher polls every `EDURANKER_WATCH_INTERVAL_S`).
 
 Plus, once per run: embedding throughput against plain `SentenceTransformer.encode` on the same
-texts (bench/embedding.py), and `--launcher N`: `python -m shared.cli run --catalogue FILE` on N
+texts (bench/embedding.py), and `--launcher N`: `python -m tools.cli run --catalogue FILE` on N
 resources without stored vectors, to the moment it answers a search, with the progress it shows.
 
     .venv/bin/python bench/scale.py                      # 10^4, 10^5, 10^6 (about an hour here)
@@ -43,12 +43,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.embedding import synthetic_resources, throughput  # noqa: E402
 from shared.broker import free_port  # noqa: E402
-from shared.localstack import PORT_FIELDS, LocalStack, wait_for  # noqa: E402
 from shared.ml.backends import onnx_cache  # noqa: E402
 from shared.ml.embedder import load_encoder  # noqa: E402
 from shared.ml.model import configure_torch_threads, load_embedder  # noqa: E402
 from shared.settings import OFFLINE_BASE_MODEL, Settings  # noqa: E402
 from shared.store import Resource, open_store  # noqa: E402
+from tools.localstack import PORT_FIELDS, LocalStack, wait_for  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SEARCH = "/api/reranking/search-with-reranking"
@@ -213,7 +213,7 @@ def one_size(size: int, args: argparse.Namespace, env: dict[str, str], vectors_i
 
 
 def launcher(size: int, env: dict[str, str], watch_s: float) -> dict:
-    """`python -m shared.cli run --catalogue FILE`, no stored vector: time to a search answered, and
+    """`python -m tools.cli run --catalogue FILE`, no stored vector: time to a search answered, and
     what it shows the person meanwhile."""
     with tempfile.TemporaryDirectory(prefix="scale-launcher-") as tmp:
         catalogue = Path(tmp) / "catalogue.jsonl"
@@ -224,7 +224,7 @@ def launcher(size: int, env: dict[str, str], watch_s: float) -> dict:
         output = Path(tmp) / "run.log"
         started = time.perf_counter()
         with output.open("wb") as sink:
-            command = [sys.executable, "-m", "shared.cli", "run", "--catalogue", str(catalogue),
+            command = [sys.executable, "-m", "tools.cli", "run", "--catalogue", str(catalogue),
                        "--workdir", str(Path(tmp) / "var")]
             process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT,
                                        env={**os.environ, **env, **ports}, start_new_session=True)

@@ -13,9 +13,9 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from shared.interleaving import Credit, Tally, add_credit, outcome
+from shared.interleaving import Credit, Tally, add_credit, net, share_of
 from shared.ml.evaluate import ndcg_at
-from shared.sequential import SequentialTest
+from shared.sequential import NO_STAKES, SequentialTest, moved
 
 Z_975, Z_80 = 1.959964, 0.841621  # 5 % two-sided, 80 % power
 
@@ -99,12 +99,15 @@ class Impression:
     teams: tuple[str, ...]
     champion: tuple[str, ...]
     challenger: tuple[str, ...]
+    shares: tuple[float | None, ...] = ()
+    """The challenger's share of each shown result's credit (empty: by team, as team draft logged)."""
 
 
 def interleaved_credit(impression: Impression, ratings: list[tuple[int, str]]) -> Credit:
-    credit: Credit = (0, 0)
+    credit: Credit = (0.0, 0.0)
     for position, label in ratings:
-        credit = add_credit(credit, impression.teams[position], label)  # type: ignore[arg-type]
+        share = impression.shares[position] if impression.shares else None
+        credit = add_credit(credit, share_of(impression.teams[position], share), label)  # type: ignore[arg-type]
     return credit
 
 
@@ -112,31 +115,69 @@ def likes(ratings: list[tuple[int, str]]) -> int:
     return sum(label == "like" for _, label in ratings)
 
 
+@dataclass
+class Run:
+    """When one replay first decided, and what: with the product's minimum before any decision
+    (`floor`) and without it, so that what each method needs is not capped by a policy."""
+
+    decision: str | None = None
+    at: int | None = None
+    decision_floor: str | None = None
+    at_floor: int | None = None
+
+    def saw(self, n: int, decision: str, floor: int) -> None:
+        if self.at is None:
+            self.decision, self.at = decision, n
+        if self.at_floor is None and n >= floor:
+            self.decision_floor, self.at_floor = decision, n
+
+    def done(self) -> bool:
+        return self.at_floor is not None
+
+
 def interleaving_run(impressions: Sequence[Impression], qrels: dict[str, dict[str, int]],
-                     test: SequentialTest, min_impressions: int, rng: random.Random, people: People,
-                     cap: int) -> tuple[str | None, int]:
-    """One resampled experiment judged by the product's rule: its decision and impressions used."""
-    tally = Tally()
+                     test: SequentialTest, floor: int, rng: random.Random, people: People,
+                     cap: int) -> Run:
+    """One resampled experiment judged by the product's rule on the logged interleaved lists."""
+    tally, run = Tally(), Run()
     for n in range(1, cap + 1):
         impression = rng.choice(impressions)
         ratings = people.rate(impression.shown, qrels[impression.query])
-        if not ratings:
-            continue
-        tally = tally.moved(None, interleaved_credit(impression, ratings))
-        if n >= min_impressions and test.significant(tally.challenger, tally.champion):
-            return ("challenger" if tally.challenger > tally.champion else "champion"), n
-    return None, cap
+        if ratings:
+            tally = tally.moved(None, interleaved_credit(impression, ratings))
+        if ratings and test.significant(tally.stakes):
+            run.saw(n, "challenger" if test.favours_challenger(tally.stakes) else "champion", floor)
+            if run.done():
+                break
+    return run
 
 
-def ab_run(impressions: Sequence[Impression], qrels: dict[str, dict[str, int]], alpha: float, tau: float,
-           min_impressions: int, rng: random.Random, people: People, cap: int) -> tuple[str | None, int]:
-    """The same traffic as an A/B test: each search sees one ranker alone, likes per search compared.
+def ab_run(impressions: Sequence[Impression], qrels: dict[str, dict[str, int]], test: SequentialTest,
+           floor: int, rng: random.Random, people: People, cap: int) -> Run:
+    """The same traffic as an A/B test judged by the same rule: searches in pairs, one shown the
+    champion's list alone and one the challenger's; the pair's value is the difference of their
+    likes (mean 0 when neither list gets more), bet on as the product bets on net credits."""
+    stakes, run = NO_STAKES, Run()
+    for n in range(2, cap + 1, 2):
+        difference = 0
+        for sign, side in ((-1, "champion"), (1, "challenger")):
+            impression = rng.choice(impressions)
+            difference += sign * likes(people.rate(getattr(impression, side), qrels[impression.query]))
+        stakes = moved(stakes, None, float(difference))
+        if test.significant(stakes):
+            run.saw(n, "challenger" if test.favours_challenger(stakes) else "champion", floor)
+            if run.done():
+                break
+    return run
 
-    Sequential too, with the normal-mixture SPRT on the difference of means (always valid at
-    `alpha`, like the product's rule); `tau` is the mixture's spread, set by the caller to the
-    true difference, which favours the A/B test."""
+
+def ab_normal_run(impressions: Sequence[Impression], qrels: dict[str, dict[str, int]], alpha: float,
+                  tau: float, floor: int, rng: random.Random, people: People, cap: int) -> Run:
+    """The A/B test as often run: the normal-mixture SPRT on the difference of like rates, its
+    variance plugged in (valid as samples grow), its spread `tau` set by the caller to the true
+    difference, which favours it. A reference beside the same-rule comparison."""
     sums, squares, counts = [0.0, 0.0], [0.0, 0.0], [0, 0]
-    threshold = math.log(1 / alpha)
+    threshold, run = math.log(1 / alpha), Run()
     for n in range(1, cap + 1):
         impression = rng.choice(impressions)
         arm = n % 2
@@ -145,7 +186,7 @@ def ab_run(impressions: Sequence[Impression], qrels: dict[str, dict[str, int]], 
         sums[arm] += value
         squares[arm] += value * value
         counts[arm] += 1
-        if n < min_impressions or min(counts) < 2:
+        if min(counts) < 2:
             continue
         means = [sums[i] / counts[i] for i in (0, 1)]
         pooled = sum(squares[i] - counts[i] * means[i] ** 2 for i in (0, 1)) / (sum(counts) - 2)
@@ -153,32 +194,31 @@ def ab_run(impressions: Sequence[Impression], qrels: dict[str, dict[str, int]], 
         d = means[1] - means[0]
         log_lr = 0.5 * math.log(v / (v + tau**2)) + tau**2 * d * d / (2 * v * (v + tau**2))
         if log_lr >= threshold:
-            return ("challenger" if d > 0 else "champion"), n
-    return None, cap
+            run.saw(n, "challenger" if d > 0 else "champion", floor)
+            if run.done():
+                break
+    return run
 
 
 def fixed_horizon(impressions: Sequence[Impression], qrels: dict[str, dict[str, int]], rng: random.Random,
                   people: People, draws: int = 4000) -> dict[str, float]:
     """Impressions a fixed-sample test needs at 80 % power, 5 % two-sided, for each method.
 
-    Interleaving: a sign test on impressions with a winner. A/B: a two-sample z-test on likes
-    per search, half the impressions to each ranker. From `draws` simulated ratings of the
+    Interleaving: a z-test on the mean net credit per impression. A/B: a two-sample z-test on
+    likes per search, half the impressions to each ranker. From `draws` simulated ratings of the
     logged impressions."""
-    outcomes = {"challenger": 0, "champion": 0, "tie": 0, "unrated": 0}
+    credits: list[float] = []
     arms: list[list[int]] = [[], []]
     for _ in range(draws):
         impression = rng.choice(impressions)
         ratings = people.rate(impression.shown, qrels[impression.query])
-        outcomes[outcome(interleaved_credit(impression, ratings)) if ratings else "unrated"] += 1
+        credits.append(net(interleaved_credit(impression, ratings)))
         for arm, shown in enumerate((impression.champion, impression.challenger)):
             arms[arm].append(likes(people.rate(shown, qrels[impression.query])))
-    decided = outcomes["challenger"] + outcomes["champion"]
-    result = {"win_rate": outcomes["challenger"] / decided if decided else 0.5,
-              "decided_share": decided / draws}
-    p = result["win_rate"]
-    if decided and abs(p - 0.5) > 1e-9:
-        n = ((Z_975 * 0.5 + Z_80 * math.sqrt(p * (1 - p))) / (p - 0.5)) ** 2
-        result["interleaving"] = n / result["decided_share"]
+    result = {"mean_credit": statistics.mean(credits),
+              "win_rate": sum(c > 0 for c in credits) / max(1, sum(c != 0 for c in credits))}
+    if abs(result["mean_credit"]) > 1e-9:
+        result["interleaving"] = ((Z_975 + Z_80) * statistics.pstdev(credits) / result["mean_credit"]) ** 2
     delta = statistics.mean(arms[1]) - statistics.mean(arms[0])
     result["like_rate_champion"], result["like_rate_challenger"] = map(statistics.mean, arms)
     if abs(delta) > 1e-9:
@@ -187,15 +227,18 @@ def fixed_horizon(impressions: Sequence[Impression], qrels: dict[str, dict[str, 
     return result
 
 
-def summary(runs: list[tuple[str | None, int]], truth: str) -> dict[str, float]:
-    """Impressions to a decision, and how often it was right, wrong or never came.
+def summary(runs: list[Run], truth: str, floor: bool, cap: int) -> dict[str, float]:
+    """Impressions to a decision, and how often (counts) it was right, wrong or never came.
 
-    `median_impressions` counts a run that never decided at its cap, so it is a lower bound
-    when `undecided` is large; `median_decided` is over the runs that decided."""
-    decided = [n for d, n in runs if d is not None]
-    return {"median_impressions": statistics.median(n for _, n in runs),
+    `floor`: with the product's minimum before any decision, or without it. `median_impressions`
+    counts a run that never decided at its cap, so it is a lower bound when `undecided` is large;
+    `median_decided` is over the runs that decided."""
+    pairs = [(r.decision_floor, r.at_floor) if floor else (r.decision, r.at) for r in runs]
+    used = [n if n is not None else cap for _, n in pairs]
+    decided = [n for d, n in pairs if d is not None]
+    return {"median_impressions": statistics.median(used) if used else float("nan"),
             "median_decided": statistics.median(decided) if decided else float("nan"),
-            "right": sum(d == truth for d, _ in runs) / len(runs),
-            "wrong": sum(d is not None and d != truth for d, _ in runs) / len(runs),
-            "false_promotion": sum(d == "challenger" != truth for d, _ in runs) / len(runs),
-            "undecided": sum(d is None for d, _ in runs) / len(runs), "runs": len(runs)}
+            "right": sum(d == truth for d, _ in pairs),
+            "wrong": sum(d is not None and d != truth for d, _ in pairs),
+            "false_promotions": sum(d == "challenger" != truth for d, _ in pairs),
+            "undecided": sum(d is None for d, _ in pairs), "runs": len(runs)}

@@ -31,7 +31,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.catalogue import read_catalogue  # noqa: E402
 from shared.ml.dataset import Pair, group_by_query  # noqa: E402
 from shared.ml.evaluate import classification_metrics, ranking_metrics  # noqa: E402
 from shared.ml.model import configure_torch_threads, cross_scores, load_cross_encoder  # noqa: E402
@@ -39,6 +38,8 @@ from shared.ml.retrieval import CatalogueIndex  # noqa: E402
 from shared.ml.train import TrainConfig, fine_tune, resolve_precision  # noqa: E402
 from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
 from shared.store import Resource  # noqa: E402
+from tools.catalogue import read_catalogue  # noqa: E402
+from tools.collection import read_qrels, read_queries  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "train.json"
 CRANFIELD = ROOT.parent / "shared" / "datasets" / "cranfield"
@@ -49,21 +50,18 @@ GUIDE_CPU_4_CORES_MIN = {"100": "5-8", "500": "20-30", "1000": "40-60"}
 
 def cranfield() -> tuple[list[Resource], list[tuple[str, set[str]]]]:
     resources = list(read_catalogue(CRANFIELD / "corpus.jsonl"))
-    queries = {q["_id"]: q["text"] for q in map(json.loads, (CRANFIELD / "queries.jsonl").open())}
-    relevant: dict[str, set[str]] = {}
-    for line in (CRANFIELD / "qrels.tsv").read_text().splitlines()[1:]:
-        qid, doc, _ = line.split("\t")
-        relevant.setdefault(qid, set()).add(doc)
-    return resources, [(queries[q], docs) for q, docs in relevant.items() if q in queries]
+    queries = read_queries(CRANFIELD / "queries.jsonl")
+    judged = read_qrels(CRANFIELD / "qrels.tsv")
+    return resources, [(queries[q], set(docs)) for q, docs in judged.items() if q in queries]
 
 
 def sample_catalogue() -> tuple[list[Resource], list[tuple[str, set[str]]]]:
     """Without Cranfield: the sample catalogue, its sample queries and its titles as queries, likes
     where most of the query's words appear."""
-    from shared.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES
+    from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES
 
     resources = list(read_catalogue(SAMPLE_CATALOGUE))
-    queries = [q.strip() for q in SAMPLE_QUERIES.read_text().splitlines() if q.strip()]
+    queries = list(read_queries(SAMPLE_QUERIES).values())
     queries += [r.title for r in resources]
     judged = []
     for query in queries:

@@ -45,6 +45,8 @@ class Interleaved(BaseModel):
     experiment_id: str
     team: Team
     query_key: str = Field(default="", description="Hash of the normalised query, for per-query credit.")
+    share: float | None = Field(default=None, ge=0, le=1,
+                                description="The challenger's share of the result's credit (None: by team).")
 
 
 class FeedbackEvent(Event):

@@ -186,6 +186,16 @@ def document_refusals(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+async def store_answers(app: FastAPI) -> bool:
+    """The store check in every service's `/ready`: False until the lifespan has opened the store,
+    and while it does not answer."""
+    try:
+        await app.state.store.ping()
+        return True
+    except (StoreUnavailableError, AttributeError):
+        return False
+
+
 def add_common(app: FastAPI, service: str, readiness: Callable[[], Awaitable[dict[str, bool]]],
                details: Callable[[], dict[str, Any]] | None = None) -> None:
     """`/health` says the process is alive; `/ready` says its dependencies answer (and `details`,

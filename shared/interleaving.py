@@ -1,11 +1,15 @@
-"""Team-draft interleaving and click credit: two rankers share one result list, users pick a winner.
+"""Probabilistic interleaving and click credit: two rankers share one result list, users decide.
 
 Pure functions, no I/O. The reranker interleaves; the collector and the aggregator credit
 feedback with the same rules, and the store's records can be recounted by them after a loss.
 
-One interleaved search is an *impression*. Each like on a shown result credits the team that
-placed it (+1), each dislike counts against it (-1); the impression goes to the team with more
-credit, is a tie when both have the same, and has no winner while nobody rated it.
+One interleaved search is an *impression*. Each shown result carries the challenger's *share* of
+its credit: the chance, given the list shown, that the challenger placed it (1 or 0 in lists
+logged by team-draft interleaving, which EduRanker used before). A like gives the challenger
+that share and the champion the rest; a dislike takes as much away. The impression's *net
+credit* is the challenger's minus the champion's: the sequential test's per-impression value
+(`shared/sequential.py`). The impression goes to the side with more credit, is a tie when both
+have the same, and has no winner while nobody rated it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import hashlib
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
+
+from shared.sequential import NO_STAKES, Stakes, moved
 
 if TYPE_CHECKING:
     from shared.store import Feedback
@@ -22,8 +28,12 @@ if TYPE_CHECKING:
 Team = Literal["champion", "challenger"]
 Outcome = Literal["champion", "challenger", "tie"]
 TEAMS: tuple[Team, Team] = ("champion", "challenger")
-Credit = tuple[int, int]
+Credit = tuple[float, float]
 """An impression's credit so far: (champion, challenger)."""
+TAU = 5.0
+"""The softmax's exponent: a ranker draws its rank-r result with weight 1/r^TAU. Hofmann et al.
+used 3; 5 decided as fast and as rightly in `bench/interleaving_study.py` while showing lists
+closer to the rankers' own (fewer likes lost during an experiment)."""
 
 
 def takes_part(inference_id: str, experiment_id: str, share: float) -> bool:
@@ -34,67 +44,92 @@ def takes_part(inference_id: str, experiment_id: str, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-def team_draft(champion: Sequence[str], challenger: Sequence[str], k: int,
-               seed: str) -> list[tuple[str, Team]]:
-    """Team-draft interleaving (Radlinski, Kurup and Joachims, 2008) of two rankings, top `k`.
+class Placed(NamedTuple):
+    """One shown result: the ranker whose draw placed it, and the challenger's share of its credit."""
 
-    Teams take turns: the one with fewer picks goes next, a coin decides when both have as many;
-    each picks its best result not shown yet. Each team thus places about half the list, the
-    same share of top positions on average, so a click on a result says which ranker users
-    preferred there. Duplicates within a ranking are skipped; when one ranking runs out the other
-    fills the list. `seed` (the inference id) makes the coins repeatable.
+    resource_id: str
+    team: Team
+    share: float
+
+
+def interleave(champion: Sequence[str], challenger: Sequence[str], k: int, seed: str,
+               tau: float = TAU) -> list[Placed]:
+    """Probabilistic interleaving (Hofmann, Whiteson and de Rijke 2011) of two rankings, top `k`.
+
+    For each position a fair coin picks a ranker, which draws one of the results not shown yet
+    with probability proportional to 1/rank^tau (its best one most of the time). The credit is
+    marginalised over which ranker could have drawn each result (Hofmann, Whiteson and de Rijke
+    2013): the challenger's share of position i is p_challenger / (p_champion + p_challenger),
+    both rankers' probabilities of drawing that result there. Since the coins are fair, that share
+    averages 1/2 at every position over the lists shown, so users who click without regard to the
+    results credit neither ranker, whatever their position bias; a result both rankers put equally
+    high credits each half; one that only a ranker puts high credits mostly that ranker, however
+    deep the other puts it, which is how this sees past the top few of each list. Duplicates
+    within a ranking are skipped; a result a ranking lacks ranks just below its end. `seed` (the
+    inference id) makes the draws repeatable.
     """
     rng = random.Random(seed)
-    lists: dict[Team, Sequence[str]] = {"champion": champion, "challenger": challenger}
-    cursor: dict[Team, int] = {"champion": 0, "challenger": 0}
-    picks: dict[Team, int] = {"champion": 0, "challenger": 0}
-    shown: list[tuple[str, Team]] = []
-    seen: set[str] = set()
-
-    def next_of(team: Team) -> str | None:
-        ranking = lists[team]
-        while cursor[team] < len(ranking) and ranking[cursor[team]] in seen:
-            cursor[team] += 1
-        return ranking[cursor[team]] if cursor[team] < len(ranking) else None
-
-    while len(shown) < k:
-        first: Team
-        if picks["champion"] != picks["challenger"]:
-            first = "champion" if picks["champion"] < picks["challenger"] else "challenger"
-        else:
-            first = "champion" if rng.random() < 0.5 else "challenger"
-        team: Team = first
-        item = next_of(team)
-        if item is None:
-            team = "challenger" if first == "champion" else "champion"
-            item = next_of(team)
-            if item is None:
-                break
-        shown.append((item, team))
-        seen.add(item)
-        picks[team] += 1
+    lists: dict[Team, list[str]] = {"champion": list(dict.fromkeys(champion)),
+                                    "challenger": list(dict.fromkeys(challenger))}
+    pool = list(dict.fromkeys([*lists["champion"], *lists["challenger"]]))
+    weight: dict[Team, dict[str, float]] = {}
+    for team, ranking in lists.items():
+        ranks = {resource_id: r for r, resource_id in enumerate(ranking, start=1)}
+        weight[team] = {d: 1.0 / ranks.get(d, len(ranking) + 1) ** tau for d in pool}
+    order: dict[Team, list[str]] = {team: sorted(pool, key=lambda d, t=team: -weight[t][d]) for team in TEAMS}
+    free = set(pool)
+    shown: list[Placed] = []
+    while len(shown) < k and free:
+        team: Team = "challenger" if rng.random() < 0.5 else "champion"
+        totals = {t: sum(weight[t][d] for d in free) for t in TEAMS}
+        point, picked = rng.random() * totals[team], None
+        for d in order[team]:
+            if d in free:
+                picked = d
+                point -= weight[team][d]
+                if point < 0:
+                    break
+        assert picked is not None
+        champion_p = weight["champion"][picked] / totals["champion"]
+        challenger_p = weight["challenger"][picked] / totals["challenger"]
+        shown.append(Placed(picked, team, round(challenger_p / (champion_p + challenger_p), 6)))
+        free.discard(picked)
     return shown
+
+
+def share_of(team: Team, share: float | None) -> float:
+    """The challenger's share of a result's credit (team-draft logs carry only the team)."""
+    if share is not None:
+        return share
+    return 1.0 if team == "challenger" else 0.0
 
 
 def label_credit(label: str | None) -> int:
     return 0 if label is None else (1 if label == "like" else -1)
 
 
-def add_credit(credit: Credit, team: Team, label: str, previous_label: str | None = None) -> Credit:
-    """A new label adds its credit; a changed one takes the old label's credit back first."""
+def add_credit(credit: Credit, share: float, label: str, previous_label: str | None = None) -> Credit:
+    """A new label adds its credit, split by the challenger's `share`; a changed one takes the old
+    label's back first. Rounded, so that the same labels give the same credit in any order."""
     delta = label_credit(label) - label_credit(previous_label)
     champion, challenger = credit
-    return (champion + delta, challenger) if team == "champion" else (champion, challenger + delta)
+    return round(champion + delta * (1 - share), 9), round(challenger + delta * share, 9)
+
+
+def net(credit: Credit) -> float:
+    """The challenger's credit minus the champion's: the test's value for this impression."""
+    return round(credit[1] - credit[0], 9)
 
 
 def outcome(credit: Credit) -> Outcome:
-    champion, challenger = credit
-    return "challenger" if challenger > champion else "champion" if champion > challenger else "tie"
+    difference = net(credit)
+    return "challenger" if difference > 0 else "champion" if difference < 0 else "tie"
 
 
 @dataclass(frozen=True)
 class Tally:
-    """Rated impressions of one experiment, by outcome, and the same per query."""
+    """Rated impressions of one experiment, by outcome, and the same per query; the sum of their
+    net credits and the bettors' log-wealths (`shared/sequential.py`)."""
 
     champion: int = 0
     challenger: int = 0
@@ -103,13 +138,15 @@ class Tally:
     queries: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
     # Queries won by each side, where only these totals are kept (the aggregator's live tally).
     query_totals: Mapping[str, int] | None = None
+    net: float = 0.0
+    stakes: Stakes = NO_STAKES
 
     @property
     def rated(self) -> int:
         return self.champion + self.challenger + self.tie
 
     def moved(self, before: Credit | None, after: Credit, query_key: str = "") -> Tally:
-        """The impression's outcome went from `before` (None: not rated yet) to `after`."""
+        """The impression's credit went from `before` (None: not rated yet) to `after`."""
         counts = {"champion": self.champion, "challenger": self.challenger, "tie": self.tie}
         per_query = list(self.queries.get(query_key, (0, 0, 0)))
         slot = {"champion": 0, "challenger": 1, "tie": 2}
@@ -118,7 +155,10 @@ class Tally:
             per_query[slot[outcome(before)]] -= 1
         counts[outcome(after)] += 1
         per_query[slot[outcome(after)]] += 1
-        return replace(self, **counts, queries={**self.queries, query_key: tuple(per_query)})
+        was = net(before) if before is not None else None
+        return replace(self, **counts, queries={**self.queries, query_key: tuple(per_query)},
+                       net=round(self.net + net(after) - (was or 0.0), 9),
+                       stakes=moved(self.stakes, was, net(after)))
 
     def query_wins(self) -> dict[str, int]:
         """Queries each side won on more impressions: a check that no single query decides alone."""
@@ -141,18 +181,24 @@ def query_outcome(credit: QueryCredit) -> Outcome:
 
 @dataclass(frozen=True)
 class Live:
-    """An experiment's tally as a stream keeps it: rated impressions by winner, and queries by
-    winner. Each impression's credit and each query's outcomes are kept beside it, by the caller."""
+    """An experiment's tally as a stream keeps it: rated impressions by winner, queries by winner,
+    the net credit and the bettors' log-wealths. Each impression's credit and each query's
+    outcomes are kept beside it, by the caller."""
 
     champion: int = 0
     challenger: int = 0
     tie: int = 0
     queries: Mapping[str, int] = field(default_factory=lambda: {"champion": 0, "challenger": 0, "tie": 0})
+    net: float = 0.0
+    stakes: Stakes = NO_STAKES
 
-    def credited(self, impression: Credit | None, query: QueryCredit | None, team: Team, label: str,
+    def __post_init__(self) -> None:  # read back from JSON (the aggregator's table), a list
+        object.__setattr__(self, "stakes", tuple(self.stakes))
+
+    def credited(self, impression: Credit | None, query: QueryCredit | None, share: float, label: str,
                  previous_label: str | None) -> tuple[Live, Credit, QueryCredit]:
         """One feedback on an interleaved result: the tally, its impression's and its query's credit."""
-        after = add_credit(impression or (0, 0), team, label, previous_label)
+        after = add_credit(impression or (0.0, 0.0), share, label, previous_label)
         counts = {"champion": self.champion, "challenger": self.challenger, "tie": self.tie}
         per_query = list(query or (0, 0, 0))
         queries = dict(self.queries)
@@ -163,25 +209,29 @@ class Live:
             per_query[SLOT[outcome(impression)]] -= 1
         counts[outcome(after)] += 1
         per_query[SLOT[outcome(after)]] += 1
-        moved: QueryCredit = (per_query[0], per_query[1], per_query[2])
-        queries[query_outcome(moved)] += 1
-        return Live(**counts, queries=queries), after, moved
+        moved_query: QueryCredit = (per_query[0], per_query[1], per_query[2])
+        queries[query_outcome(moved_query)] += 1
+        was = net(impression) if impression is not None else None
+        live = Live(**counts, queries=queries, net=round(self.net + net(after) - (was or 0.0), 9),
+                    stakes=moved(self.stakes, was, net(after)))
+        return live, after, moved_query
 
     def tally(self) -> Tally:
         return Tally(champion=self.champion, challenger=self.challenger, tie=self.tie,
-                     query_totals=self.queries)
+                     query_totals=self.queries, net=self.net, stakes=self.stakes)
 
     @classmethod
     def of(cls, tally: Tally) -> Live:
-        return cls(tally.champion, tally.challenger, tally.tie, tally.query_wins())
+        return cls(tally.champion, tally.challenger, tally.tie, tally.query_wins(), tally.net, tally.stakes)
 
 
 @dataclass(frozen=True)
 class Rated:
-    """One stored feedback seen by the recount: which impression, which team, its latest label."""
+    """One stored feedback seen by the recount: which impression, the challenger's share of the
+    rated result, its latest label."""
 
     inference_id: str
-    team: Team
+    share: float
     label: str
     query_key: str = ""
 
@@ -191,7 +241,8 @@ def recount(feedback: Iterable[Rated]) -> tuple[Tally, dict[str, Credit]]:
     credits: dict[str, Credit] = {}
     keys: dict[str, str] = {}
     for item in feedback:
-        credits[item.inference_id] = add_credit(credits.get(item.inference_id, (0, 0)), item.team, item.label)
+        credits[item.inference_id] = add_credit(credits.get(item.inference_id, (0.0, 0.0)), item.share,
+                                                item.label)
         keys[item.inference_id] = item.query_key
     tally = Tally()
     for inference_id, credit in credits.items():
@@ -201,7 +252,8 @@ def recount(feedback: Iterable[Rated]) -> tuple[Tally, dict[str, Credit]]:
 
 def rated(feedback: Iterable[Feedback]) -> list[Rated]:
     """The stored feedback an experiment's recount reads (only what was given on interleaved results)."""
-    return [Rated(f.inference_id, f.interleaved.team, f.label, f.interleaved.query_key)
+    return [Rated(f.inference_id, share_of(f.interleaved.team, f.interleaved.share), f.label,
+                  f.interleaved.query_key)
             for f in feedback if f.interleaved is not None]
 
 

@@ -10,7 +10,9 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
@@ -245,6 +247,15 @@ def dead_letter(topic: str, payload: bytes | None, reason: str, partition: int |
     return json.dumps(record).encode()
 
 
+def set_aside(topic: str, payload: bytes | None, reason: str, partition: int | None = None,
+              offset: int | None = None) -> bytes:
+    """Counts and logs a message a consumer cannot use, and returns its dead letter for the caller
+    to send with its own producer (kafka-python's here, Faust's in the aggregator)."""
+    metrics.DEADLETTER.labels(topic).inc()
+    log.error("event=dead_letter topic=%s partition=%s offset=%s reason=%s", topic, partition, offset, reason)
+    return dead_letter(topic, payload, reason, partition, offset)
+
+
 class DeadLetters:
     """Sets aside messages a kafka-python consumer cannot use: a log line, a metric, a dead letter."""
 
@@ -254,14 +265,11 @@ class DeadLetters:
 
     def send(self, record: ConsumerRecord, reason: str) -> None:
         """Raises `KafkaError` when the dead letter cannot be stored, so the caller does not commit."""
-        metrics.DEADLETTER.labels(record.topic).inc()
-        log.error("event=dead_letter topic=%s partition=%s offset=%s reason=%s",
-                  record.topic, record.partition, record.offset, reason)
+        letter = set_aside(record.topic, record.value, reason, record.partition, record.offset)
         if self._producer is None:
             self._producer = make_producer(self.settings)
-        self._producer.send(DEADLETTER_TOPIC, key=record.key, value=dead_letter(
-            record.topic, record.value, reason, record.partition, record.offset,
-        )).get(timeout=self.settings.kafka_timeout_s)
+        self._producer.send(DEADLETTER_TOPIC, key=record.key, value=letter).get(
+            timeout=self.settings.kafka_timeout_s)
 
     def decode(self, record: ConsumerRecord) -> Event | None:
         """The record's event; a malformed one is dead-lettered and None returned."""
@@ -282,22 +290,29 @@ class ConsumerLoop:
     """Runs a blocking kafka-python consumer in a daemon thread until `stop()`.
 
     `handle` is called for each decoded event; offsets are committed after it returns
-    (for group consumers), which gives at-least-once delivery. Malformed messages go to
+    (for group consumers), which gives at-least-once delivery. A handler that hands its work to
+    an event loop returns the work's future: the partitions are paused and polled until it is
+    done, so long work (a training run) keeps the group membership alive. When a handler fails,
+    a group consumer is closed without committing, so the event is delivered again after
+    `retry_s`; a consumer without a group goes on with the next one. Malformed messages go to
     `dead_letters` when given (otherwise they are logged and skipped). A broker that does not
     answer is waited for quietly (`BrokerOutage`).
     """
 
     consumer_factory: Callable[[], KafkaConsumer]
     topic: str
-    handle: Callable[[Event], None]
+    handle: Callable[[Event], Future[Any] | None]
     settings: Settings
     name: str = "consumer"
     dead_letters: DeadLetters | None = None
+    max_records: int | None = None
+    retry_s: float = 1.0
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # a consumer is connected
+        self.joined = threading.Event()  # partitions are assigned to it
 
     def start(self) -> ConsumerLoop:
         self._thread.start()
@@ -318,14 +333,16 @@ class ConsumerLoop:
                         continue
                     consumer = self.consumer_factory()
                     self.ready.set()
-                batches = consumer.poll(timeout_ms=500)
+                batches = consumer.poll(timeout_ms=500, max_records=self.max_records)
                 outage.check()
+                if consumer.assignment():
+                    self.joined.set()
                 for records in batches.values():
                     for record in records:
                         event = (self.dead_letters.decode(record) if self.dead_letters
                                  else parse(self.topic, record.value))
                         if event is not None:
-                            self.handle(event)
+                            self._handle(consumer, event)
                 if batches and consumer.config.get("group_id"):
                     consumer.commit()
             except KafkaError as exc:
@@ -333,8 +350,24 @@ class ConsumerLoop:
                 self._stop.wait(1.0)
             except Exception:
                 log.exception("event=consumer_handler_failed name=%s", self.name)
-                self._stop.wait(1.0)
+                if consumer is not None and consumer.config.get("group_id"):
+                    # Uncommitted: the group hands the event out again once a member joins.
+                    with contextlib.suppress(Exception):
+                        consumer.close(autocommit=False)
+                    consumer = None
+                self._stop.wait(self.retry_s)
         if consumer is not None:
             consumer.close()
         if self.dead_letters is not None:
             self.dead_letters.close()
+
+    def _handle(self, consumer: KafkaConsumer, event: Event) -> None:
+        work = self.handle(event)
+        if work is None:
+            return
+        assigned = list(consumer.assignment())
+        consumer.pause(*assigned)
+        while not work.done():
+            consumer.poll(timeout_ms=200)  # keeps the group membership alive
+        consumer.resume(*assigned)
+        work.result()

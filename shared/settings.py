@@ -141,8 +141,6 @@ class Settings(BaseSettings):
     # After a promotion, the previous champion stays as the comparison on this share (0: no watch).
     experiment_watch_share: float = Field(default=0.1, ge=0, le=1)
     experiment_alpha: float = Field(default=0.05, gt=0, lt=0.5)  # error rate of the sequential test
-    # The preference the test is tuned for: the challenger's share of impressions with a winner, minus 1/2.
-    experiment_effect: float = Field(default=0.07, gt=0, lt=0.5)
     experiment_min_impressions: int = Field(default=200, ge=1)  # interleaved searches before any decision
     experiment_max_impressions: int = Field(default=20_000, ge=1)  # no decision by then: champion kept
     experiment_max_s: Seconds = 14 * 86400.0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from shared.broker import EmbeddedBroker
-from shared.localstack import SERVICES, LocalStack
+from tools.localstack import SERVICES, LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOGUE = ROOT / "data" / "sample_catalogue.jsonl"

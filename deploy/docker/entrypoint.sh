@@ -41,7 +41,7 @@ case "$command" in
         ;;
     load-catalogue)
         [ "$#" -ge 1 ] || set -- "$DEFAULT_CATALOGUE"
-        exec python -m shared.cli load-catalogue "$@"
+        exec python -m tools.cli load-catalogue "$@"
         ;;
     healthcheck)
         if [ ! -r "$PORT_FILE" ]; then

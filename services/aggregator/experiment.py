@@ -17,7 +17,7 @@ from typing import Any
 from services.aggregator.table import ExperimentCredit, Recount, State
 from shared import metrics
 from shared.events import ExperimentDecidedEvent, FeedbackEvent
-from shared.interleaving import Live, rated, recount
+from shared.interleaving import Live, rated, recount, share_of
 from shared.sequential import Limits, Verdict, describe, judge
 from shared.store import Experiment, Feedback, Store
 
@@ -45,7 +45,8 @@ def credit(state: State, event: FeedbackEvent,
     impression = impression_key(running.experiment_id, event.inference_id)
     query = query_entry(running.experiment_id, tagged.query_key)
     live, credit_after, query_after = live.credited(state.credit(impression), state.credit(query),
-                                                    tagged.team, event.label, event.previous_label)
+                                                    share_of(tagged.team, tagged.share), event.label,
+                                                    event.previous_label)
     return running.experiment_id, live, (impression, credit_after, query, query_after)
 
 

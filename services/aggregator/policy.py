@@ -1,23 +1,13 @@
-"""The training policy and the counting rules: pure functions, unit-tested without a broker.
-
-Both the aggregator (live, from events) and the collector (on demand, from the store) describe
-feedback with these functions, so that their statistics can be compared key for key.
-"""
+"""The training policy: when to ask for training, and what holds it back. Pure functions,
+unit-tested without a broker; the counts it reads follow `shared.feedback_counts`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from shared.events import Counts
 from shared.settings import Settings, from_settings, setting
-from shared.store import Experiment, Feedback, TrainingRun
-
-LABELS = ("like", "dislike")
-Versions = dict[str, dict[str, int]]
-"""Feedback per model version that ranked the results: {"v0": {"like": 3, "dislike": 1}}."""
+from shared.store import Experiment
 
 
 @dataclass(frozen=True)
@@ -104,91 +94,3 @@ def decide(counts: Counts, timing: Timing, policy: Policy, now: float,
            experiment: Experiment | None = None, impressions: int = 0) -> str | None:
     """The reason to request training now ("threshold" or "schedule"), or None."""
     return evaluate(counts, timing, policy, now, experiment, impressions).reason
-
-
-def apply_feedback(counts: Counts, label: str, previous_label: str | None) -> Counts:
-    """A new feedback adds one; a changed label moves one from the old label to the new.
-
-    Plain sums: events may be applied in any order (a change counted before its creation,
-    when the broker lost the creation and the store supplied it later, ends the same).
-    """
-    c = counts.model_copy()
-    setattr(c, label, getattr(c, label) + 1)
-    if previous_label is None:
-        c.total += 1
-    else:
-        setattr(c, previous_label, getattr(c, previous_label) - 1)
-    return c
-
-
-Fresh = tuple[str, float]
-"""A feedback given or changed since the last training: its latest label, and when it was given."""
-
-
-def apply_fresh(counts: Counts, fresh: Fresh | None, label: str, at: float) -> tuple[Counts, Fresh | None]:
-    """The since-training counters follow each feedback's latest label, whatever the arrival order.
-
-    Returns the counts and the feedback's new `Fresh` entry (None: nothing changes, the event is
-    older than what is known).
-    """
-    c = counts.model_copy()
-    if fresh is None:
-        c.new_since_training += 1
-    elif at <= fresh[1]:
-        return c, None
-    else:
-        setattr(c, f"new_{fresh[0]}", getattr(c, f"new_{fresh[0]}") - 1)
-    setattr(c, f"new_{label}", getattr(c, f"new_{label}") + 1)
-    return c, (label, at)
-
-
-def apply_to_versions(versions: Versions, version: str, label: str, previous_label: str | None) -> Versions:
-    """Per model version: the version that ranked a result never changes, only its label."""
-    counts = {**{name: 0 for name in LABELS}, **versions.get(version, {})}
-    counts[label] += 1
-    if previous_label is not None:
-        counts[previous_label] -= 1
-    return {**versions, version: counts}
-
-
-def last_training(runs: Iterable[TrainingRun]) -> tuple[datetime | None, datetime | None]:
-    """The latest finished training: when it started reading feedback, and when it finished.
-
-    Feedback given or changed after the start is "new since the last training".
-    """
-    done = [r for r in runs if r.status in ("promoted", "challenger", "rejected") and r.finished_at]
-    if not done:
-        return None, None
-    latest = max(done, key=lambda r: r.finished_at or r.started_at)
-    return latest.started_at, latest.finished_at
-
-
-def count_feedback(feedback: Iterable[Feedback], since: datetime | None
-                   ) -> tuple[Counts, Versions, dict[str, Fresh]]:
-    """What the events would have counted, from the records themselves (the store's view)."""
-    counts = Counts()
-    versions: Versions = {}
-    fresh: dict[str, Fresh] = {}
-    for f in feedback:
-        counts = apply_feedback(counts, f.label, None)
-        if since is None or f.updated_at > since:
-            counts, fresh[f.feedback_id] = apply_fresh(counts, None, f.label, f.updated_at.timestamp())
-        versions = apply_to_versions(versions, f.model_version, f.label, None)
-    return counts, versions, fresh
-
-
-def describe(counts: Counts, versions: Versions, last_training_at: datetime | None) -> dict[str, Any]:
-    """The statistics both the collector and the aggregator show, in one shape."""
-    return {
-        "total": counts.total,
-        "like": counts.like,
-        "dislike": counts.dislike,
-        "like_ratio": round(counts.like / counts.total, 6) if counts.total else None,
-        "by_model_version": {
-            v: {"total": sum(c.get(name, 0) for name in LABELS), **{name: c.get(name, 0) for name in LABELS}}
-            for v, c in sorted(versions.items())
-        },
-        "since_last_training": {"total": counts.new_since_training, "like": counts.new_like,
-                                "dislike": counts.new_dislike},
-        "last_training_at": last_training_at.isoformat() if last_training_at else None,
-    }

@@ -26,9 +26,11 @@ from typing import Any
 import faust
 from faust.stores import memory
 
-from services.aggregator.policy import Fresh, Timing, Versions
+from services.aggregator.policy import Timing
 from shared.events import Counts
-from shared.interleaving import Credit, Live, QueryCredit
+from shared.feedback_counts import CountsByVersion, Fresh
+from shared.interleaving import Credit, Live, QueryCredit, net
+from shared.sequential import NO_STAKES, moved
 
 ExperimentCredit = tuple[str, Credit, str, QueryCredit]
 """One count's experiment entries: impression key, its credit, query key, the query's credit."""
@@ -92,7 +94,7 @@ class State:
         self.table = table
         self._seen_entries = -1  # unknown until counted once after the restore
 
-    def tally(self) -> tuple[Counts, Versions, str | None]:
+    def tally(self) -> tuple[Counts, CountsByVersion, str | None]:
         tally = self.table.get("tally") or {}
         counts = Counts.model_validate(tally.get("counts") or {})
         return counts, tally.get("versions") or {}, tally.get("last_event")
@@ -117,7 +119,18 @@ class State:
         """The experiment the tally counts for, and its counts."""
         part = (self.table.get("tally") or {}).get("experiment") or {}
         live = part.get("live")
+        if live and "stakes" not in live:  # counted before the betting rule: its terms from the credits
+            live = {**live, **self._evidence(part["id"])}
         return part.get("id"), (Live(**{**live, "queries": dict(live["queries"])}) if live else Live())
+
+    def _evidence(self, experiment_id: str) -> dict[str, Any]:
+        """The net credit and the bettors' log-wealths of the impressions credited so far."""
+        net_credit, stakes = 0.0, NO_STAKES
+        for key, value in list(self.table.items()):
+            if str(key).startswith(f"imp:{experiment_id}:"):
+                impression = net((float(value[0]), float(value[1])))
+                net_credit, stakes = net_credit + impression, moved(stakes, None, impression)
+        return {"net": round(net_credit, 9), "stakes": stakes}
 
     def credit(self, key: str) -> Any:
         """An impression's or a query's credit; the last count's value first (its commit record)."""
@@ -145,7 +158,7 @@ class State:
         if self.table.get(f"fresh:{feedback_id}") != list(entry):
             self.table[f"fresh:{feedback_id}"] = list(entry)
 
-    def record(self, counts: Counts, versions: Versions, event_id: str,
+    def record(self, counts: Counts, versions: CountsByVersion, event_id: str,
                fresh: tuple[str, Fresh] | None, now: float,
                experiment: tuple[str, Live, ExperimentCredit] | None = None) -> None:
         """One count: the tally (naming the event), then its fresh and credit entries and its id."""
@@ -191,7 +204,7 @@ class State:
             del self.table[key]
         return len(stale)
 
-    def replace(self, counts: Counts, versions: Versions, fresh: Mapping[str, Fresh],
+    def replace(self, counts: Counts, versions: CountsByVersion, fresh: Mapping[str, Fresh],
                 event_ids: Iterable[str], now: float, experiment: Recount | None = None) -> None:
         """A rebuild: these counts, exactly these fresh entries, and these events as seen; with
         `experiment`, the running experiment's recount from the same read (credits first)."""
@@ -211,7 +224,7 @@ class State:
             self._set_fresh(feedback_id, entry)
         self._write_tally(counts, versions, None, None, part)
 
-    def _write_tally(self, counts: Counts, versions: Versions, event_id: str | None,
+    def _write_tally(self, counts: Counts, versions: CountsByVersion, event_id: str | None,
                      fresh: tuple[str, Fresh] | None, experiment: dict[str, Any] | None = None,
                      credit: ExperimentCredit | None = None) -> None:
         self.table["tally"] = {"counts": counts.model_dump(), "versions": versions, "last_event": event_id,

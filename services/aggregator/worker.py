@@ -30,16 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from services.aggregator.experiment import Tracker, credit, recounted
-from services.aggregator.policy import (
-    Policy,
-    apply_feedback,
-    apply_fresh,
-    apply_to_versions,
-    count_feedback,
-    describe,
-    evaluate,
-    last_training,
-)
+from services.aggregator.policy import Policy, evaluate
 from services.aggregator.table import State
 from shared import metrics
 from shared.events import (
@@ -52,7 +43,15 @@ from shared.events import (
     TrainingRequestedEvent,
     encode,
 )
-from shared.kafka import DEADLETTER_TOPIC, dead_letter, decode_or_reason
+from shared.feedback_counts import (
+    apply_feedback,
+    apply_fresh,
+    apply_to_versions,
+    count_feedback,
+    describe,
+    last_training,
+)
+from shared.kafka import DEADLETTER_TOPIC, decode_or_reason, set_aside
 from shared.settings import Settings
 from shared.store import Store, StoreUnavailableError, store_from
 
@@ -217,10 +216,7 @@ class Aggregator:
 
     async def set_aside(self, message: Any, reason: str) -> None:
         """A message no code can use goes to the dead-letter topic with the reason; counting goes on."""
-        metrics.DEADLETTER.labels(message.topic).inc()
-        log.error("event=dead_letter topic=%s partition=%s offset=%s reason=%s",
-                  message.topic, message.partition, message.offset, reason)
-        await self.publish(DEADLETTER_TOPIC, message.key, dead_letter(
+        await self.publish(DEADLETTER_TOPIC, message.key, set_aside(
             message.topic, message.value, reason, message.partition, message.offset))
 
     async def on_message(self, topic: str, value: bytes, message: Any) -> None:

@@ -10,9 +10,9 @@ from fastapi import FastAPI
 from services.collector.intake import FeedbackWriter, InferenceCache, Intake
 from services.collector.outbox import OutboxRelay
 from services.collector.routes import router
-from shared.http import add_common
+from shared.http import add_common, store_answers
 from shared.settings import Settings, get_settings
-from shared.store import StoreUnavailableError, store_from
+from shared.store import store_from
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,11 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def readiness() -> dict[str, bool]:
         """Only the store: with the broker down, feedback is still accepted (the outbox waits)."""
-        try:
-            await app.state.store.ping()
-            return {"store": True}
-        except (StoreUnavailableError, AttributeError):
-            return {"store": False}
+        return {"store": await store_answers(app)}
 
     add_common(app, "collector", readiness)
     return app

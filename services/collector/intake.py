@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.collector.outbox import OutboxRelay
 from shared import metrics
+from shared.batch_writer import BatchWriter
 from shared.events import Interleaved, new_id
 from shared.interleaving import query_key
 from shared.store import Feedback, FeedbackOutcome, Inference, Store, StoreUnavailableError
@@ -86,24 +87,17 @@ class InferenceCache:
         return found
 
 
-class FeedbackWriter:
+class FeedbackWriter(BatchWriter[tuple[Feedback, asyncio.Future[FeedbackOutcome]]]):
     """Group commit: whatever is queued when a transaction starts is written in it, in order."""
 
     def __init__(self, store: Store, max_batch: int = 256) -> None:
+        super().__init__("feedback-writer", max_batch)
         self.store = store
-        self.max_batch = max_batch
-        self.queue: asyncio.Queue[tuple[Feedback, asyncio.Future[FeedbackOutcome]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="feedback-writer")
 
     async def close(self) -> None:
         """Writes what is queued, then stops."""
-        await self.queue.join()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flushed()
+        await self.stop()
 
     async def record(self, feedback: Feedback) -> FeedbackOutcome:
         return (await self.record_many([feedback]))[0]
@@ -117,22 +111,15 @@ class FeedbackWriter:
             self.queue.put_nowait((feedback, futures[-1]))
         return list(await asyncio.gather(*futures))
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            while len(batch) < self.max_batch and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            try:
-                await self._write(batch)
-            except Exception as exc:  # noqa: BLE001 - the callers get it; the writer goes on
-                log.warning("event=feedback_write_failed size=%d error=%r", len(batch), exc)
-                for _, future in batch:
-                    _settle(future, exc=exc)
-            finally:
-                for _ in batch:
-                    self.queue.task_done()
+    async def write(self, batch: list[tuple[Feedback, asyncio.Future[FeedbackOutcome]]]) -> None:
+        try:
+            await self._commit(batch)
+        except Exception as exc:  # noqa: BLE001 - the callers get it; the writer goes on
+            log.warning("event=feedback_write_failed size=%d error=%r", len(batch), exc)
+            for _, future in batch:
+                _settle(future, exc=exc)
 
-    async def _write(self, batch: list[tuple[Feedback, asyncio.Future[FeedbackOutcome]]]) -> None:
+    async def _commit(self, batch: list[tuple[Feedback, asyncio.Future[FeedbackOutcome]]]) -> None:
         try:
             outcomes = await self.store.record_feedback_many([f for f, _ in batch])
         except Exception as exc:
@@ -180,7 +167,7 @@ async def validate(body: FeedbackRequest, inferences: InferenceCache) -> Feedbac
     interleaved = None
     if inference.interleaving is not None and shown.team is not None:
         interleaved = Interleaved(experiment_id=inference.interleaving.experiment_id, team=shown.team,
-                                  query_key=query_key(inference.query))
+                                  query_key=query_key(inference.query), share=shown.share)
     return Feedback(
         feedback_id=new_id(), inference_id=body.inference_id, resource_id=body.resource_id,
         label=body.feedback, rank=shown.rank, model_version=inference.model_version,

@@ -7,21 +7,17 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from services.aggregator.policy import count_feedback, describe, last_training
 from services.collector.intake import FeedbackError, FeedbackRequest, FeedbackResponse, Intake
 from services.collector.outbox import OutboxRelay
 from shared.auth import require_feedback
+from shared.deps import StoreDep
 from shared.events import utcnow
+from shared.feedback_counts import count_feedback, describe, last_training
 from shared.interleaving import rated, recount
 from shared.sequential import describe as describe_experiment
-from shared.store import Store
 
 router = APIRouter()
 MAX_BATCH = 500
-
-
-async def get_store(request: Request) -> Store:
-    return request.app.state.store
 
 
 async def get_intake(request: Request) -> Intake:
@@ -32,7 +28,6 @@ async def get_relay(request: Request) -> OutboxRelay:
     return request.app.state.relay
 
 
-StoreDep = Annotated[Store, Depends(get_store)]
 IntakeDep = Annotated[Intake, Depends(get_intake)]
 RelayDep = Annotated[OutboxRelay, Depends(get_relay)]
 

@@ -16,7 +16,7 @@ from services.reranker.page import add_page
 from services.reranker.routes import router
 from services.reranker.serving import ModelHolder
 from shared.events import MODEL_READY_TOPIC, Event, ModelReadyEvent
-from shared.http import add_common
+from shared.http import add_common, store_answers
 from shared.kafka import ConsumerLoop, DeadLetters, make_broadcast_consumer
 from shared.ml.model import configure_torch_threads
 from shared.ml.pipeline import VERSION_ZERO
@@ -104,13 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"embedding": holder.embedding_info(state.model), "catalogue_size": state.index.live_count}
 
     async def readiness() -> dict[str, bool]:
-        store_ok = True
-        try:
-            await app.state.store.ping()
-        except (StoreUnavailableError, AttributeError):
-            store_ok = False
         consumer = getattr(app.state, "consumer", None)
-        return {"store": store_ok, "model": app.state.holder.ready if hasattr(app.state, "holder") else False,
+        return {"store": await store_answers(app),
+                "model": app.state.holder.ready if hasattr(app.state, "holder") else False,
                 "broker": bool(consumer and consumer.ready.is_set())}
 
     add_common(app, "reranker", readiness, details)

@@ -13,22 +13,19 @@ import asyncio
 import logging
 
 from shared import metrics
+from shared.batch_writer import BatchWriter
 from shared.store import Inference, Store, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
 
-class InferenceLog:
+class InferenceLog(BatchWriter[Inference]):
     def __init__(self, store: Store, max_batch: int = 200, drain_timeout_s: float = 30.0,
                  max_backlog: int = 10_000) -> None:
+        super().__init__("inference-log", max_batch)
         self.store = store
-        self.max_batch = max_batch
         self.max_backlog = max_backlog
         self.drain_timeout_s = drain_timeout_s
-        self.queue: asyncio.Queue[Inference] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._writing = 0
 
     def check_room(self) -> None:
@@ -40,16 +37,8 @@ class InferenceLog:
                                         "once the store takes them")
 
     def add(self, inference: Inference) -> None:
-        self._idle.clear()
         self.queue.put_nowait(inference)
         metrics.INFERENCE_LOG_BACKLOG.set(self.queue.qsize())
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="inference-log")
-
-    async def flushed(self) -> None:
-        """Wait until everything queued so far is in the store."""
-        await self._idle.wait()
 
     async def close(self) -> None:
         """Drain what is queued (bounded by `drain_timeout_s`), then stop the writer."""
@@ -58,25 +47,17 @@ class InferenceLog:
         except TimeoutError:
             log.error("event=inference_log_lost records=%d reason=store_unavailable_at_shutdown",
                       self.queue.qsize() + self._writing)
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.stop()
 
-    async def _run(self) -> None:
-        while True:
-            batch = [await self.queue.get()]
-            while len(batch) < self.max_batch and not self.queue.empty():
-                batch.append(self.queue.get_nowait())
-            self._writing = len(batch)
-            await self._write(batch)
-            self._writing = 0
-            metrics.INFERENCES_LOGGED.inc(len(batch))
-            metrics.INFERENCE_LOG_BACKLOG.set(self.queue.qsize())
-            if self.queue.empty():
-                self._idle.set()
-
-    async def _write(self, batch: list[Inference]) -> None:
+    async def write(self, batch: list[Inference]) -> None:
         """Retries until written: inserts are idempotent (by inference id), so a retry is safe."""
+        self._writing = len(batch)
+        await self._write_until_stored(batch)
+        self._writing = 0
+        metrics.INFERENCES_LOGGED.inc(len(batch))
+        metrics.INFERENCE_LOG_BACKLOG.set(self.queue.qsize())
+
+    async def _write_until_stored(self, batch: list[Inference]) -> None:
         delay = 0.1
         while True:
             try:

@@ -1,8 +1,9 @@
 """One search's ranking: BM25 candidates, the served pipeline, and (in an experiment) interleaving.
 
 Runs on the model thread. While an experiment runs, the share of reranked searches that its
-hash of the inference id selects is answered with a team-draft interleaving of the champion's
-and the challenger's rankings of the same candidates; the challenger reuses whatever scores the
+hash of the inference id selects is answered with a probabilistic interleaving of the champion's
+and the challenger's rankings of the same candidates (every candidate, so that credit reaches
+deep into both rankings); the challenger reuses whatever scores the
 two compute alike (BM25, the query embedding, dense and pseudo-relevance scores when they
 share the embedding model), so an interleaved search costs little more than a plain one.
 """
@@ -16,7 +17,7 @@ import numpy as np
 
 from services.reranker.serving import ServingState
 from shared import metrics
-from shared.interleaving import Team, takes_part, team_draft
+from shared.interleaving import TAU, Team, interleave, takes_part
 from shared.store import InterleavingRecord
 
 CHALLENGER_PREFIX = "challenger."
@@ -31,6 +32,8 @@ class Ranked:
     order: list[int]
     """The shown results, as indexes into `positions`."""
     teams: list[Team] | None = None
+    shares: list[float] | None = None
+    """Per shown result: the challenger's share of its credit."""
     interleaving: InterleavingRecord | None = None
 
     def rerank_score(self, shown: int) -> float | None:
@@ -50,17 +53,17 @@ def rank(state: ServingState, query: str, use_reranker: bool, n_candidates: int,
     start = time.perf_counter()
     champion = state.model
     challenger = state.challenger
-    interleave = challenger is not None and takes_part(inference_id, challenger.experiment.experiment_id,
+    interleaved = challenger is not None and takes_part(inference_id, challenger.experiment.experiment_id,
                                                        challenger.experiment.share)
     reuse: dict[str, np.ndarray] = {}
-    if interleave and challenger is not None and challenger.index is None:
+    if interleaved and challenger is not None and challenger.index is None:
         vector = champion.query_vector(query) if "query_vector" in champion.shares_scores_of(
             challenger.model) else None
         if vector is not None:
             reuse["query_vector"] = vector
     scores = champion.score(index, query, positions, bm25, reuse=reuse)
     champion_order = np.argsort(-scores["fused"], kind="stable")
-    if not interleave or challenger is None:
+    if not interleaved or challenger is None:
         metrics.RERANK_DURATION.observe(time.perf_counter() - start)
         metrics.RERANK_CANDIDATES.observe(positions.size)
         return Ranked(positions, scores, [int(i) for i in champion_order[:top_k]])
@@ -69,7 +72,7 @@ def rank(state: ServingState, query: str, use_reranker: bool, n_candidates: int,
     theirs = challenger.model.score(challenger.index or index, query, positions, bm25, reuse=handed)
     challenger_order = np.argsort(-theirs["fused"], kind="stable")
     ids = [index.resources[p].id for p in positions]
-    shown = team_draft([ids[i] for i in champion_order], [ids[i] for i in challenger_order], top_k,
+    shown = interleave([ids[i] for i in champion_order], [ids[i] for i in challenger_order], top_k,
                        seed=inference_id)
     where = {resource_id: i for i, resource_id in enumerate(ids)}
     experiment = challenger.experiment
@@ -77,10 +80,11 @@ def rank(state: ServingState, query: str, use_reranker: bool, n_candidates: int,
         experiment_id=experiment.experiment_id, kind=experiment.kind, champion=champion.version,
         challenger=challenger.model.version,
         champion_ranking=[ids[i] for i in champion_order[:top_k]],
-        challenger_ranking=[ids[i] for i in challenger_order[:top_k]])
+        challenger_ranking=[ids[i] for i in challenger_order[:top_k]], tau=TAU)
     together = scores | {CHALLENGER_PREFIX + name: value for name, value in theirs.items()
                          if name not in shared}
     metrics.RERANK_DURATION.observe(time.perf_counter() - start)
     metrics.RERANK_CANDIDATES.observe(positions.size)
     metrics.EXPERIMENT_IMPRESSIONS.labels(experiment.kind).inc()
-    return Ranked(positions, together, [where[r] for r, _ in shown], [team for _, team in shown], record)
+    return Ranked(positions, together, [where[p.resource_id] for p in shown], [p.team for p in shown],
+                  [p.share for p in shown], record)

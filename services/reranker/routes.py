@@ -13,10 +13,10 @@ from services.reranker.inference_log import InferenceLog
 from services.reranker.ranking import rank
 from services.reranker.serving import ModelHolder
 from shared.auth import require_admin, require_search
+from shared.deps import SettingsDep, StoreDep
 from shared.events import new_id
 from shared.ml.retrieval import CatalogueIndex
-from shared.settings import Settings
-from shared.store import Inference, Resource, ShownResult, Store
+from shared.store import Inference, Resource, ShownResult
 
 router = APIRouter()
 
@@ -45,21 +45,11 @@ def get_holder(request: Request) -> ModelHolder:
     return holder
 
 
-def get_store(request: Request) -> Store:
-    return request.app.state.store
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 def get_inference_log(request: Request) -> InferenceLog:
     return request.app.state.inference_log
 
 
 Holder = Annotated[ModelHolder, Depends(get_holder)]
-StoreDep = Annotated[Store, Depends(get_store)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 class SearchRequest(BaseModel):
@@ -89,6 +79,9 @@ class SearchResult(BaseModel):
 class SearchResponse(BaseModel):
     inference_id: str
     query_text: str
+    query_truncated: bool = Field(default=False, description=(
+        f"True when the query was longer than the {MAX_QUERY_CHARS:,} characters the rankers read: "
+        "`query_text` is the part they read."))
     model_version: str
     use_reranker: bool
     candidates: int = Field(description="First-stage results the served pipeline scored (0: BM25 only).")
@@ -114,7 +107,7 @@ async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
         ranked = await holder.run(rank, state, query, True, n_candidates, top_k, inference_id)
     else:
         ranked = rank(state, query, False, n_candidates, top_k, inference_id)
-    results, teams = [], ranked.teams
+    results, teams, shares = [], ranked.teams, ranked.shares
     for shown, i in enumerate(ranked.order):
         resource = state.index.resources[ranked.positions[i]]
         results.append(SearchResult(
@@ -132,11 +125,13 @@ async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
         latency_ms=latency_ms, interleaving=ranked.interleaving,
         results=[ShownResult(resource_id=r.resource_id, rank=r.rank, first_stage_score=r.first_stage_score,
                              rerank_score=r.rerank_score, scores=r.scores,
-                             team=teams[n] if teams else None) for n, r in enumerate(results)],
+                             team=teams[n] if teams else None, share=shares[n] if shares else None)
+                 for n, r in enumerate(results)],
     ))
     holder.count_served(version)
-    return SearchResponse(inference_id=inference_id, query_text=query, model_version=version,
-                          use_reranker=body.use_reranker,
+    return SearchResponse(inference_id=inference_id, query_text=query,
+                          query_truncated=len(query) < len(body.query_text.strip()),
+                          model_version=version, use_reranker=body.use_reranker,
                           candidates=int(ranked.positions.size) if body.use_reranker else 0,
                           latency_ms=round(latency_ms, 3), results=results)
 

@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
 from services.trainer.experiments import ExperimentError
-from services.trainer.operations import VersionActionError, Versions, request_training
-from services.trainer.worker import Trainer, consume
+from services.trainer.version_actions import VersionActionError, VersionActions, request_training
+from services.trainer.worker import Trainer, request_consumer
 from shared.auth import require_admin
-from shared.http import add_common
+from shared.deps import SettingsDep, StoreDep
+from shared.http import add_common, store_answers
 from shared.kafka import ensure_topics
 from shared.ml.hyperparameters import Hyperparameters
 from shared.ml.model import configure_torch_threads
 from shared.ml.registry import VERSION_RE
 from shared.settings import Settings, get_settings
-from shared.store import StoreUnavailableError, store_from
+from shared.store import store_from
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
+async def app_version_actions(request: Request) -> VersionActions:
+    return request.app.state.version_actions
+
+
+ActionsDep = Annotated[VersionActions, Depends(app_version_actions)]
 VersionName = Path(pattern=VERSION_RE.pattern, description="A registry version, like v0003.")
 
 
@@ -33,10 +39,10 @@ class TrainBody(Hyperparameters):
 
 
 @router.post("/train", status_code=202)
-async def train(request: Request, body: TrainBody | None = None) -> dict:
+async def train(settings: SettingsDep, body: TrainBody | None = None) -> dict:
     """Ask for a training run now (reason `manual`), without waiting for the threshold."""
     body = body or TrainBody()
-    event = await request_training(request.app.state.settings,
+    event = await request_training(settings,
                                    Hyperparameters(**body.model_dump(exclude={"include_test"})),
                                    body.include_test)
     return {"requested": True, "event_id": event.event_id, "hyperparameters": event.hyperparameters,
@@ -44,22 +50,22 @@ async def train(request: Request, body: TrainBody | None = None) -> dict:
 
 
 @router.get("/versions")
-async def versions(request: Request) -> dict:
+async def versions(actions: ActionsDep) -> dict:
     """Every indexed version: status, metrics, the run's reason, champion and previous champion."""
-    return await request.app.state.versions.listing()
+    return await actions.listing()
 
 
 @router.post("/versions/{version}/promote")
-async def promote(request: Request, version: str = VersionName) -> dict:
+async def promote(actions: ActionsDep, version: str = VersionName) -> dict:
     """Make this version the champion, whatever its gate said; `model.ready` tells the rerankers."""
-    event = await request.app.state.versions.promote(version)
+    event = await actions.promote(version)
     return {"champion": event.version, "model_ready": event.model_dump(mode="json")}
 
 
 @router.post("/rollback")
-async def rollback(request: Request) -> dict:
+async def rollback(actions: ActionsDep) -> dict:
     """Back to the previous champion (or version 0); the current one becomes `retired`."""
-    event = await request.app.state.versions.rollback()
+    event = await actions.rollback()
     return {"champion": event.version, "model_ready": event.model_dump(mode="json")}
 
 
@@ -68,29 +74,29 @@ ChallengerName = Path(pattern=f"{VERSION_RE.pattern}|^v0$",
 
 
 @router.post("/versions/{version}/challenge")
-async def challenge(request: Request, version: str = ChallengerName) -> dict:
+async def challenge(actions: ActionsDep, version: str = ChallengerName) -> dict:
     """Let users compare this version with the champion by interleaving; a running experiment ends."""
-    event = await request.app.state.versions.challenge(version)
+    event = await actions.challenge(version)
     return {"experiment_id": event.experiment_id, "model_ready": event.model_dump(mode="json")}
 
 
 @router.get("/experiments")
-async def experiments(request: Request, limit: int = 20) -> dict:
+async def experiments(store: StoreDep, limit: int = 20) -> dict:
     """Online experiments, newest first: versions, status, decision, reason and evidence."""
-    items = await request.app.state.store.list_experiments(limit=max(1, min(limit, 200)))
+    items = await store.list_experiments(limit=max(1, min(limit, 200)))
     return {"experiments": [e.model_dump(mode="json") for e in items]}
 
 
 @router.post("/experiments/stop")
-async def stop_experiment(request: Request) -> dict:
+async def stop_experiment(actions: ActionsDep) -> dict:
     """End the running experiment; the champion serves alone."""
-    event = await request.app.state.versions.stop_experiment()
+    event = await actions.stop_experiment()
     return {"stopped": event.experiment_id, "model_ready": event.model_dump(mode="json")}
 
 
 @router.get("/runs")
-async def runs(request: Request, limit: int = 20) -> dict:
-    items = await request.app.state.store.list_training_runs(limit=max(1, min(limit, 200)))
+async def runs(store: StoreDep, limit: int = 20) -> dict:
+    items = await store.list_training_runs(limit=max(1, min(limit, 200)))
     return {"runs": [r.model_dump(mode="json") for r in items]}
 
 
@@ -105,17 +111,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         trainer = Trainer(settings, store)
         await trainer.recover()
         app.state.store, app.state.trainer = store, trainer
-        app.state.versions = Versions(settings, store, trainer.registry)
-        stop, joined = threading.Event(), threading.Event()
-        app.state.joined = joined
-        thread = threading.Thread(target=consume, name="trainer-consumer", daemon=True,
-                                  args=(trainer, settings, asyncio.get_running_loop(), stop, joined))
-        thread.start()
+        app.state.version_actions = VersionActions(settings, store, trainer.registry)
+        app.state.consumer = request_consumer(trainer, settings, asyncio.get_running_loop()).start()
         try:
             yield
         finally:
-            stop.set()
-            await asyncio.to_thread(thread.join, 30)
+            await asyncio.to_thread(app.state.consumer.stop, 30)
             await store.close()
 
     app = FastAPI(title="EduRanker trainer", version="0.1.0", lifespan=lifespan)
@@ -128,13 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
     async def readiness() -> dict[str, bool]:
-        try:
-            await app.state.store.ping()
-            store_ok = True
-        except (StoreUnavailableError, AttributeError):
-            store_ok = False
-        joined = getattr(app.state, "joined", None)
-        return {"store": store_ok, "broker": bool(joined and joined.is_set())}
+        consumer = getattr(app.state, "consumer", None)
+        return {"store": await store_answers(app), "broker": bool(consumer and consumer.joined.is_set())}
 
     add_common(app, "trainer", readiness)
     return app

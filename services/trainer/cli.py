@@ -25,7 +25,7 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import ValidationError
 
 from services.trainer.experiments import ExperimentError
-from services.trainer.operations import VersionActionError, Versions, request_training
+from services.trainer.version_actions import VersionActionError, VersionActions, request_training
 from shared.events import MODEL_READY_TOPIC, ModelReadyEvent
 from shared.kafka import make_broadcast_consumer, parse
 from shared.logging import configure
@@ -37,10 +37,11 @@ from shared.store import Store, store_from
 SHOWN_METRICS = ("candidate_ndcg@10", "candidate_mrr@10", "candidate_f1", "candidate_auc")
 
 
-async def with_versions(settings: Settings, action: Callable[[Versions, Store], Awaitable[int]]) -> int:
+async def with_versions(settings: Settings,
+                        action: Callable[[VersionActions, Store], Awaitable[int]]) -> int:
     store = await store_from(settings)
     try:
-        return await action(Versions(settings, store, Registry(settings.model_dir).ensure()), store)
+        return await action(VersionActions(settings, store, Registry(settings.model_dir).ensure()), store)
     finally:
         await store.close()
 
@@ -83,7 +84,7 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
-    async def show(versions: Versions, store: Store) -> int:
+    async def show(versions: VersionActions, store: Store) -> int:
         listing = await versions.listing()
         if args.json:
             print(json.dumps(listing, indent=2))
@@ -104,7 +105,7 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
-    async def show(versions: Versions, store: Store) -> int:
+    async def show(versions: VersionActions, store: Store) -> int:
         for run in await store.list_training_runs(limit=args.limit):
             print(f"{run.started_at.isoformat()[:19]}  {run.status:<9} {run.version or '-':<7} "
                   f"pairs={run.pairs:<5} reason={run.reason:<9} {run.detail}")
@@ -115,7 +116,7 @@ def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_move_champion(args: argparse.Namespace, settings: Settings) -> int:
     """`promote VERSION` and `rollback`: move the champion pointer, then tell the rerankers."""
-    async def act(versions: Versions, store: Store) -> int:
+    async def act(versions: VersionActions, store: Store) -> int:
         moved = versions.promote(args.version) if args.command == "promote" else versions.rollback()
         event = await moved
         print(f"champion: {event.version} (model.ready sent: {event.reason})")
@@ -126,7 +127,7 @@ def cmd_move_champion(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_experiment(args: argparse.Namespace, settings: Settings) -> int:
     """`challenge VERSION` and `stop-experiment`: start or end an online experiment."""
-    async def act(versions: Versions, store: Store) -> int:
+    async def act(versions: VersionActions, store: Store) -> int:
         if args.command == "challenge":
             event = await versions.challenge(args.version)
             print(f"experiment {event.experiment_id}: {event.reason}")
@@ -139,7 +140,7 @@ def cmd_experiment(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_experiments(args: argparse.Namespace, settings: Settings) -> int:
-    async def show(versions: Versions, store: Store) -> int:
+    async def show(versions: VersionActions, store: Store) -> int:
         for e in await store.list_experiments(limit=args.limit):
             facts = e.evidence
             score = (f"won {facts.get('challenger_wins', 0)}:{facts.get('champion_wins', 0)} "

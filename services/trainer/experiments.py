@@ -49,7 +49,7 @@ class Experiments:
             experiment_id=experiment_id or new_id(), kind=kind,  # type: ignore[arg-type]
             champion=champion, challenger=challenger,
             share=s.experiment_watch_share if watch else s.experiment_share,
-            alpha=s.experiment_alpha, effect=s.experiment_effect,
+            alpha=s.experiment_alpha,
             min_impressions=s.experiment_min_impressions,
             max_impressions=s.experiment_watch_impressions if watch else s.experiment_max_impressions,
             max_s=s.experiment_watch_s if watch else s.experiment_max_s,

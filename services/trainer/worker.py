@@ -13,32 +13,35 @@ import importlib.metadata
 import logging
 import threading
 import time
+from collections.abc import Awaitable
+from concurrent.futures import Future
 from pathlib import Path
 
-from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from services.trainer.operations import Versions
+from services.trainer.version_actions import VersionActions, announce
 from shared import metrics
-from shared.broker import BrokerOutage
 from shared.events import (
     EXPERIMENT_DECIDED_TOPIC,
-    MODEL_READY_TOPIC,
     TRAINING_REQUESTED_TOPIC,
+    Event,
     ExperimentDecidedEvent,
     ModelReadyEvent,
     TrainingRequestedEvent,
     new_id,
     utcnow,
 )
-from shared.kafka import DeadLetters, make_group_consumer, make_producer, publish
-from shared.ml.backends import onnx_cache
-from shared.ml.candidate import index_for_pairs, summarise, train_candidate
-from shared.ml.dataset import build_pairs, not_enough_reason
-from shared.ml.embedder import load_encoder
-from shared.ml.pipeline import load_champion
+from shared.kafka import ConsumerLoop, DeadLetters, make_group_consumer
+from shared.ml.dataset import not_enough_reason
 from shared.ml.registry import Registry
 from shared.ml.train import TrainConfig
+from shared.ml.training_run import (
+    CandidateResult,
+    champion_and_index,
+    read_training_data,
+    summarise,
+    train_candidate,
+)
 from shared.ml.vectors import StoredVectors
 from shared.settings import Settings
 from shared.store import ModelVersion, Store, TrainingRun
@@ -73,13 +76,13 @@ class Trainer:
         self.settings = settings
         self.store = store
         self.registry = Registry(settings.model_dir).ensure()
-        self.versions = Versions(settings, store, self.registry)
+        self.version_actions = VersionActions(settings, store, self.registry)
         self.busy = threading.Event()
 
     async def recover(self) -> None:
         """After a crash: no half-written version, runs left 'running' failed, index and folders agree."""
-        await self.versions.reconcile()
-        await self.versions.prune()
+        await self.version_actions.reconcile()
+        await self.version_actions.prune()
 
     async def handle(self, request: TrainingRequestedEvent) -> ModelReadyEvent | None:
         runs = await self.store.list_training_runs(limit=500)
@@ -100,7 +103,7 @@ class Trainer:
             run.status, run.detail = "failed", f"{type(exc).__name__}: {exc}"[:500]
             run.version = None
             try:
-                await self.versions.discard_run(run.run_id)
+                await self.version_actions.discard_run(run.run_id)
             except Exception:
                 log.exception("event=discard_failed run=%s", run.run_id)
             ready = self._event(request, run, "failed")
@@ -135,12 +138,14 @@ class Trainer:
 
     async def decided(self, event: ExperimentDecidedEvent) -> ModelReadyEvent | None:
         """Users decided an experiment: promote, retire or roll back (None: already done)."""
-        ready = await self.versions.experiments.act(event)
+        ready = await self.version_actions.experiments.act(event)
         if ready is not None:
-            await self.versions.prune()
+            await self.version_actions.prune()
         return ready
 
     async def _train(self, request: TrainingRequestedEvent, run: TrainingRun) -> ModelReadyEvent:
+        """One run: its hyperparameters, the feedback it reads, the candidate (trained off the event
+        loop by `shared.ml.training_run`), then what the decision changes."""
         try:
             config = TrainConfig.from_settings(self.settings).with_overrides(request.hyperparameters)
         except ValidationError as exc:
@@ -148,45 +153,42 @@ class Trainer:
             return self._event(request, run, "failed")
         include_test = (self.settings.train_include_test if request.include_test is None
                         else request.include_test)
-        everything = await self.store.list_feedback(include_test=True)
-        feedback = [f for f in everything if include_test or not f.is_test]
-        inferences = await self.store.get_inferences(sorted({f.inference_id for f in feedback}))
-        resources = await self.store.list_resources()
-        pairs = build_pairs(feedback, inferences, {r.id: r for r in resources})
-        run.pairs = len(pairs)
-        reason = not_enough_reason(pairs, self.settings.train_min_feedback)
+        data = await read_training_data(self.store, include_test)
+        run.pairs = len(data.pairs)
+        reason = not_enough_reason(data.pairs, self.settings.train_min_feedback)
         if reason:
             run.status, run.detail = "skipped", reason
             log.info("event=training_skipped run=%s reason=%r", run.run_id, reason)
             return self._event(request, run, "skipped")
-        metrics.TRAINING_PAIRS.set(len(pairs))
+        metrics.TRAINING_PAIRS.set(len(data.pairs))
         extra = {
             "run_id": run.run_id, "request_event_id": request.event_id, "request_reason": request.reason,
             "requested_hyperparameters": {k: getattr(config, k) for k in sorted(config.pinned)},
-            "feedback": {"used": len(feedback), "test_feedback": sum(f.is_test for f in everything),
+            "feedback": {"used": len(data.feedback), "test_feedback": data.test_feedback,
                          "test_feedback_included": include_test},
             "code": code_version(),
         }
-
         stored = StoredVectors(self.store, asyncio.get_running_loop())
 
-        def work():  # noqa: ANN202 - runs on a worker thread: CPU-bound
-            champion = load_champion(self.settings, self.registry)
-            if champion.embedder is not None:  # the reranker's vectors: same runtime, same identity
-                champion.encoder = load_encoder(champion.embedder, self.settings.embedding_backend,
-                                                onnx_cache(self.settings), self.settings.torch_threads)
-            index = index_for_pairs(resources, pairs, champion, stored)
+        def work() -> CandidateResult:  # on a worker thread: CPU-bound
+            champion, index = champion_and_index(self.settings, self.registry, data, stored)
             return train_candidate(
-                self.settings, pairs, index, champion, self.registry, config=config,
+                self.settings, data.pairs, index, champion, self.registry, config=config,
                 progress=lambda line: log.info("event=training_progress run=%s %s", run.run_id, line),
                 extra_metadata=extra, switch_champion=False,
             )
 
         result = await asyncio.to_thread(work)
+        experiment_id = await self._record(run, result)
+        return self._event(request, run, result.decision, experiment_id)
+
+    async def _record(self, run: TrainingRun, result: CandidateResult) -> str | None:
+        """The version in the store's index, then the champion pointer or the experiment users decide
+        in (returns its id); the run's outcome and metrics; old rejected versions pruned."""
         decision = result.decision
         summary = summarise(result.metadata["metrics"])
         # Index first, champion pointer (or experiment) second: a crash in between leaves an indexed,
-        # unserved version that `Versions.reconcile` removes with its unfinished run.
+        # unserved version that `VersionActions.reconcile` removes with its unfinished run.
         await self.store.save_model_version(ModelVersion(
             version=result.version, location=result.version, status=decision,
             base_model=self.settings.base_model, metrics=summary,
@@ -195,7 +197,7 @@ class Trainer:
         if decision == "promoted":
             self.registry.set_champion(result.version)
         elif decision == "challenger":
-            experiment = await self.versions.experiments.challenge(
+            experiment = await self.version_actions.experiments.challenge(
                 result.version, f"training run {run.run_id}", run_id=run.run_id)
             experiment_id = experiment.experiment_id
         run.status, run.detail, run.version, run.metrics = decision, result.reason, result.version, summary
@@ -203,66 +205,28 @@ class Trainer:
             for name in ("ndcg@10", "mrr@10", "f1", "auc"):
                 if name in values:
                     metrics.TRAINING_METRIC.labels(model, name).set(values[name])
-        await self.versions.prune()
-        return self._event(request, run, decision, experiment_id)
+        await self.version_actions.prune()
+        return experiment_id
 
 
-def consume(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoop,
-            stop: threading.Event, joined: threading.Event) -> None:
-    """The consumer thread: one request or decision at a time, partitions paused while it works."""
-    producer = None
-    consumer = None
-    dead_letters = DeadLetters(settings)
-    outage = BrokerOutage(settings, "trainer-consumer")
-    while not stop.is_set():
-        try:
-            if consumer is None:
-                if not outage.reachable():
-                    stop.wait(1.0)
-                    continue
-                consumer = make_group_consumer(settings, (TRAINING_REQUESTED_TOPIC, EXPERIMENT_DECIDED_TOPIC),
-                                               GROUP_ID)
-            if producer is None:
-                producer = make_producer(settings)
-            batches = consumer.poll(timeout_ms=500, max_records=1)
-            outage.check()
-            if consumer.assignment():
-                joined.set()
-            for records in batches.values():
-                for record in records:
-                    request = dead_letters.decode(record)
-                    if isinstance(request, TrainingRequestedEvent):
-                        work = trainer.handle(request)
-                    elif isinstance(request, ExperimentDecidedEvent):
-                        work = trainer.decided(request)
-                    else:
-                        continue
-                    assigned = list(consumer.assignment())
-                    consumer.pause(*assigned)
-                    future = asyncio.run_coroutine_threadsafe(work, loop)
-                    while not future.done():
-                        consumer.poll(timeout_ms=200)  # keeps the group membership alive
-                    consumer.resume(*assigned)
-                    ready = future.result()
-                    if ready is not None:
-                        publish(producer, MODEL_READY_TOPIC, ready, key="model")
-                        log.info("event=model_ready_sent version=%s decision=%s", ready.version,
-                                 ready.decision)
-            if batches:
-                consumer.commit()
-        except KafkaError as exc:
-            outage.failed(exc)
-            stop.wait(1.0)
-        except Exception:
-            # The request stays uncommitted: a new group member is handed it again after the pause.
-            log.exception("event=trainer_request_failed action=retry_in_5s")
-            if consumer is not None:
-                with contextlib.suppress(Exception):
-                    consumer.close(autocommit=False)
-            consumer = None
-            stop.wait(5.0)
-    if consumer is not None:
-        consumer.close()
-    if producer is not None:
-        producer.close(5)
-    dead_letters.close()
+def request_consumer(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoop) -> ConsumerLoop:
+    """One training request or users' decision at a time, worked on `loop`; its `model.ready` is
+    sent before the request is committed."""
+
+    async def answer(work: Awaitable[ModelReadyEvent | None]) -> None:
+        ready = await work
+        if ready is not None:
+            await announce(settings, ready)
+
+    def handle(event: Event) -> Future[None] | None:
+        if isinstance(event, TrainingRequestedEvent):
+            return asyncio.run_coroutine_threadsafe(answer(trainer.handle(event)), loop)
+        if isinstance(event, ExperimentDecidedEvent):
+            return asyncio.run_coroutine_threadsafe(answer(trainer.decided(event)), loop)
+        return None
+
+    return ConsumerLoop(
+        lambda: make_group_consumer(settings, (TRAINING_REQUESTED_TOPIC, EXPERIMENT_DECIDED_TOPIC), GROUP_ID),
+        TRAINING_REQUESTED_TOPIC, handle, settings, name="trainer-consumer",
+        dead_letters=DeadLetters(settings), max_records=1, retry_s=5.0,
+    )

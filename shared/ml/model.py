@@ -92,6 +92,15 @@ def check_complete(model: CrossEncoder, folder: Path) -> None:
                              f"e.g. {sorted(missing)[:3]}; the config does not match the weights")
 
 
+def fall_back_or_raise(what: str, name_or_path: str, source: str, exc: Exception, fallback: bool) -> None:
+    """A model that did not load: `ModelLoadError` for a folder (a registry version must load as
+    written) or without `fallback`; else the offline weights will do, and the log says so."""
+    if _is_local(source) or not fallback:
+        raise ModelLoadError(f"cannot load {what} from {source}: {exc}") from exc
+    log.warning("event=model_fallback wanted=%s using=%s reason=%r", name_or_path, OFFLINE_BASE_MODEL,
+                str(exc)[:200])
+
+
 def load_cross_encoder(name_or_path: str, max_length: int = 128, device: str = "auto",
                        fallback: bool = True, strict: bool | None = None) -> CrossEncoder:
     """Load by hub id or folder; an unreachable hub falls back to the offline weights (logged).
@@ -109,12 +118,7 @@ def load_cross_encoder(name_or_path: str, max_length: int = 128, device: str = "
     except ModelLoadError:
         raise
     except Exception as exc:
-        if _is_local(source) or not fallback:
-            raise ModelLoadError(f"cannot load cross-encoder from {source}: {exc}") from exc
-        log.warning(
-            "event=model_fallback wanted=%s using=%s reason=%r",
-            name_or_path, OFFLINE_BASE_MODEL, str(exc)[:200],
-        )
+        fall_back_or_raise("cross-encoder", name_or_path, source, exc, fallback)
         return CrossEncoder(offline_weights(), num_labels=1, max_length=max_length,
                             device=pick_device(device))
 
@@ -125,12 +129,7 @@ def load_embedder(name_or_path: str, max_length: int = 128, device: str = "auto"
     try:
         model = SentenceTransformer(source, device=pick_device(device))
     except Exception as exc:
-        if _is_local(source) or not fallback:
-            raise ModelLoadError(f"cannot load embedding model from {source}: {exc}") from exc
-        log.warning(
-            "event=model_fallback wanted=%s using=%s reason=%r",
-            name_or_path, OFFLINE_BASE_MODEL, str(exc)[:200],
-        )
+        fall_back_or_raise("embedding model", name_or_path, source, exc, fallback)
         model = SentenceTransformer(offline_weights(), device=pick_device(device))
     model.max_seq_length = max_length
     return model

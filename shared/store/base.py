@@ -43,6 +43,8 @@ class ShownResult(BaseModel):
     rerank_score: float | None = None
     scores: dict[str, float] = Field(default_factory=dict)
     team: Team | None = Field(default=None, description="In an interleaved list: the ranker that placed it.")
+    share: float | None = Field(default=None, description="In an interleaved list: the challenger's share "
+                                "of the credit for this result (shared/interleaving.py).")
 
 
 class InterleavingRecord(BaseModel):
@@ -55,6 +57,9 @@ class InterleavingRecord(BaseModel):
     # Each ranker's own top results, best first: what it would have shown alone.
     champion_ranking: list[str]
     challenger_ranking: list[str]
+    # How the list was drawn: probabilistic interleaving with this exponent; None in older logs
+    # (team-draft interleaving).
+    tau: float | None = None
 
 
 class Inference(BaseModel):
@@ -151,7 +156,6 @@ class Experiment(BaseModel):
     challenger: str
     share: float
     alpha: float
-    effect: float
     min_impressions: int
     max_impressions: int
     max_s: float

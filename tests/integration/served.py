@@ -8,7 +8,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from shared.localstack import wait_for
+from tools.localstack import wait_for
 
 
 class Served:

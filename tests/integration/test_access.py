@@ -17,11 +17,11 @@ import pytest
 from services.collector.app import create_app as collector_app
 from services.reranker.app import create_app as reranker_app
 from shared.broker import EmbeddedBroker, free_port
-from shared.catalogue import load_catalogue
 from shared.kafka import ensure_topics
 from shared.settings import Settings
 from tests.conftest import SAMPLE_CATALOGUE
 from tests.integration.served import Served
+from tools.catalogue import load_catalogue
 
 ADMIN_KEYS = ("admin-key-one", "admin-key-two")
 FEEDBACK_KEY = "feedback-key-from-env"

@@ -31,10 +31,10 @@ from shared.events import (
     utcnow,
 )
 from shared.kafka import DEADLETTER_TOPIC
-from shared.localstack import LocalStack, wait_for
 from shared.store import TrainingRun, open_store
 from tests.conftest import ROOT, tiny_stack
 from tests.integration.test_loop import search
+from tools.localstack import LocalStack, wait_for
 
 MIN_NEW = 20
 
@@ -164,7 +164,7 @@ def test_malformed_messages_go_to_the_dead_letter_topic(stack: LocalStack) -> No
 
 def traffic(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli", "traffic", "--reranker", stack.url("reranker"),
+        [sys.executable, "-m", "tools.cli", "traffic", "--reranker", stack.url("reranker"),
          "--collector", stack.url("collector"), *args],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )

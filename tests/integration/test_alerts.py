@@ -18,11 +18,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.localstack import SERVICES
-from shared.prometheus import local_config
 from tests.conftest import ROOT
 from tests.debian import debian_program
 from tests.integration.test_deploy import ALERTS, PROMETHEUS, alert_rules, load_yaml
+from tools.localstack import SERVICES
+from tools.prometheus import local_config
 
 ALERTS_TEST = ALERTS.parent / "alerts_test.yml"
 BROKEN = {

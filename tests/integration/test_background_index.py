@@ -19,14 +19,14 @@ import pytest
 
 from services.reranker.app import create_app
 from shared.broker import EmbeddedBroker, free_port
-from shared.catalogue import load_catalogue
 from shared.kafka import ensure_topics
-from shared.localstack import wait_for
 from shared.ml.pipeline import RankingModel, version_zero
 from shared.ml.registry import Registry
 from shared.settings import Settings
 from tests.conftest import SAMPLE_CATALOGUE, build_tiny_bert
 from tests.integration.served import Served
+from tools.catalogue import load_catalogue
+from tools.localstack import wait_for
 
 SEARCH = "/api/reranking/search-with-reranking"
 INFO = "/api/reranking/info-modele"

@@ -18,10 +18,10 @@ import pytest
 from shared.broker import EmbeddedBroker, broker_answers, free_port
 from shared.events import MODEL_READY_TOPIC
 from shared.kafka import ConsumerLoop, ensure_topics, make_broadcast_consumer
-from shared.localstack import wait_for
 from shared.logging import QuietConnectionRetries
 from shared.settings import Settings
 from tests.conftest import ROOT
+from tools.localstack import wait_for
 
 CLIENT = """
 import sys

@@ -32,9 +32,9 @@ from shared.kafka import (
     make_producer,
     publish,
 )
-from shared.localstack import wait_for
 from shared.settings import Settings
 from tests.integration.served import Served
+from tools.localstack import wait_for
 
 
 @pytest.fixture(scope="module")

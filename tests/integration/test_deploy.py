@@ -446,7 +446,7 @@ def test_entrypoint_runs_the_named_service(fake_python: dict[str, str], service:
 
 def test_entrypoint_loads_the_catalogue_and_rejects_unknown_commands(fake_python: dict[str, str]) -> None:
     result = run_entrypoint(fake_python, "load-catalogue")
-    assert result.stdout.strip() == "python -m shared.cli load-catalogue /app/data/sample_catalogue.jsonl"
+    assert result.stdout.strip() == "python -m tools.cli load-catalogue /app/data/sample_catalogue.jsonl"
     assert run_entrypoint(fake_python, "rerankr").returncode == 64
 
 

@@ -28,11 +28,11 @@ import pytest
 
 from shared.events import MODEL_READY_TOPIC, ModelReadyEvent
 from shared.kafka import make_broadcast_consumer, parse
-from shared.localstack import LocalStack, wait_for
 from shared.store import open_store
 from tests.conftest import ROOT, tiny_stack
 from tests.integration.test_feedback import aggregator_stats, collector_feedback, metric, wait_until_equal
 from tests.integration.test_trainer import request
+from tools.localstack import LocalStack, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -21,9 +21,9 @@ import pytest
 
 from services.collector.intake import FeedbackWriter
 from shared.events import utcnow
-from shared.localstack import LocalStack, wait_for
 from shared.store import Inference, ShownResult, Store, open_store
 from tests.integration.test_store_contract import make_feedback, store  # noqa: F401 - the backends
+from tools.localstack import LocalStack, wait_for
 
 INFERENCES = 200
 SHOWN = 10

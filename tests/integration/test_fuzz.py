@@ -29,11 +29,11 @@ from services.collector.app import create_app as collector_app
 from services.reranker.app import create_app as reranker_app
 from services.trainer.app import create_app as trainer_app
 from shared.broker import EmbeddedBroker, free_port
-from shared.catalogue import load_catalogue
 from shared.kafka import ensure_topics
 from shared.settings import Settings
 from tests.conftest import SAMPLE_CATALOGUE
 from tests.integration.served import Served
+from tools.catalogue import load_catalogue
 
 pytestmark = pytest.mark.slow
 CHECKS = [not_a_server_error, response_schema_conformance]

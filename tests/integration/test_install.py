@@ -19,7 +19,7 @@ def test_the_editable_install_is_a_path_entry_to_the_checkout_without_a_warning(
     project.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, project / name)
-    for name in ("shared", "services"):
+    for name in ("shared", "services", "tools"):
         shutil.copytree(ROOT / name, project / name, ignore=shutil.ignore_patterns("__pycache__"))
     done = subprocess.run([sys.executable, "-W", "always", "-c", BUILD_EDITABLE], cwd=project,
                           capture_output=True, text=True, timeout=300, check=False)

@@ -11,7 +11,6 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.localstack import LocalStack, wait_for
 from shared.store import open_store
 from tests.conftest import tiny_stack
 from tests.integration.test_deploy import (
@@ -22,6 +21,7 @@ from tests.integration.test_deploy import (
     grafana_to_promql,
     metric_names,
 )
+from tools.localstack import LocalStack, wait_for
 
 QUERIES = [
     "machine learning tutorial",

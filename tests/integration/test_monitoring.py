@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.localstack import SERVICES, LocalStack, wait_for
-from shared.prometheus import SELF_JOB, LocalPrometheus
 from tests.conftest import tiny_stack
 from tests.debian import debian_program
 from tests.integration.test_deploy import DASHBOARD, alert_rules, dashboard_exprs, grafana_to_promql
 from tests.integration.test_loop import QUERIES, rate_top_results, search
+from tools.localstack import SERVICES, LocalStack, wait_for
+from tools.prometheus import SELF_JOB, LocalPrometheus
 
 THRESHOLD = 40
 INTERVAL_S = 1

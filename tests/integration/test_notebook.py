@@ -20,12 +20,12 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
-from shared.cli import like_rule
 from shared.ml.registry import Registry
-from shared.sample_feedback import fill, main
 from shared.settings import OFFLINE_BASE_MODEL
 from shared.store import open_store
 from tests.conftest import ROOT, SAMPLE_CATALOGUE
+from tools.cli import like_rule
+from tools.sample_feedback import fill, main
 
 NOTEBOOK = ROOT / "notebooks" / "fine_tune_cross_encoder.ipynb"
 KERNEL = "python3"
@@ -133,8 +133,11 @@ def test_sample_feedback_logs_searches_and_queues_every_feedback_event(tmp_path:
 
 def test_notebook_fine_tunes_and_writes_a_registry_version(tmp_path: Path, tiny_model: Path,
                                                            kernel_dir: Path) -> None:
-    # A margin that lets any candidate through the gate: the notebook must still not promote it.
-    env = {**settings_env(tmp_path, tiny_model), "EDURANKER_GATE_MARGIN": "1.0"}
+    # Margins that let any candidate through the gate, offline or online (a tiny model on 100
+    # pairs can land below BM25 by more than the default safety margin): the notebook must still
+    # not promote it.
+    env = {**settings_env(tmp_path, tiny_model), "EDURANKER_GATE_MARGIN": "1.0",
+           "EDURANKER_GATE_SAFETY_MARGIN": "1.0"}
     sent = asyncio.run(fill(env["EDURANKER_STORE_URL"], 100, seed=1))
     assert sent["feedback"] == 100 and sent["like"] and sent["dislike"]
 
@@ -228,6 +231,6 @@ def test_notebook_explains_what_to_do_below_the_minimum(tmp_path: Path, tiny_mod
 
     output = text_of(nb)
     assert "Cannot fine-tune yet: not enough feedback: 5 of 10 needed" in output
-    assert "python -m shared.sample_feedback --count 200" in output
+    assert "python -m tools.sample_feedback --count 200" in output
     assert Registry(Path(env["EDURANKER_MODEL_DIR"])).versions() == []
     assert all(images(cell) == 0 for cell in plot_cells(nb))

@@ -17,13 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.localstack import LocalStack, wait_for
 from shared.ml.model import load_embedder
 from shared.ml.pipeline import FeedbackMemory, PipelineSpec, version_zero
 from shared.ml.registry import Registry
 from shared.store import ModelVersion, open_store
 from tests.conftest import tiny_stack
 from tests.integration.conftest import chromium_context
+from tools.localstack import LocalStack, wait_for
 
 QUERIES = ["machine learning tutorial", "linear algebra for beginners", "python for data analysis",
            "introduction to neural networks", "calculus derivatives exercises", "statistics for science"]

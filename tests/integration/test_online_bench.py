@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 from tests.integration.test_quality import beir_collection
 
 KEYS = {"sensitivity", "impressions_to_decide_interleaving", "impressions_to_decide_ab",
-        "false_promotion_rate", "experiments_judged", "false_promotion_rate_resampled",
+        "false_promotion_rate", "experiments_judged", "false_promotions", "false_promotion_rate_resampled",
         "flipped_rejected_online", "rollback_happened",
         "rollback_impressions", "ndcg10_traffic_v0", "ndcg10_traffic_final", "traffic_gain_by_seed",
         "ndcg10_held_out_v0", "ndcg10_held_out_final", "held_out_gain_by_seed", "latency", "people",
@@ -48,8 +48,14 @@ def test_online_harness_decides_replays_and_measures_the_traffic(tmp_path: Path,
         assert pair["experiment"]["status"] == "ended", pair["experiment"]
         assert pair["logged_impressions"] >= 30
         assert pair["right_winner"] in ("champion", "challenger")
-        for arm in ("resampled_interleaving", "resampled_ab"):
-            assert pair[arm]["runs"] == 3, pair[arm]
+        for arm in ("resampled_interleaving", "resampled_ab", "resampled_ab_normal"):
+            for floor in ("with_floor", "no_floor"):  # the product's minimum, and none: what each needs
+                assert pair[arm][floor]["runs"] == 3, pair[arm]
+        assert pair["resampled_interleaving"]["no_floor"]["median_impressions"] <= (
+            pair["resampled_interleaving"]["with_floor"]["median_impressions"])
+    counted = result["false_promotions"]["real"]
+    assert counted["experiments"] == result["experiments_judged"] >= counted["challenger_worse"] >= (
+        counted["false_promotions"])
     # A champion with BM25 backwards is far worse: users ask for version 0 back, the trainer obeys.
     assert pairs["safety"]["rollback_happened"], pairs["safety"]["rollback_experiment"]
     assert pairs["safety"]["rollback_impressions"] >= 30

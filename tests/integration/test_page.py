@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from shared.broker import free_port
-from shared.localstack import LocalStack
 from tests.conftest import ROOT, tiny_stack
 from tests.integration.served import Served
+from tools.localstack import LocalStack
 
 ARTIFACTS = ROOT / "test-artifacts"
 THRESHOLD = 12

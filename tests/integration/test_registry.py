@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.operations import Versions
+from services.trainer.version_actions import VersionActions
 from shared.ml.registry import (
     METADATA_FILE,
     Registry,
@@ -124,17 +124,18 @@ async def versions(tmp_path: Path):  # noqa: ANN201
                         registry_keep_rejected=2)
     store = await open_store(settings.store_url)
     try:
-        yield Versions(settings, store, Registry(settings.model_dir).ensure())
+        yield VersionActions(settings, store, Registry(settings.model_dir).ensure())
     finally:
         await store.close()
 
 
-async def index(versions: Versions, name: str, status: str) -> None:
+async def index(versions: VersionActions, name: str, status: str) -> None:
     await versions.store.save_model_version(ModelVersion(version=name, location=name, status=status,
                                                          base_model="tiny", metrics={"candidate_auc": 0.9}))
 
 
-async def test_prune_removes_old_rejected_folders_and_keeps_their_index_entries(versions: Versions) -> None:
+async def test_prune_removes_old_rejected_folders_and_keeps_their_index_entries(
+        versions: VersionActions) -> None:
     registry = versions.registry
     for i, status in enumerate(["promoted", "rejected", "rejected", "rejected", "promoted", "rejected"], 1):
         write(registry, f"v{i:04d}", decision=status)
@@ -152,7 +153,7 @@ async def test_prune_removes_old_rejected_folders_and_keeps_their_index_entries(
     assert await versions.prune() == []
 
 
-async def test_reconcile_undoes_a_killed_run_and_makes_the_index_agree(versions: Versions) -> None:
+async def test_reconcile_undoes_a_killed_run_and_makes_the_index_agree(versions: VersionActions) -> None:
     registry, store = versions.registry, versions.store
     write(registry, "v0001", decision="promoted")
     await index(versions, "v0001", "promoted")

@@ -27,10 +27,8 @@ from services.reranker.app import create_app
 from services.reranker.inference_log import InferenceLog
 from services.reranker.routes import MAX_QUERY_CHARS, query_as_read
 from shared.broker import EmbeddedBroker, free_port
-from shared.catalogue import load_catalogue, read_catalogue
 from shared.events import MODEL_READY_TOPIC, ModelReadyEvent, new_id
 from shared.kafka import ensure_topics, make_producer, publish
-from shared.localstack import wait_for
 from shared.ml.model import cross_scores, load_cross_encoder, load_onnx_cross_encoder
 from shared.ml.pipeline import PipelineSpec
 from shared.ml.registry import Registry
@@ -38,6 +36,8 @@ from shared.ml.retrieval import CatalogueIndex
 from shared.settings import Settings
 from shared.store import Inference, ShownResult, open_store
 from tests.conftest import ROOT, SAMPLE_CATALOGUE
+from tools.catalogue import load_catalogue, read_catalogue
+from tools.localstack import wait_for
 
 SEARCH = "/api/reranking/search-with-reranking"
 INFO = "/api/reranking/info-modele"
@@ -244,6 +244,8 @@ def test_a_pasted_paragraph_is_searched_on_what_the_rankers_read(server: Server)
     body = server.search(paragraph, top_k=3)
     assert len(paragraph) > 3 * MAX_QUERY_CHARS and body["query_text"] == query_as_read(paragraph)
     assert len(body["query_text"]) <= MAX_QUERY_CHARS and paragraph.startswith(body["query_text"])
+    assert body["query_truncated"] is True
+    assert server.search("linear algebra", top_k=1)["query_truncated"] is False
     assert body["results"] and body["results"][0]["first_stage_score"] > 0
 
     # Feedback on it trains on the query as read, as it was ranked.

@@ -16,14 +16,14 @@ import httpx
 import pytest
 
 from shared.broker import free_port
-from shared.localstack import PORT_FIELDS, SERVICES, wait_for
 from tests.conftest import ROOT, tiny_env
 from tests.debian import debian_program
+from tools.localstack import PORT_FIELDS, SERVICES, wait_for
 
 
 @contextmanager
 def launched(workdir: Path, tiny_model: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """`python -m shared.cli run ARGS` on free ports, up; the test then stops it with Ctrl-C."""
+    """`python -m tools.cli run ARGS` on free ports, up; the test then stops it with Ctrl-C."""
     ports = {service: free_port() for service in PORT_FIELDS}
     env = {**os.environ, **tiny_env(tiny_model),
            **{f"EDURANKER_{PORT_FIELDS[service].upper()}": str(port) for service, port in ports.items()}}
@@ -31,7 +31,7 @@ def launched(workdir: Path, tiny_model: Path, *args: str) -> Iterator[tuple[subp
     with log.open("wb") as out:
         # A session of its own: the test is the terminal, and SIGINT to the group is its Ctrl-C.
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "run", "--workdir", str(workdir / "var"), *args],
+            [sys.executable, "-m", "tools.cli", "run", "--workdir", str(workdir / "var"), *args],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(lambda: "Ctrl-C stops everything" in log.read_text() or launcher.poll() is not None,

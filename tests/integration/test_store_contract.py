@@ -321,7 +321,7 @@ async def test_concurrent_label_changes_have_one_winner(store: Store) -> None:
 def make_experiment(n: int, **fields: Any) -> Experiment:
     values: dict[str, Any] = {
         "experiment_id": f"exp-{n}", "kind": "challenge", "champion": "v0001", "challenger": f"v000{n + 2}",
-        "share": 0.5, "alpha": 0.05, "effect": 0.07, "min_impressions": 100, "max_impressions": 1000,
+        "share": 0.5, "alpha": 0.05, "min_impressions": 100, "max_impressions": 1000,
         "max_s": 3600.0, "started_at": at(n * 60), "started_by": "training run r1", "run_id": "r1",
     }
     return Experiment(**(values | fields))

@@ -25,11 +25,11 @@ import pytest
 from shared.events import MODEL_READY_TOPIC, TRAINING_REQUESTED_TOPIC, ModelReadyEvent, TrainingRequestedEvent
 from shared.events import utcnow as now
 from shared.kafka import make_broadcast_consumer, make_producer, parse, publish
-from shared.localstack import LocalStack, wait_for
 from shared.ml.registry import Registry
 from shared.ml.report import moved
 from shared.store import Feedback, Inference, Resource, ShownResult, open_store
 from tests.conftest import tiny_env
+from tools.localstack import LocalStack, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TOPICS = ("algebra", "geometry", "physics", "chemistry", "history", "biology", "poetry", "economics",

@@ -19,19 +19,19 @@ from prometheus_client import REGISTRY
 
 from services.reranker.app import create_app
 from shared.broker import EmbeddedBroker, free_port
-from shared.catalogue import load_catalogue, read_catalogue
 from shared.kafka import ensure_topics
-from shared.localstack import wait_for
-from shared.ml.candidate import index_for_pairs
 from shared.ml.dataset import Pair
 from shared.ml.embedder import load_encoder
 from shared.ml.model import embed, embedder_identity, load_embedder
 from shared.ml.pipeline import RankingModel, version_zero
+from shared.ml.training_run import index_for_pairs
 from shared.ml.vectors import EmbeddingCache, StoredVectors
 from shared.settings import Settings
 from shared.store.sqlite import SQLiteStore
 from tests.conftest import SAMPLE_CATALOGUE, build_tiny_bert
 from tests.integration.served import Served
+from tools.catalogue import load_catalogue, read_catalogue
+from tools.localstack import wait_for
 
 SEARCH = "/api/reranking/search-with-reranking"
 INFO = "/api/reranking/info-modele"

@@ -13,12 +13,12 @@ from sentence_transformers import CrossEncoder
 
 from shared.ml.dataset import Pair
 from shared.ml.evaluate import evaluate_pairs
-from shared.ml.explore import score_difference
 from shared.ml.model import embed
 from shared.ml.pipeline import RankingModel, fuse, version_zero
 from shared.ml.retrieval import CatalogueIndex
 from shared.settings import Settings
 from shared.store import Resource
+from tools.notebook import score_difference
 
 T = TypeVar("T", bound=torch.nn.Module)
 

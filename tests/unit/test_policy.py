@@ -7,20 +7,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.aggregator.policy import (
-    Policy,
-    Timing,
+from services.aggregator.policy import Policy, Timing, decide, evaluate
+from services.aggregator.table import State
+from shared.events import Counts
+from shared.feedback_counts import (
     apply_feedback,
     apply_fresh,
     apply_to_versions,
     count_feedback,
-    decide,
     describe,
-    evaluate,
     last_training,
 )
-from services.aggregator.table import State
-from shared.events import Counts
 from shared.settings import Settings
 from shared.store import Feedback, TrainingRun
 

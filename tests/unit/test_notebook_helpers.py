@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from shared.ml.explore import NotebookGate, StoreData, quality_checks, training_plan
 from shared.ml.train import TrainConfig
 from shared.settings import Settings
 from shared.store import Feedback, Inference, Resource, ShownResult
-from shared.workspace import LOCAL_WORKDIR, local_settings
 from tests.conftest import ROOT
+from tools.local_settings import LOCAL_WORKDIR, local_settings
+from tools.notebook import NotebookGate, StoreData, quality_checks, training_plan
 
 PASSES = ({"ndcg@10": 0.9}, {"ndcg@10": 0.8}, {"ndcg@10": 0.7})
 FAILS = ({"ndcg@10": 0.6}, {"ndcg@10": 0.8}, {"ndcg@10": 0.7})

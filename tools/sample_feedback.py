@@ -1,9 +1,9 @@
-"""Test feedback written straight into the store: `python -m shared.sample_feedback --count 200`.
+"""Test feedback written straight into the store: `python -m tools.sample_feedback --count 200`.
 
 For trying the notebook or the trainer without running the services. Each sample query is
 searched with first-stage BM25 over the catalogue, the search is logged as an inference, and
 the shown results get a like or a dislike from the same stand-in for a person that the
-`traffic` command uses through the HTTP API (`shared.cli.like_rule`). Feedback goes through
+`traffic` command uses through the HTTP API (`tools.cli.like_rule`). Feedback goes through
 `Store.record_feedback`, so its events are queued in the outbox like the collector's.
 """
 
@@ -17,19 +17,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from shared.catalogue import read_catalogue
-from shared.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES, like_rule
 from shared.events import new_id
 from shared.ml.retrieval import CatalogueIndex
 from shared.store import Feedback, Inference, ShownResult, Store, open_store
-from shared.workspace import local_settings
+from tools.catalogue import read_catalogue
+from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES, like_rule
+from tools.collection import read_queries
+from tools.local_settings import local_settings
 
 SAMPLE_MODEL_VERSION = "sample-bm25"
 """What produced the sample rankings: BM25 alone, never a served model version."""
-
-
-def read_queries(path: Path = SAMPLE_QUERIES) -> list[str]:
-    return [q.strip() for q in path.read_text(encoding="utf-8").splitlines() if q.strip()]
 
 
 async def ensure_catalogue(store: Store, catalogue: Path = SAMPLE_CATALOGUE) -> int:
@@ -93,13 +90,14 @@ async def fill(store_url: str, count: int, seed: int = 0, queries: list[str] | N
     store = await open_store(store_url)
     try:
         await ensure_catalogue(store, catalogue)
-        return await generate(store, count, queries or read_queries(), seed=seed, is_test=is_test)
+        queries = queries or list(read_queries(SAMPLE_QUERIES).values())
+        return await generate(store, count, queries, seed=seed, is_test=is_test)
     finally:
         await store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shared.sample_feedback",
+    parser = argparse.ArgumentParser(prog="python -m tools.sample_feedback",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=200, help="feedback records to write")
     parser.add_argument("--store-url", default=None,
@@ -115,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     store_url = args.store_url or local_settings().store_url
     started = time.perf_counter()
     try:
-        sent = asyncio.run(fill(store_url, args.count, args.seed, read_queries(args.queries), args.catalogue,
-                                args.mark_test))
+        queries = list(read_queries(args.queries).values())
+        sent = asyncio.run(fill(store_url, args.count, args.seed, queries, args.catalogue, args.mark_test))
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

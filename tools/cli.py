@@ -1,10 +1,9 @@
-"""`eduranker` / `python -m shared.cli`: run the local stack, load a catalogue, play test traffic."""
+"""`eduranker` / `python -m tools.cli`: run the local stack, load a catalogue, play test traffic."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import random
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from shared.logging import configure
+from tools.collection import read_qrels, read_queries
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOGUE = ROOT / "data" / "sample_catalogue.jsonl"
@@ -24,8 +24,8 @@ SAMPLE_QUERIES = ROOT / "data" / "sample_queries.txt"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from shared.localstack import LocalStack, offline_defaults
-    from shared.prometheus import LocalPrometheus, PrometheusError
+    from tools.localstack import LocalStack, offline_defaults
+    from tools.prometheus import LocalPrometheus, PrometheusError
 
     prometheus_bin = shutil.which(args.prometheus) if args.monitor else None
     if args.monitor and prometheus_bin is None:
@@ -120,8 +120,8 @@ class VectorsReport:
 
 
 def cmd_load_catalogue(args: argparse.Namespace) -> int:
-    from shared.catalogue import load_catalogue
     from shared.settings import get_settings
+    from tools.catalogue import load_catalogue
 
     count = asyncio.run(load_catalogue(get_settings().store_url, Path(args.path)))
     print(f"loaded {count} resources from {args.path}")
@@ -135,29 +135,6 @@ def like_rule(query: str, result: dict) -> bool:
     return bool(words) and sum(w in text for w in words) / len(words) >= 0.5
 
 
-def read_queries(path: Path) -> list[tuple[str, str]]:
-    """(query id, text) pairs: a text file, one query a line (ids are line numbers from 1), or a
-    BEIR `queries.jsonl` (`{"_id", "text"}` a line)."""
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in lines]
-        return [(str(row["_id"]), row["text"]) for row in rows]
-    return [(str(n), line) for n, line in enumerate(lines, start=1)]
-
-
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
-    """BEIR `qrels.tsv` (`query-id`, `corpus-id`, `score`, header line): relevance per query and resource."""
-    qrels: dict[str, dict[str, int]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.split("\t")
-        if number == 1 and not parts[-1].strip().lstrip("-").isdigit():
-            continue  # the header
-        if len(parts) != 3:
-            raise SystemExit(f"{path}:{number}: expected query-id<TAB>corpus-id<TAB>score")
-        qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
-    return qrels
-
-
 def cmd_traffic(args: argparse.Namespace) -> int:
     """Plays searches and likes/dislikes through the real HTTP API (the guide's test flow).
 
@@ -165,8 +142,12 @@ def cmd_traffic(args: argparse.Namespace) -> int:
     judged at least `--min-relevance` for the query is liked, any other one disliked (BEIR
     counts unjudged documents as not relevant). `--rate` paces the feedback, `--count` ends it.
     """
-    queries = read_queries(Path(args.queries))
-    qrels = read_qrels(Path(args.qrels)) if args.qrels else None
+    try:
+        queries = list(read_queries(Path(args.queries)).items())
+        qrels = read_qrels(Path(args.qrels)) if args.qrels else None
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     if qrels is not None:
         queries = [(qid, text) for qid, text in queries if qid in qrels]
         if not queries:

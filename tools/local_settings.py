@@ -12,12 +12,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from shared.cli import ROOT
-from shared.localstack import offline_defaults
 from shared.settings import Settings
+from tools.cli import ROOT
+from tools.localstack import offline_defaults
 
 LOCAL_WORKDIR = ROOT / "var"
-"""`python -m shared.cli run --workdir` default: the local stack's store, registry and logs."""
+"""`python -m tools.cli run --workdir` default: the local stack's store, registry and logs."""
 
 
 def local_settings() -> Settings:

@@ -20,9 +20,9 @@ from typing import TypeVar
 import httpx
 
 from shared.broker import EmbeddedBroker, free_port
-from shared.catalogue import load_catalogue
 from shared.kafka import ensure_topics
 from shared.settings import OFFLINE_BASE_MODEL, Settings
+from tools.catalogue import load_catalogue
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

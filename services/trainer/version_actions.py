@@ -70,7 +70,9 @@ async def request_training(settings: Settings, hyperparameters: Hyperparameters 
     return event
 
 
-class Versions:
+class VersionActions:
+    """What can be done to registry versions, by an operator or by the worker after a run."""
+
     def __init__(self, settings: Settings, store: Store, registry: Registry) -> None:
         self.settings = settings
         self.store = store

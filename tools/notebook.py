@@ -1,8 +1,8 @@
 """What the fine-tuning notebook shows beyond a training run: data checks, tables, figures.
 
-The notebook's cells call this module and the trainer's own steps (`dataset`, `candidate`,
-`train`, `evaluate`, `registry`, `report`), so what a person explores there is exactly what
-the trainer does; nothing here trains or scores in a way of its own.
+The notebook's cells call this module and the trainer's own steps (`shared.ml`: `dataset`,
+`training_run`, `train`, `evaluate`, `registry`, `report`), so what a person explores there is
+exactly what the trainer does; nothing here trains or scores in a way of its own.
 """
 
 from __future__ import annotations
@@ -19,19 +19,20 @@ import torch
 from matplotlib.figure import Figure
 from sentence_transformers import CrossEncoder
 
-from shared.ml.candidate import CandidateResult, Decision, Gate, promotes_online, summarise
 from shared.ml.dataset import Pair, group_by_query, normalise_query
 from shared.ml.evaluate import Evaluation
+from shared.ml.gate import Decision, Gate, promotes_online
 from shared.ml.model import cross_scores
 from shared.ml.pipeline import PipelineSpec, RankingModel
 from shared.ml.registry import Registry
 from shared.ml.report import COMPARED, gains
 from shared.ml.retrieval import CatalogueIndex
 from shared.ml.train import TrainConfig
+from shared.ml.training_run import CandidateResult, TrainingData, read_training_data, summarise
 from shared.settings import Settings, from_settings
-from shared.store import Feedback, Inference, ModelVersion, Resource, Store
+from shared.store import Feedback, ModelVersion, Store
 
-GENERATE_HINT = "python -m shared.sample_feedback --count 200"
+GENERATE_HINT = "python -m tools.sample_feedback --count 200"
 
 
 def what_to_do(reason: str, minimum: int, store_url: str) -> str:
@@ -43,7 +44,7 @@ def what_to_do(reason: str, minimum: int, store_url: str) -> str:
         "To get more:\n"
         "  1. collect real feedback: `make run`, search, and like/dislike results "
         "(POST /api/feedback);\n"
-        "  2. play test traffic through the running API: `python -m shared.cli traffic --count 200`;\n"
+        "  2. play test traffic through the running API: `python -m tools.cli traffic --count 200`;\n"
         f"  3. or write test feedback straight into the store: `{GENERATE_HINT}`\n"
         f"     (it writes to EDURANKER_STORE_URL, else var/eduranker.db; this notebook reads {store_url}).\n"
         "Then run the notebook again from the top. The cells below are skipped."
@@ -83,23 +84,17 @@ class NotebookGate(Gate):
 
 # Loading
 @dataclass
-class StoreData:
-    feedback: list[Feedback]
-    inferences: dict[str, Inference]
-    resources: dict[str, Resource]
-    inference_counts: dict[str, int]
-    test_feedback: int
+class StoreData(TrainingData):
+    """What the trainer reads (`read_training_data`), plus the searches logged per model version."""
+
+    inference_counts: dict[str, int] = field(default_factory=dict)
 
 
 async def load_store_data(store: Store, include_test: bool = False) -> StoreData:
     """What the trainer reads from the store, plus the counts the guide's section 2 shows."""
-    feedback = await store.list_feedback(include_test=include_test)
-    every = await store.list_feedback(include_test=True)
-    inferences = await store.get_inferences(sorted({f.inference_id for f in feedback}))
-    resources = {r.id: r for r in await store.list_resources()}
-    return StoreData(feedback=feedback, inferences=inferences, resources=resources,
-                     inference_counts=await store.count_inferences(),
-                     test_feedback=sum(f.is_test for f in every))
+    data = await read_training_data(store, include_test)
+    return StoreData(feedback=data.feedback, inferences=data.inferences, resources=data.resources,
+                     test_feedback=data.test_feedback, inference_counts=await store.count_inferences())
 
 
 def inference_stats(data: StoreData) -> pd.DataFrame:
