@@ -3,10 +3,13 @@
 Starts the embedded broker, the collector and the aggregator as real processes on free ports
 (`LocalStack`), logs inferences straight into the store, then sends feedback as fast as
 `--concurrency` clients allow (httpx AsyncClient), first one request per feedback, then in
-batches of `--batch` through `/api/feedback/batch`, while polling the aggregator's `/stats`.
-The k-th feedback accepted is counted when the aggregator's total first reaches k, which gives
-the delay from acceptance (the HTTP answer) to the count. At the end every accepted feedback
-must be in the store and in the counts: `lost` says how many are not.
+batches of `--batch` through `/api/feedback/batch` from `--batch-clients` clients, while
+polling the aggregator's `/stats`. The k-th feedback accepted is counted when the aggregator's
+total first reaches k, which gives the delay from acceptance (the HTTP answer) to the count.
+Each phase also reports the CPU time every process spent per feedback, from its first request
+until the aggregator counted its last feedback, and the load average around it (the figures
+depend on what else runs). At the end every accepted feedback must be in the store and in the
+counts: `lost` says how many are not. `aims` says whether the batch path met its aims.
 
     .venv/bin/python bench/feedback.py            # writes bench/results/feedback.json
 """
@@ -36,6 +39,7 @@ from tools.localstack import LocalStack  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "feedback.json"
 SHOWN = 10
+AIMS = {"batch_feedback_per_s": 5000.0, "batch_count_delay_p95_s": 1.0, "single_count_delay_p95_s": 0.15}
 
 
 async def log_inferences(store_url: str, count: int) -> None:
@@ -95,7 +99,9 @@ class Phase:
     feedback_ids: list[str] = field(default_factory=list)
     failures: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    counted_s: float = 0.0
     cpu_ms: dict[str, float] = field(default_factory=dict)
+    load_average: dict[str, list[float]] = field(default_factory=dict)
 
     def fail(self, reason: str) -> None:
         self.failures[reason] = self.failures.get(reason, 0) + 1
@@ -132,9 +138,6 @@ async def send(stack: LocalStack, phase: Phase, items: range, concurrency: int, 
     # per request at 32 in flight, and this machine's cores are shared with the services.
     one = httpx.Limits(max_connections=1)
     clients = [httpx.AsyncClient(timeout=60, limits=one) for _ in range(concurrency)]
-    pids = {"collector": stack.processes["collector"].pid, "aggregator": stack.processes["aggregator"].pid,
-            "bench_client": os.getpid()}
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started = time.perf_counter()
     try:
         await asyncio.gather(*(sender(client) for client in clients))
@@ -142,6 +145,31 @@ async def send(stack: LocalStack, phase: Phase, items: range, concurrency: int, 
         phase.elapsed_s = time.perf_counter() - started
         for client in clients:
             await client.aclose()
+
+
+def process_ids(stack: LocalStack) -> dict[str, int]:
+    pids = {"collector": stack.processes["collector"].pid, "aggregator": stack.processes["aggregator"].pid,
+            "bench_client": os.getpid()}
+    if stack.broker is not None and stack.broker.process is not None:
+        pids["broker"] = stack.broker.process.pid
+    return pids
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+async def run_phase(stack: LocalStack, counter: Counter, phase: Phase, items: range, concurrency: int,
+                    batch: int, counted_before: int) -> None:
+    """Sends, then waits until the aggregator counted all; CPU and load from the first request to then."""
+    pids = process_ids(stack)
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    phase.load_average["start"] = load_average()
+    started = time.perf_counter()
+    await send(stack, phase, items, concurrency, batch)
+    await counter.reach(counted_before + len(phase.accepted_at), timeout_s=120)
+    phase.counted_s = time.perf_counter() - started
+    phase.load_average["end"] = load_average()
     for name, pid in pids.items():
         after = cpu_seconds(pid)
         if before[name] is not None and after is not None and phase.accepted_at:
@@ -200,35 +228,50 @@ def report(phase: Phase, delays: list[float], concurrency: int, batch: int) -> d
         "batch": batch,
         "elapsed_s": round(phase.elapsed_s, 3),
         "feedback_per_s": round(len(phase.accepted_at) / phase.elapsed_s, 1) if phase.elapsed_s else 0.0,
+        "all_counted_after_s": round(phase.counted_s, 3),
         "count_delay_p50_s": percentile(delays, 0.5),
         "count_delay_p95_s": percentile(delays, 0.95),
         "count_delay_max_s": round(max(delays), 4) if delays else None,
         "count_delay_mean_s": round(statistics.fmean(delays), 4) if delays else None,
+        # From the first request until the aggregator counted the last feedback, per process.
         "cpu_ms_per_feedback": phase.cpu_ms,
+        "load_average": phase.load_average,
     }
 
 
-async def bench(stack: LocalStack, count: int, batch_count: int, concurrency: int, batch: int,
-                poll_s: float) -> dict:
+def aims(single: dict, batched: dict) -> dict:
+    """Each aim with the figure measured and whether it is met."""
+    measured = {"batch_feedback_per_s": batched["feedback_per_s"],
+                "batch_count_delay_p95_s": batched["count_delay_p95_s"],
+                "single_count_delay_p95_s": single["count_delay_p95_s"]}
+    return {name: {"aim": aim, "measured": measured[name],
+                   "met": measured[name] is not None and (measured[name] >= aim if name.endswith("_per_s")
+                                                          else measured[name] <= aim)}
+            for name, aim in AIMS.items()}
+
+
+async def bench(stack: LocalStack, count: int, batch_count: int, concurrency: int, batch_clients: int,
+                batch: int, poll_s: float) -> dict:
     counter = Counter(stack, poll_s)
     counter.start()
     try:
         single, batched = Phase("single"), Phase("batch")
-        await send(stack, single, range(count), concurrency, 1)
-        await counter.reach(len(single.accepted_at), timeout_s=60)
-        await send(stack, batched, range(count, count + batch_count), max(1, concurrency // 8), batch)
-        total = len(single.accepted_at) + len(batched.accepted_at)
-        await counter.reach(total, timeout_s=60)
+        await run_phase(stack, counter, single, range(count), concurrency, 1, 0)
+        await run_phase(stack, counter, batched, range(count, count + batch_count), batch_clients, batch,
+                        len(single.accepted_at))
     finally:
         await counter.stop()
+    total = len(single.accepted_at) + len(batched.accepted_at)
     in_store, publish_delays = await read_back(stack.settings.store_url)
     counted = counter.samples[-1][1] if counter.samples else 0
     missing_store = len(set(single.feedback_ids + batched.feedback_ids) - in_store)
     result = report(single, counter.delays(single.accepted_at, 0), concurrency, 1)
+    batch_result = report(batched, counter.delays(batched.accepted_at, len(single.accepted_at)),
+                          batch_clients, batch)
     return {
         **result,
-        "batch_endpoint": report(batched, counter.delays(batched.accepted_at, len(single.accepted_at)),
-                                 max(1, concurrency // 8), batch),
+        "batch_endpoint": batch_result,
+        "aims": aims(result, batch_result),
         "publish_delay_p50_s": percentile(publish_delays, 0.5),
         "publish_delay_p95_s": percentile(publish_delays, 0.95),
         "poll_interval_s": poll_s,
@@ -245,7 +288,8 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=15000, help="feedback sent one request each")
     parser.add_argument("--batch-count", type=int, default=15000, help="feedback sent in batches")
     parser.add_argument("--batch", type=int, default=100, help="items per batch request")
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=32, help="clients sending one request each")
+    parser.add_argument("--batch-clients", type=int, default=4, help="clients sending batches")
     parser.add_argument("--poll", type=float, default=0.02, help="aggregator /stats poll interval (s)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -256,8 +300,8 @@ def main() -> int:
             inferences = (args.count + args.batch_count) // SHOWN + 1
             asyncio.run(log_inferences(stack.settings.store_url, inferences))
             stack.start(services=("collector", "aggregator"))
-            result = asyncio.run(bench(stack, args.count, args.batch_count, args.concurrency, args.batch,
-                                       args.poll))
+            result = asyncio.run(bench(stack, args.count, args.batch_count, args.concurrency,
+                                       args.batch_clients, args.batch, args.poll))
     result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                          "platform": platform.platform(), "load_average": os.getloadavg()}
     args.output.parent.mkdir(parents=True, exist_ok=True)

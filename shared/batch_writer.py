@@ -1,9 +1,10 @@
 """A background task that writes queued items in groups: whatever queued up while the previous write
-ran, up to `max_batch`, is written together and in order (a group commit).
+ran, up to `max_batch` (the last item taken may go over), is written together and in order (a group
+commit).
 
 The reranker's inference log and the collector's feedback writer are two of them; each says how
 a batch is written and what a failure does (the first retries until the store takes it, the
-second hands each item's outcome to its caller).
+second hands each request's outcomes to its caller).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ class BatchWriter(Generic[T]):
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
 
+    def size(self, item: T) -> int:
+        """How much of `max_batch` an item takes: one, unless a subclass queues groups of things."""
+        return 1
+
     async def write(self, batch: list[T]) -> None:
         """Writes one batch. It must not raise: the writer would stop with it."""
         raise NotImplementedError
@@ -41,8 +46,10 @@ class BatchWriter(Generic[T]):
     async def _run(self) -> None:
         while True:
             batch = [await self.queue.get()]
-            while len(batch) < self.max_batch and not self.queue.empty():
+            size = self.size(batch[0])
+            while size < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+                size += self.size(batch[-1])
             try:
                 await self.write(batch)
             finally:

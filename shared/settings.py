@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     aggregator_dedup_window_s: Seconds = 7 * 86400.0
     # Published events the broker has not delivered after this long are counted from the store.
     aggregator_recover_after_s: Seconds = 5.0
+    # Feedback events counted together (one table commit): at most this many, or what arrived within
+    # the wait, which every count waits for at most.
+    aggregator_batch_max: int = Field(default=500, ge=1)
+    aggregator_batch_wait_s: Seconds = 0.01
 
     # Training (trainer)
     num_epochs: int = 3

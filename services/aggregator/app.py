@@ -81,7 +81,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=1.0,
         broker_rebalance_timeout=10.0,
         broker_max_poll_interval=10.0,
-        broker_commit_every=50,
+        broker_commit_every=500,  # each commit flushes the changelog first: about one per batch
         broker_commit_interval=1.0,
         # A broker that restarted empty has a changelog shorter than what this worker already
         # wrote; the table in memory is still right (the outbox check counts what the broker
@@ -112,13 +112,15 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(topics[FEEDBACK_TOPIC])
     async def count_feedback_events(stream: Any) -> None:
-        async for event in stream.events():
-            await aggregator.on_message(FEEDBACK_TOPIC, event.value, event.message)
+        # What arrived within the wait, up to the maximum, is counted together: one table commit.
+        async for events in stream.take_events(settings.aggregator_batch_max,
+                                               within=settings.aggregator_batch_wait_s):
+            await aggregator.on_messages(FEEDBACK_TOPIC, [(e.value, e.message) for e in events])
 
     @app.agent(topics[MODEL_READY_TOPIC])
     async def training_done(stream: Any) -> None:
         async for event in stream.events():
-            await aggregator.on_message(MODEL_READY_TOPIC, event.value, event.message)
+            await aggregator.on_messages(MODEL_READY_TOPIC, [(event.value, event.message)])
 
     @app.timer(interval=1.0)
     async def housekeeping() -> None:

@@ -7,7 +7,8 @@ the table's layout in `table.py`.
 Exactly once, under at-least-once delivery:
 - Every event carries an id; ids already counted are kept for
   `EDURANKER_AGGREGATOR_DEDUP_WINDOW_S` (7 days: longer than a topic keeps a message, so no
-  redelivery can come later), then expired, so the table stays bounded.
+  redelivery can come later), then expired, so the table stays bounded. Events are counted in
+  batches (`count`), each one a commit of the table (`table.py`).
 - The store is the system of record. When the table holds no counts (first start, or a broker
   that lost the changelog), they are rebuilt from a consistent read of the store, and the ids
   of the events that read already reflects are marked as seen. When the trainer reports a run
@@ -80,6 +81,7 @@ class Aggregator:
         self.purge_every_s = min(3600.0, self.dedup_window_s / 10)
         self._store: Store | None = None
         self._recover_cursor: datetime | None = None
+        self._checked: set[str] = set()  # the event ids the last recovery pass read
         self._last_purge = time.monotonic()
 
     async def store(self) -> Store:
@@ -140,11 +142,26 @@ class Aggregator:
             return False
         return True
 
-    async def count(self, event: FeedbackEvent, source: str) -> int:
-        """Counts one feedback event once (returns 1, or 0 for a duplicate); the caller holds `lock`."""
+    async def count(self, events: list[FeedbackEvent], source: str) -> int:
+        """Counts each feedback event once (returns how many were new); the caller holds `lock`.
+
+        One at a time in memory, with the policy and the experiment's test asked after each, as if
+        counted alone; the table gets one commit for them all (`State.batch`), or one before a
+        request or a decision goes out, so nothing is published that the table does not hold.
+        """
         state = self.state
         if not await self.ensure_started():
-            return 0  # the rebuild that follows reads this change from the store
+            return 0  # the rebuild that follows reads these changes from the store
+        counted = 0
+        with state.batch():
+            for event in events:
+                counted += await self._count_one(event, source)
+        if counted:
+            self.export(*state.tally()[:2])
+        return counted
+
+    async def _count_one(self, event: FeedbackEvent, source: str) -> int:
+        state = self.state
         if state.seen(event.event_id):
             metrics.AGG_DUPLICATES.inc()
             return 0
@@ -160,7 +177,6 @@ class Aggregator:
         timing = state.timing()
         if not timing.counting_since:
             state.set_timing(replace(timing, counting_since=now))
-        self.export(counts, versions)
         metrics.AGG_COUNT_DELAY.observe(max(0.0, now - event.occurred_at.timestamp()))
         if source != "broker":
             metrics.AGG_RECOVERED.inc()
@@ -170,6 +186,7 @@ class Aggregator:
         return 1
 
     async def send_decision(self, event: ExperimentDecidedEvent) -> None:
+        self.state.commit()  # the counts that decided it first
         await self.publish(EXPERIMENT_DECIDED_TOPIC, b"experiment", encode(event))
 
     async def maybe_request(self, now: float | None = None) -> None:
@@ -179,6 +196,7 @@ class Aggregator:
                           self.tracker.toward_minimum(self.state)).reason
         if reason is None:
             return
+        self.state.commit()  # the counts that crossed the threshold first
         event = TrainingRequestedEvent(reason=reason, counts=counts)  # type: ignore[arg-type]
         self.state.set_timing(replace(timing, last_request_at=now, pending_since=now,
                                       pending_request=event.event_id, retry_at=0.0))
@@ -219,17 +237,22 @@ class Aggregator:
         await self.publish(DEADLETTER_TOPIC, message.key, set_aside(
             message.topic, message.value, reason, message.partition, message.offset))
 
-    async def on_message(self, topic: str, value: bytes, message: Any) -> None:
-        """One message of the feedback or model-ready topic, decoded, counted or reported."""
-        decoded = decode_or_reason(topic, value)
-        if isinstance(decoded, str):
-            await self.set_aside(message, decoded)
-            return
-        async with self.lock:
-            if isinstance(decoded, FeedbackEvent):
-                await self.count(decoded, "broker")
+    async def on_messages(self, topic: str, messages: list[tuple[bytes, Any]]) -> None:
+        """Messages of the feedback or model-ready topic, (value, message) in order: decoded, then
+        counted (together) or reported; malformed ones are set aside."""
+        feedback: list[FeedbackEvent] = []
+        for value, message in messages:
+            decoded = decode_or_reason(topic, value)
+            if isinstance(decoded, str):
+                await self.set_aside(message, decoded)
+            elif isinstance(decoded, FeedbackEvent):
+                feedback.append(decoded)
             elif isinstance(decoded, ModelReadyEvent):
-                await self.training_reported(decoded)
+                async with self.lock:
+                    await self.training_reported(decoded)
+        if feedback:
+            async with self.lock:
+                await self.count(feedback, "broker")
 
     async def housekeeping(self) -> None:
         """Start-up rebuild, undelivered events, expiry of old ids, and the schedule."""
@@ -272,19 +295,22 @@ class Aggregator:
         late = timedelta(seconds=self.recover_after_s)
         until = now - late
         after = max(self._recover_cursor - late, now - timedelta(seconds=self.dedup_window_s / 2))
-        after_id, recovered = "", 0
+        after_id, recovered, checked = "", 0, set[str]()
         while True:
-            entries = await db.published_events(after, until, limit=page, after_id=after_id)
-            for entry in entries:
-                if state.seen(entry.event_id):
-                    continue
-                decoded = decode_or_reason(entry.topic, entry.payload.encode())
-                if isinstance(decoded, FeedbackEvent):
-                    async with self.lock:
-                        recovered += await self.count(decoded, "store")
-            if len(entries) < page:
+            ids = await db.published_event_ids(after, until, limit=page, after_id=after_id)
+            # Ids the last pass read are seen (or were counted then): only the others are looked up.
+            unseen = [i for i, _ in ids if i not in self._checked and not state.seen(i)]
+            checked.update(i for i, _ in ids)
+            if unseen:
+                entries = await db.outbox_events(unseen)
+                decoded = (decode_or_reason(e.topic, e.payload.encode()) for e in entries)
+                events = [event for event in decoded if isinstance(event, FeedbackEvent)]
+                async with self.lock:
+                    recovered += await self.count(events, "store")
+            if len(ids) < page:
                 break
-            after, after_id = entries[-1].published_at or until, entries[-1].event_id
+            after_id, after = ids[-1]
+        self._checked = checked
         if recovered:
             log.warning("event=feedback_recovered_from_store count=%d through=%s", recovered,
                         until.isoformat())

@@ -1,9 +1,10 @@
 """Feedback intake: validation against the logged inference, then a group-committed write.
 
 Each accepted feedback is answered only once its store transaction has committed (with its
-outbox event), so an HTTP 200 always means "stored". Two things keep that cheap:
+outbox event), so an HTTP 200 always means "stored". Three things keep that cheap:
 - inferences never change once logged, so lookups are cached (bounded, least recent out);
-- feedback that arrives while a write is in progress shares the next transaction.
+- a request's items are looked up together and written in one transaction (all or none);
+- requests that arrive while a write is in progress share the next transaction.
 """
 
 from __future__ import annotations
@@ -60,39 +61,61 @@ class FeedbackError(Exception):
 class InferenceCache:
     """Inferences are immutable once logged; only found ones are cached.
 
-    Clicks on one result list arrive together: concurrent misses for one id share one lookup.
+    Misses are looked up together, one query per call; concurrent misses for one id share one
+    lookup (clicks on one result list arrive together).
     """
 
     def __init__(self, store: Store, size: int = 20_000) -> None:
         self.store = store
         self.size = size
         self._items: OrderedDict[str, Inference] = OrderedDict()
-        self._loading: dict[str, asyncio.Future[Inference | None]] = {}
+        self._loading: dict[str, asyncio.Future[dict[str, Inference]]] = {}
 
-    async def get(self, inference_id: str) -> Inference | None:
-        found = self._items.get(inference_id)
-        if found is not None:
-            self._items.move_to_end(inference_id)
-            return found
-        loading = self._loading.get(inference_id)
-        if loading is None:
-            loading = asyncio.ensure_future(self.store.get_inference(inference_id))
-            self._loading[inference_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(inference_id, None))
-        found = await asyncio.shield(loading)
-        if found is not None:
-            self._items[inference_id] = found
-            if len(self._items) > self.size:
-                self._items.popitem(last=False)
+    async def get_many(self, inference_ids: list[str]) -> dict[str, Inference]:
+        """The inferences of these ids that are logged."""
+        found: dict[str, Inference] = {}
+        waits: dict[str, asyncio.Future[dict[str, Inference]]] = {}
+        missing: list[str] = []
+        for inference_id in dict.fromkeys(inference_ids):
+            cached = self._items.get(inference_id)
+            if cached is not None:
+                self._items.move_to_end(inference_id)
+                found[inference_id] = cached
+            elif inference_id in self._loading:
+                waits[inference_id] = self._loading[inference_id]
+            else:
+                missing.append(inference_id)
+        if missing:
+            lookup = asyncio.ensure_future(self.store.get_inferences(missing))
+            for inference_id in missing:
+                self._loading[inference_id] = waits[inference_id] = lookup
+            lookup.add_done_callback(lambda _: self._forget(missing))
+        for inference_id, lookup in waits.items():
+            inference = (await asyncio.shield(lookup)).get(inference_id)
+            if inference is not None:
+                found[inference_id] = self._items[inference_id] = inference
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
         return found
 
+    def _forget(self, loaded: list[str]) -> None:
+        for inference_id in loaded:
+            self._loading.pop(inference_id, None)
 
-class FeedbackWriter(BatchWriter[tuple[Feedback, asyncio.Future[FeedbackOutcome]]]):
-    """Group commit: whatever is queued when a transaction starts is written in it, in order."""
+
+Request = tuple[list[Feedback], asyncio.Future[list[FeedbackOutcome]]]
+"""One request's feedback, written all or none, and where its outcomes go."""
+
+
+class FeedbackWriter(BatchWriter[Request]):
+    """Group commit: the requests queued when a transaction starts are written in it, in order."""
 
     def __init__(self, store: Store, max_batch: int = 256) -> None:
-        super().__init__("feedback-writer", max_batch)
+        super().__init__("feedback-writer", max_batch)  # items per transaction
         self.store = store
+
+    def size(self, request: Request) -> int:
+        return len(request[0])
 
     async def close(self) -> None:
         """Writes what is queued, then stops."""
@@ -103,67 +126,75 @@ class FeedbackWriter(BatchWriter[tuple[Feedback, asyncio.Future[FeedbackOutcome]
         return (await self.record_many([feedback]))[0]
 
     async def record_many(self, items: list[Feedback]) -> list[FeedbackOutcome]:
-        """Queued together and in order: changes to the same result apply in the order given."""
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[FeedbackOutcome]] = []
-        for feedback in items:
-            futures.append(loop.create_future())
-            self.queue.put_nowait((feedback, futures[-1]))
-        return list(await asyncio.gather(*futures))
+        """All or none, in order: changes to the same result apply in the order given."""
+        if not items:
+            return []
+        future: asyncio.Future[list[FeedbackOutcome]] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((items, future))
+        return await future
 
-    async def write(self, batch: list[tuple[Feedback, asyncio.Future[FeedbackOutcome]]]) -> None:
+    async def write(self, batch: list[Request]) -> None:
         try:
             await self._commit(batch)
         except Exception as exc:  # noqa: BLE001 - the callers get it; the writer goes on
-            log.warning("event=feedback_write_failed size=%d error=%r", len(batch), exc)
+            log.warning("event=feedback_write_failed size=%d error=%r", sum(map(self.size, batch)), exc)
             for _, future in batch:
                 _settle(future, exc=exc)
 
-    async def _commit(self, batch: list[tuple[Feedback, asyncio.Future[FeedbackOutcome]]]) -> None:
+    async def _commit(self, requests: list[Request]) -> None:
         try:
-            outcomes = await self.store.record_feedback_many([f for f, _ in batch])
+            outcomes = await self.store.record_feedback_many([f for items, _ in requests for f in items])
         except Exception as exc:
-            if len(batch) == 1 or isinstance(exc, StoreUnavailableError):
+            if len(requests) == 1 or isinstance(exc, StoreUnavailableError):
                 raise
-            # The transaction rolled back: write one by one, so only the faulty item fails.
-            log.warning("event=feedback_batch_failed size=%d retrying=one_by_one", len(batch))
-            for feedback, future in batch:
+            # The transaction rolled back: each request again on its own, so only the faulty one fails.
+            log.warning("event=feedback_batch_failed requests=%d retrying=one_by_one", len(requests))
+            for items, future in requests:
                 try:
-                    _settle(future, await self.store.record_feedback(feedback))
-                except Exception as exc:  # noqa: BLE001 - handed to that item's caller
+                    _settle(future, await self.store.record_feedback_many(items))
+                except Exception as exc:  # noqa: BLE001 - handed to that request's caller
                     _settle(future, exc=exc)
             return
-        for (_, future), outcome in zip(batch, outcomes, strict=True):
-            _settle(future, outcome)
+        start = 0
+        for items, future in requests:
+            _settle(future, outcomes[start:start + len(items)])
+            start += len(items)
 
 
-def _settle(future: asyncio.Future[FeedbackOutcome], outcome: FeedbackOutcome | None = None,
+def _settle(future: asyncio.Future[list[FeedbackOutcome]], outcomes: list[FeedbackOutcome] | None = None,
             exc: BaseException | None = None) -> None:
     if future.done():  # the caller went away; its feedback is stored all the same
         return
     if exc is not None:
         future.set_exception(exc)
     else:
-        future.set_result(outcome)  # type: ignore[arg-type]
+        future.set_result(outcomes)  # type: ignore[arg-type]
 
 
-async def validate(body: FeedbackRequest, inferences: InferenceCache) -> Feedback:
-    """The feedback to store, or `FeedbackError` saying why it cannot be."""
-    inference = await inferences.get(body.inference_id)
+async def validate(bodies: list[FeedbackRequest],
+                   inferences: InferenceCache) -> list[Feedback | FeedbackError]:
+    """For each request, the feedback to store or a `FeedbackError` saying why it cannot be."""
+    ids = [body.inference_id for body in bodies]
+    found = await inferences.get_many(ids)
     for delay in INFERENCE_GRACE_S:
-        if inference is not None:
+        unknown = [i for i in ids if i not in found]
+        if not unknown:
             break
         await asyncio.sleep(delay)
-        inference = await inferences.get(body.inference_id)
+        found |= await inferences.get_many(unknown)
+    return [check(body, found.get(body.inference_id)) for body in bodies]
+
+
+def check(body: FeedbackRequest, inference: Inference | None) -> Feedback | FeedbackError:
     if inference is None:
         metrics.FEEDBACK.labels(body.feedback, "rejected").inc()
-        raise FeedbackError(404, f"inference {body.inference_id!r} not found: "
-                                 "send the inference_id returned by a search")
+        return FeedbackError(404, f"inference {body.inference_id!r} not found: "
+                                  "send the inference_id returned by a search")
     shown = inference.shown(body.resource_id)
     if shown is None:
         metrics.FEEDBACK.labels(body.feedback, "rejected").inc()
-        raise FeedbackError(422, f"resource {body.resource_id!r} was not among the results "
-                                 f"shown for inference {body.inference_id!r}")
+        return FeedbackError(422, f"resource {body.resource_id!r} was not among the results "
+                                  f"shown for inference {body.inference_id!r}")
     interleaved = None
     if inference.interleaving is not None and shown.team is not None:
         interleaved = Interleaved(experiment_id=inference.interleaving.experiment_id, team=shown.team,
@@ -190,19 +221,17 @@ class Intake:
         self.inferences, self.writer, self.relay = inferences, writer, relay
 
     async def accept(self, body: FeedbackRequest) -> FeedbackResponse:
-        outcome = await self.writer.record(await validate(body, self.inferences))
+        checked = (await validate([body], self.inferences))[0]
+        if isinstance(checked, FeedbackError):
+            raise checked
+        outcome = await self.writer.record(checked)
         if outcome.status != "duplicate":
             self.relay.wake.set()
         return answer(outcome)
 
     async def accept_many(self, bodies: list[FeedbackRequest]) -> list[FeedbackResponse | FeedbackError]:
-        """Validates each item, then writes the valid ones together (one transaction when they fit)."""
-        checked: list[Feedback | FeedbackError] = []
-        for body in bodies:
-            try:
-                checked.append(await validate(body, self.inferences))
-            except FeedbackError as exc:
-                checked.append(exc)
+        """Validates the items together (one lookup), then writes the valid ones in one transaction."""
+        checked = await validate(bodies, self.inferences)
         valid = [f for f in checked if isinstance(f, Feedback)]
         outcomes = iter(await self.writer.record_many(valid))
         if valid:

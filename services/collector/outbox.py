@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 
-from kafka import KafkaProducer
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError as AsyncKafkaError
 from kafka.errors import KafkaError
 
 from shared import metrics
 from shared.broker import BrokerOutage
 from shared.events import utcnow
-from shared.kafka import ensure_topics, make_producer
+from shared.kafka import ensure_topics, make_batch_producer, publish_batch
 from shared.settings import Settings
 from shared.store import OutboxEntry, Store, StoreUnavailableError
 
@@ -33,7 +34,7 @@ class OutboxRelay:
         self.batch = batch
         self.wake = asyncio.Event()
         self.connected = False
-        self._producer: KafkaProducer | None = None
+        self._producer: AIOKafkaProducer | None = None
         self.outage = BrokerOutage(settings, "outbox-relay")
         self._task: asyncio.Task[None] | None = None
 
@@ -44,26 +45,36 @@ class OutboxRelay:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._producer is not None:
-            await asyncio.to_thread(self._producer.close, 5)
+        await self._drop_producer()
 
-    def _send_all(self, entries: list[OutboxEntry]) -> None:
+    async def _drop_producer(self) -> None:
+        """Stops the producer; with the broker gone its pending sends fail after the Kafka timeout."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(AsyncKafkaError, OSError):
+                await asyncio.wait_for(producer.stop(), self.settings.kafka_timeout_s)
+
+    async def _send_all(self, entries: list[OutboxEntry]) -> None:
         if self._producer is None:
             # A broker that restarted empty (memory storage) has no topics: create them again.
-            ensure_topics(self.settings, tuple(sorted({e.topic for e in entries})))
-            self._producer = make_producer(self.settings)
-        futures = [
-            self._producer.send(e.topic, value=e.payload.encode(), key=e.key.encode()) for e in entries
-        ]
-        self._producer.flush(timeout=self.settings.kafka_timeout_s)
-        for future in futures:
-            future.get(timeout=self.settings.kafka_timeout_s)
+            topics = tuple(sorted({e.topic for e in entries}))
+            await asyncio.to_thread(ensure_topics, self.settings, topics)
+            producer = make_batch_producer(self.settings)
+            try:
+                await producer.start()
+            except BaseException:
+                with contextlib.suppress(AsyncKafkaError, OSError):
+                    await producer.stop()
+                raise
+            self._producer = producer
+        await publish_batch(self._producer, [(e.topic, e.key.encode(), e.payload.encode()) for e in entries],
+                            self.settings.kafka_timeout_s)
 
     async def publish_pending(self) -> int:
         entries = await self.store.pending_outbox(self.batch)
         if not entries:
             return 0
-        await asyncio.to_thread(self._send_all, entries)
+        await self._send_all(entries)
         await self.store.mark_published([e.event_id for e in entries])
         metrics.OUTBOX_PUBLISHED.inc(len(entries))
         return len(entries)
@@ -87,19 +98,14 @@ class OutboxRelay:
                     self.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), timeout=1.0)
-            except (KafkaError, OSError) as exc:
+            except (AsyncKafkaError, KafkaError, OSError) as exc:
                 self.connected = False
                 metrics.PUBLISH_FAILURES.inc()
-                self.outage.failed(f"{exc} (retry in {delay:.1f} s)")
+                self.outage.failed(f"{exc!r} (retry in {delay:.1f} s)")
                 # The outbox alerts watch these gauges most while Kafka is down.
                 with contextlib.suppress(StoreUnavailableError):
                     await self._update_backlog()
-                if self._producer is not None:
-                    producer, self._producer = self._producer, None
-                    # close() flushes first, and raises when the broker still cannot be reached:
-                    # left to propagate, that ended the relay for good at the first long outage.
-                    with contextlib.suppress(KafkaError):
-                        await asyncio.to_thread(producer.close, 0)
+                await self._drop_producer()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except StoreUnavailableError as exc:

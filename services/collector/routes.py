@@ -60,7 +60,11 @@ class FeedbackBatch(BaseModel):
 
 @router.post("/api/feedback/batch", tags=["feedback"], dependencies=[Depends(require_feedback)])
 async def post_feedback_batch(body: FeedbackBatch, intake: IntakeDep) -> dict[str, Any]:
-    """Up to 500 items, each accepted or refused on its own; items about the same result apply in order."""
+    """Up to 500 items, each validated on its own: a refused one says which (`index`) and why, and
+    does not stop the others. The accepted ones are written in one transaction, in order (items
+    about one result apply in order): a store failure answers 503 with none of them stored, and
+    sending the same batch again is then safe (a feedback already stored answers "duplicate").
+    """
     results = [
         BatchItemResult(index=i, ok=False, status_code=r.status, error=r.message)
         if isinstance(r, FeedbackError) else BatchItemResult(index=i, ok=True, status_code=200, result=r)

@@ -7,6 +7,7 @@ contract tests (`tests/integration/test_store_contract.py`).
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -204,6 +205,58 @@ def feedback_event(feedback: Feedback, previous_label: Label | None) -> OutboxEn
     )
 
 
+@dataclass
+class FeedbackPlan:
+    """What a batch of feedback writes does: the answers, then each table's rows, written at once."""
+
+    outcomes: list[FeedbackOutcome] = field(default_factory=list)
+    created: dict[str, Feedback] = field(default_factory=dict)  # by feedback id: the row to insert
+    changed: dict[str, Feedback] = field(default_factory=dict)  # by feedback id: a stored row's new state
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (request id, feedback id) absorbed
+    events: list[OutboxEntry] = field(default_factory=list)
+
+
+def plan_feedback(items: list[Feedback], by_request: dict[str, Feedback],
+                  by_identity: dict[tuple[str, str, str], Feedback]) -> FeedbackPlan:
+    """`record_feedback` for each item in order, decided in memory from one read of the stored rows
+    they can touch (`by_request`: request id → its feedback; `by_identity`): a later item sees what
+    an earlier one of the batch created or changed, as if each had been written on its own."""
+    plan = FeedbackPlan()
+    records = {f.feedback_id: f for f in (*by_request.values(), *by_identity.values())}
+    request_to = {request_id: f.feedback_id for request_id, f in by_request.items()}
+    identity_to = {key: f.feedback_id for key, f in by_identity.items()}
+    for feedback in items:
+        request_id = feedback.request_id
+        if request_id and request_id in request_to:
+            stored = records[request_to[request_id]]
+            plan.outcomes.append(FeedbackOutcome(status="duplicate", feedback=stored))
+            continue
+        feedback_id = identity_to.get(feedback.identity)
+        if feedback_id is None:
+            outcome = FeedbackOutcome(status="created", feedback=feedback)
+            feedback_id = identity_to[feedback.identity] = feedback.feedback_id
+            plan.created[feedback_id] = records[feedback_id] = feedback
+        else:
+            stored = records[feedback_id]
+            if stored.label == feedback.label:
+                if request_id:
+                    request_to[request_id] = feedback_id
+                    plan.requests.append((request_id, feedback_id))
+                plan.outcomes.append(FeedbackOutcome(status="duplicate", feedback=stored))
+                continue
+            updated = records[feedback_id] = stored.model_copy(update={
+                "label": feedback.label, "updated_at": feedback.updated_at,
+                "request_id": request_id or stored.request_id})
+            (plan.created if feedback_id in plan.created else plan.changed)[feedback_id] = updated
+            outcome = FeedbackOutcome(status="updated", feedback=updated, previous_label=stored.label)
+        if request_id:
+            request_to[request_id] = feedback_id
+            plan.requests.append((request_id, feedback_id))
+        plan.events.append(feedback_event(outcome.feedback, outcome.previous_label))
+        plan.outcomes.append(outcome)
+    return plan
+
+
 class Store(abc.ABC):
     """Async access to EduRanker's records. Every method may raise `StoreUnavailableError`."""
 
@@ -272,6 +325,16 @@ class Store(abc.ABC):
                                after_id: str = "") -> list[OutboxEntry]:
         """Events marked published in (`after`, `until`], `published_at` set, in (published_at,
         event_id) order; the next page starts after the last (`after`, `after_id`) read."""
+
+    @abc.abstractmethod
+    async def published_event_ids(self, after: datetime, until: datetime, limit: int = 1000,
+                                  after_id: str = "") -> list[tuple[str, datetime]]:
+        """(event_id, published_at) of `published_events`, same order and pages, without payloads:
+        the aggregator re-reads recent ones every second, and needs the payloads of almost none."""
+
+    @abc.abstractmethod
+    async def outbox_events(self, event_ids: list[str]) -> list[OutboxEntry]:
+        """The outbox entries of these ids that exist, in no particular order."""
 
     @abc.abstractmethod
     async def pending_outbox(self, limit: int = 500) -> list[OutboxEntry]: ...

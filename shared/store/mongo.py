@@ -303,9 +303,15 @@ class MongoStore(Store):
     @_unavailable_on_outage
     async def published_events(self, after: datetime, until: datetime, limit: int = 1000,
                                after_id: str = "") -> list[OutboxEntry]:
+        cursor = await self._col("feedback").aggregate(self._published(after, until, after_id, limit))
+        return [OutboxEntry.model_validate(d) async for d in cursor]
+
+    @staticmethod
+    def _published(after: datetime, until: datetime, after_id: str, limit: int) -> list[Doc]:
+        """The pipeline of a page of published events, in (published_at, event_id) order."""
         start, end = after.astimezone(UTC), until.astimezone(UTC)
         window = {"$gte": start, "$lte": end}
-        pipeline: list[Doc] = [
+        return [
             {"$match": {"outbox.published_at": window}},
             {"$unwind": "$outbox"},
             {"$match": {"outbox.published_at": window, "$or": [
@@ -316,7 +322,25 @@ class MongoStore(Store):
             {"$sort": {"published_at": 1, "event_id": 1}},
             {"$limit": limit},
         ]
+
+    @_unavailable_on_outage
+    async def published_event_ids(self, after: datetime, until: datetime, limit: int = 1000,
+                                  after_id: str = "") -> list[tuple[str, datetime]]:
+        fields = {"event_id": 1, "published_at": 1}
+        pipeline = [*self._published(after, until, after_id, limit), {"$project": fields}]
         cursor = await self._col("feedback").aggregate(pipeline)
+        return [(d["event_id"], d["published_at"]) async for d in cursor]  # tz_aware: already UTC
+
+    @_unavailable_on_outage
+    async def outbox_events(self, event_ids: list[str]) -> list[OutboxEntry]:
+        if not event_ids:
+            return []
+        cursor = await self._col("feedback").aggregate([
+            {"$match": {"outbox.event_id": {"$in": event_ids}}},
+            {"$unwind": "$outbox"},
+            {"$match": {"outbox.event_id": {"$in": event_ids}}},
+            {"$replaceRoot": {"newRoot": "$outbox"}},
+        ])
         return [OutboxEntry.model_validate(d) async for d in cursor]
 
     async def _pending(self, *stages: Doc) -> list[Doc]:

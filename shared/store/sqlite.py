@@ -26,7 +26,7 @@ from shared.store.base import (
     Store,
     StoreUnavailableError,
     TrainingRun,
-    feedback_event,
+    plan_feedback,
 )
 
 SCHEMA = """
@@ -74,7 +74,10 @@ CREATE TABLE IF NOT EXISTS vectors (
 );
 """
 VECTORS_PER_QUERY = 900
-"""Keys per `IN (...)` query: under SQLite's bound-parameter limit on every version still in use."""
+"""Keys per `IN (...)` query (vectors, outbox events): under SQLite's bound-parameter limit on every
+version still in use."""
+FEEDBACK_PER_QUERY = 200
+"""Feedback looked up per query: four parameters each (request id and identity), under that limit too."""
 # Columns added after a file may have been created: (table, column, declaration), then their indexes.
 COLUMNS = (("inferences", "experiment_id", "TEXT"), ("feedback", "experiment_id", "TEXT"))
 INDEXES = """
@@ -243,65 +246,55 @@ class SQLiteStore(Store):
 
     # Feedback
     async def record_feedback(self, feedback: Feedback) -> FeedbackOutcome:
-        async with self._tx() as db:
-            return await self._record(db, feedback)
+        return (await self.record_feedback_many([feedback]))[0]
 
     async def record_feedback_many(self, items: list[Feedback]) -> list[FeedbackOutcome]:
-        """One transaction for many: concurrent requests share the lock and the commit."""
+        """One transaction: one read of the rows the items can touch, then one write per table
+        (per item, three statements cost the collector more than the rest of a request)."""
         async with self._tx() as db:
-            return [await self._record(db, f) for f in items]
+            plan = plan_feedback(items, *await self._stored_for(db, items))
+            if plan.created:
+                await db.executemany(
+                    "INSERT INTO feedback (feedback_id, inference_id, resource_id, user_key, request_id, "
+                    "doc, experiment_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(f.feedback_id, f.inference_id, f.resource_id, f.identity[2], f.request_id,
+                      f.model_dump_json(), f.interleaved.experiment_id if f.interleaved else None)
+                     for f in plan.created.values()])
+            if plan.changed:
+                await db.executemany("UPDATE feedback SET doc=?, request_id=? WHERE feedback_id=?", [
+                    (f.model_dump_json(), f.request_id, f.feedback_id) for f in plan.changed.values()])
+            if plan.requests:
+                await db.executemany("INSERT INTO feedback_requests (request_id, feedback_id) VALUES (?, ?)",
+                                     plan.requests)
+            if plan.events:
+                await db.executemany(
+                    "INSERT INTO outbox (event_id, topic, key, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+                    [(e.event_id, e.topic, e.key, e.payload, e.created_at.isoformat()) for e in plan.events])
+        return plan.outcomes
 
-    async def _record(self, db: aiosqlite.Connection, feedback: Feedback) -> FeedbackOutcome:
-        user_key = feedback.identity[2]
-        # One round trip: the request id's feedback (first) and the identity's, if any.
-        rows = await db.execute_fetchall(
-            "SELECT 0, f.doc FROM feedback_requests r JOIN feedback f USING (feedback_id) "
-            "WHERE r.request_id = ? UNION ALL "
-            "SELECT 1, doc FROM feedback WHERE inference_id=? AND resource_id=? AND user_key=?",
-            (feedback.request_id, feedback.inference_id, feedback.resource_id, user_key),
-        )
-        by_request = next((r[1] for r in rows if r[0] == 0), None)
-        if by_request is not None:
-            return FeedbackOutcome(status="duplicate", feedback=Feedback.model_validate_json(by_request))
-        row = next((r[1] for r in rows if r[0] == 1), None)
-        if row is None:
-            outcome = FeedbackOutcome(status="created", feedback=feedback)
-            await db.execute(
-                "INSERT INTO feedback (feedback_id, inference_id, resource_id, user_key, "
-                "request_id, doc, experiment_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (feedback.feedback_id, feedback.inference_id, feedback.resource_id, user_key,
-                 feedback.request_id, feedback.model_dump_json(),
-                 feedback.interleaved.experiment_id if feedback.interleaved else None),
-            )
-        else:
-            stored = Feedback.model_validate_json(row)
-            if stored.label == feedback.label:
-                if feedback.request_id:
-                    await db.execute(
-                        "INSERT OR IGNORE INTO feedback_requests (request_id, feedback_id) VALUES (?, ?)",
-                        (feedback.request_id, stored.feedback_id),
-                    )
-                return FeedbackOutcome(status="duplicate", feedback=stored)
-            updated = stored.model_copy(
-                update={"label": feedback.label, "updated_at": feedback.updated_at,
-                        "request_id": feedback.request_id or stored.request_id}
-            )
-            outcome = FeedbackOutcome(status="updated", feedback=updated, previous_label=stored.label)
-            await db.execute(
-                "UPDATE feedback SET doc=?, request_id=? WHERE feedback_id=?",
-                (updated.model_dump_json(), updated.request_id, stored.feedback_id),
-            )
-        if feedback.request_id:
-            await db.execute(
-                "INSERT INTO feedback_requests (request_id, feedback_id) VALUES (?, ?)",
-                (feedback.request_id, outcome.feedback.feedback_id),
-            )
-        entry = feedback_event(outcome.feedback, outcome.previous_label)
-        await db.execute(
-            "INSERT INTO outbox (event_id, topic, key, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-            (entry.event_id, entry.topic, entry.key, entry.payload, entry.created_at.isoformat()),
-        )
-        return outcome
+    async def _stored_for(self, db: aiosqlite.Connection, items: list[Feedback]) -> tuple[
+            dict[str, Feedback], dict[tuple[str, str, str], Feedback]]:
+        """The stored feedback the items name: by request id, and by identity."""
+        by_request: dict[str, Feedback] = {}
+        by_identity: dict[tuple[str, str, str], Feedback] = {}
+        for start in range(0, len(items), FEEDBACK_PER_QUERY):
+            chunk = items[start:start + FEEDBACK_PER_QUERY]
+            requests = [f.request_id for f in chunk if f.request_id]
+            # A join from the keys, not `(a, b, c) IN (VALUES ...)`, which SQLite answers by a scan.
+            sql = (f"SELECT NULL, f.doc FROM (VALUES {','.join(['(?, ?, ?)'] * len(chunk))}) AS k "
+                   "CROSS JOIN feedback f ON f.inference_id = k.column1 AND f.resource_id = k.column2 "
+                   "AND f.user_key = k.column3")
+            if requests:
+                sql += (" UNION ALL SELECT r.request_id, f.doc FROM feedback_requests r JOIN feedback f "
+                        f"USING (feedback_id) WHERE r.request_id IN ({','.join('?' * len(requests))})")
+            rows = await db.execute_fetchall(sql, (*(part for f in chunk for part in f.identity), *requests))
+            for request_id, doc in rows:
+                stored = Feedback.model_validate_json(doc)
+                if request_id is None:
+                    by_identity[stored.identity] = stored
+                else:
+                    by_request[request_id] = stored
+        return by_request, by_identity
 
     async def list_feedback(self, include_test: bool = False) -> list[Feedback]:
         rows = await self._all("SELECT doc FROM feedback ORDER BY rowid")
@@ -335,6 +328,28 @@ class SQLiteStore(Store):
                         created_at=datetime.fromisoformat(r[4]), published_at=datetime.fromisoformat(r[5]))
             for r in rows
         ]
+
+    async def published_event_ids(self, after: datetime, until: datetime, limit: int = 1000,
+                                  after_id: str = "") -> list[tuple[str, datetime]]:
+        rows = await self._all(
+            "SELECT event_id, published_at FROM outbox "
+            "WHERE (published_at > ? OR (published_at = ? AND event_id > ?)) AND published_at <= ? "
+            "ORDER BY published_at, event_id LIMIT ?",
+            (_iso(after), _iso(after), after_id, _iso(until), limit),
+        )
+        return [(r[0], datetime.fromisoformat(r[1])) for r in rows]
+
+    async def outbox_events(self, event_ids: list[str]) -> list[OutboxEntry]:
+        found: list[OutboxEntry] = []
+        for start in range(0, len(event_ids), VECTORS_PER_QUERY):
+            chunk = event_ids[start:start + VECTORS_PER_QUERY]
+            rows = await self._all(
+                "SELECT event_id, topic, key, payload, created_at, published_at FROM outbox "
+                f"WHERE event_id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+            found += [OutboxEntry(event_id=r[0], topic=r[1], key=r[2], payload=r[3],
+                                  created_at=datetime.fromisoformat(r[4]),
+                                  published_at=datetime.fromisoformat(r[5]) if r[5] else None) for r in rows]
+        return found
 
     async def pending_outbox(self, limit: int = 500) -> list[OutboxEntry]:
         rows = await self._all(

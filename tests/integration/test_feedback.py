@@ -418,6 +418,15 @@ async def test_store_writes_many_in_order_and_reads_back_published_events(store:
     assert sorted(e.event_id for e in read) == ids and len(read) == 3
     assert all(e.published_at is not None and e.payload for e in read)
     assert await store.published_events(epoch, epoch + timedelta(days=1)) == []
+    # The same pages without payloads, then the entries of chosen ids.
+    assert await store.published_event_ids(epoch, later, limit=2) == [
+        (e.event_id, e.published_at) for e in read[:2]]
+    second = read[1].published_at
+    assert second is not None
+    assert await store.published_event_ids(second, later, after_id=read[1].event_id) == [
+        (read[2].event_id, read[2].published_at)]
+    assert await store.outbox_events([read[2].event_id, "nope"]) == [read[2]]
+    assert await store.outbox_events([]) == []
 
     snapshot = await store.feedback_snapshot(events_since=epoch)
     assert [(f.feedback_id, f.label) for f in snapshot.feedback] == [("fb-0", "dislike"), ("fb-1", "like")]
@@ -441,5 +450,22 @@ async def test_a_faulty_item_fails_alone_and_the_writer_goes_on(store: Store) ->
         assert isinstance(results[1], Exception)
         assert sorted(f.feedback_id for f in await store.list_feedback()) == ["fb-0", "fb-2", "fb-3"]
         assert (await writer.record(make_feedback(4))).status == "created"
+    finally:
+        await writer.close()
+
+
+async def test_a_request_is_stored_all_or_none(store: Store) -> None:  # noqa: F811
+    """Requests sharing a transaction that fails are written again each on its own: the faulty one
+    fails whole, the others are stored."""
+    writer = FeedbackWriter(store)
+    writer.start()
+    try:
+        await writer.record(make_feedback(0))
+        clash = make_feedback(1, feedback_id="fb-0")
+        faulty, fine = await asyncio.gather(writer.record_many([make_feedback(2), clash, make_feedback(3)]),
+                                            writer.record_many([make_feedback(4)]), return_exceptions=True)
+        assert isinstance(faulty, Exception)
+        assert [o.status for o in fine] == ["created"]  # type: ignore[union-attr]
+        assert sorted(f.feedback_id for f in await store.list_feedback()) == ["fb-0", "fb-4"]
     finally:
         await writer.close()

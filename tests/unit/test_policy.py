@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from services.aggregator.policy import Policy, Timing, decide, evaluate
-from services.aggregator.table import State
+from services.aggregator.table import GROUP_SIZE, State
 from shared.events import Counts
 from shared.feedback_counts import (
     apply_feedback,
@@ -224,6 +224,33 @@ def test_any_prefix_of_the_changelog_counts_each_event_once() -> None:
         assert all(restored.fresh(f"fb-{n}") == ("like", float(n)) for n in range(1, 5))
 
 
+def test_any_prefix_of_the_changelog_counts_each_event_of_a_batch_once() -> None:
+    """Counts committed a batch at a time (`State.batch`): after any restore and a redelivery of
+    everything, each event is counted once and its entries are back."""
+    table = LoggedTable()
+    state = State(table)
+    for batch in ([1, 2, 3], [4, 5], [6]):
+        with state.batch():
+            for n in batch:
+                count_event(state, n)
+    # One tally per batch, and one group of ids and one of fresh entries: not a key per event.
+    assert len(table.log) == 9 and len([key for key, _ in table.log if key == "tally"]) == 3
+    for cut in range(len(table.log) + 1):
+        restored = State(restore(table.log[:cut]))
+        with restored.batch():
+            for n in range(1, 7):
+                if not restored.seen(f"ev-{n}"):
+                    count_event(restored, n)
+        assert restored.tally()[0].total == 6, cut
+        assert all(restored.seen(f"ev-{n}") for n in range(1, 7))
+        assert all(restored.fresh(f"fb-{n}") == ("like", float(n)) for n in range(1, 7))
+        # Read back from the table alone (a restart), after one more commit: nothing is lost.
+        count_event(restored, 7)
+        reread = State(dict(restored.table))
+        assert reread.tally()[0].total == 7 and all(reread.seen(f"ev-{n}") for n in range(1, 8)), cut
+        assert all(reread.fresh(f"fb-{n}") == ("like", float(n)) for n in range(1, 8))
+
+
 def test_a_rebuild_replaces_the_fresh_entries_and_keeps_ids_seen() -> None:
     state = State({})
     count_event(state, 1)
@@ -234,6 +261,27 @@ def test_a_rebuild_replaces_the_fresh_entries_and_keeps_ids_seen() -> None:
     assert [state.fresh(f"fb-{n}") for n in (1, 2, 9)] == [None, None, ("dislike", 9.0)]
     assert all(state.seen(e) for e in ("ev-1", "ev-2", "ev-7", "ev-8"))
     assert state.seen_entries() == 4
+
+
+def test_any_prefix_of_a_rebuild_is_the_state_before_or_after_it() -> None:
+    """A rebuild's groups count only once its tally is written: a restore cut before it keeps the
+    old counts, ids and fresh entries, and none of the rebuild's (they would hide lost counts)."""
+    table = LoggedTable()
+    state = State(table)
+    count_event(state, 1)
+    count_event(state, 2)
+    start = len(table.log)
+    many = [f"ev-{n}" for n in range(100, 100 + 2 * GROUP_SIZE + 1)]  # three groups of ids
+    state.replace(counts(3, 1, new=1), {}, {"fb-9": ("dislike", 9.0)}, many, now=10.0)
+    for cut in range(start, len(table.log) + 1):
+        restored = State(restore(table.log[:cut]))
+        rebuilt = restored.tally()[0].total == 4
+        assert rebuilt == (cut > [key for key, _ in table.log].index("tally", start)), cut
+        seen = [restored.seen(e) for e in ("ev-1", "ev-2", many[0], many[-1])]
+        assert seen == [True, True, rebuilt, rebuilt], cut
+        assert restored.fresh("fb-9") == (("dislike", 9.0) if rebuilt else None)
+        assert restored.fresh("fb-1") == (None if rebuilt else ("like", 1.0))
+        assert restored.seen_entries() == (2 + len(many) if rebuilt else 2)
 
 
 def test_seen_ids_expire_after_the_window() -> None:
