@@ -1,13 +1,14 @@
 """How fast resource texts are embedded, and what the vector choices do to version 0's ranking.
 
 Throughput: plain `SentenceTransformer.encode` (its defaults, batch 32) against the served
-encoder (ONNX Runtime fp32 and int8, length-sorted batches, every core) on the same synthetic
+encoder (ONNX Runtime fp32 and int8, length-sorted batches, every core; torch in bf16, fast only
+where the CPU has native bf16: `native_bf16` says whether this one has it) on the same synthetic
 resources (a title and ~100 words, bench/scale.py's catalogue), in the same run.
 
 Ranking (`--dataset`, a BEIR collection): version 0's nDCG@10 over every judged query through the
 real pipeline code (BM25 top 50, then bm25 + dense + pseudo-relevance feedback fused), with the
 vectors as torch computes them (float32), as the reranker keeps them (float16), as int8 ONNX
-computes them, and with a dense first stage (the dense top 20 added to BM25's 50 candidates).
+and bf16 torch compute them, and with a dense first stage (the dense top 20 added to BM25's 50 candidates).
 
     .venv/bin/python bench/embedding.py --dataset ../shared/datasets/cranfield
 """
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.ml.embedder import load_encoder  # noqa: E402
 from shared.ml.evaluate import ndcg_at  # noqa: E402
-from shared.ml.model import configure_torch_threads, load_embedder  # noqa: E402
+from shared.ml.model import configure_torch_threads, cpu_has_fast_bf16, load_embedder  # noqa: E402
 from shared.ml.pipeline import RankingModel, version_zero  # noqa: E402
 from shared.ml.retrieval import CatalogueIndex, VectorTable  # noqa: E402
 from shared.settings import OFFLINE_BASE_MODEL, Settings  # noqa: E402
@@ -144,12 +145,13 @@ def ranking(dataset: Path, base_model: str, cache: Path) -> dict:
     index.vectors = VectorTable.full(fp32)  # float16, as served
     out["ndcg@10_fp16_served"] = ndcg(model, index, queries, qrels)
     out["ndcg@10_dense_first_stage"] = ndcg(model, index, queries, qrels, DENSE_CANDIDATES, fp32)
-    int8 = load_encoder(model.embedder, "onnx-int8", cache)
-    if int8.backend == "onnx-int8":
-        model.encoder = int8
-        index.vectors = VectorTable.full(int8(texts))
-        out["ndcg@10_int8"] = ndcg(model, index, queries, qrels)
-        model.encoder = None
+    for backend, name in (("onnx-int8", "ndcg@10_int8"), ("torch-bf16", "ndcg@10_bf16")):
+        encoder = load_encoder(model.embedder, backend, cache)
+        if encoder.backend == backend:
+            model.encoder = encoder
+            index.vectors = VectorTable.full(encoder(texts))
+            out[name] = ndcg(model, index, queries, qrels)
+            model.encoder = None
     bm25 = RankingModel(spec=model.spec.model_copy(update={"weights": {"bm25": 1.0}}))
     out["ndcg@10_bm25_only"] = ndcg(bm25, index, queries, qrels)
     return out
@@ -167,7 +169,8 @@ def main() -> int:
     cache = Path(os.environ.get("EDURANKER_ONNX_CACHE_DIR", ROOT / "var" / "onnx-cache"))
     texts = [f"{r['title']}. {r['description']}" for r in synthetic_resources(args.texts, seed=7)]
     result: dict = {"load_average_before": os.getloadavg()}
-    result["throughput"] = throughput(texts, args.base_model, cache, ("onnx", "onnx-int8"))
+    result["throughput"] = throughput(texts, args.base_model, cache, ("onnx", "onnx-int8", "torch-bf16"))
+    result["native_bf16"] = cpu_has_fast_bf16()
     print(json.dumps(result["throughput"]), flush=True)
     if args.dataset.exists():
         result["ranking"] = ranking(args.dataset, args.base_model, cache)

@@ -22,7 +22,7 @@ from shared.broker import EmbeddedBroker, free_port
 from shared.kafka import ensure_topics
 from shared.ml.dataset import Pair
 from shared.ml.embedder import load_encoder
-from shared.ml.model import embed, embedder_identity, load_embedder
+from shared.ml.model import cpu_has_fast_bf16, embed, embedder_identity, load_embedder
 from shared.ml.pipeline import RankingModel, version_zero
 from shared.ml.training_run import index_for_pairs
 from shared.ml.vectors import EmbeddingCache, StoredVectors
@@ -56,7 +56,7 @@ def test_identity_follows_the_weights_and_the_length_not_the_folder(tiny_model: 
     assert embedder_identity(again) != embedder_identity(one)
 
 
-def test_onnx_encoder_gives_torchs_vectors_in_fp32_and_stores_int8_apart(
+def test_onnx_encoder_gives_torchs_vectors_in_fp32_and_stores_int8_and_bf16_apart(
         tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     embedder = load_embedder(str(tiny_model), 64, "cpu")
     texts = TEXTS[:40] + ["a", "photosynthesis " * 200]  # very short, and cut at max_length
@@ -69,7 +69,14 @@ def test_onnx_encoder_gives_torchs_vectors_in_fp32_and_stores_int8_apart(
     vectors = int8(texts)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     assert float((vectors * reference).sum(axis=1).min()) > 0.9  # close, not the same: stored apart
-    assert load_encoder(embedder, "auto", tmp_path).backend == "onnx-int8"
+    bf16 = load_encoder(embedder, "torch-bf16", tmp_path)
+    assert bf16.backend == "torch-bf16" and bf16.identity == embedder_identity(embedder) + "-bf16"
+    vectors = bf16(texts)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert float((vectors * reference).sum(axis=1).min()) > 0.95
+    assert bf16([]).shape == (0, reference.shape[1])
+    auto = load_encoder(embedder, "auto", tmp_path).backend
+    assert auto == ("torch-bf16" if cpu_has_fast_bf16() else "onnx-int8")  # bf16 only where AMX runs it
     assert load_encoder(embedder, "torch", tmp_path).backend == "torch"
 
     # A model the graph would not reproduce (CLS pooling) embeds with torch, and says why.
