@@ -46,6 +46,8 @@ bench: install
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/feedback.py
 	$(BIN)/python bench/loadtest.py
+	$(BIN)/python bench/embedding.py
+	$(BIN)/python bench/scale.py
 
 # Concurrent searches and feedback for 60 s (LOADTEST_ARGS="--duration 20") against a stack it starts
 # like `make run`, or a running one (--reranker URL --collector URL). Fails on any error.

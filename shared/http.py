@@ -196,9 +196,11 @@ async def store_answers(app: FastAPI) -> bool:
         return False
 
 
-def add_common(app: FastAPI, service: str, readiness: Callable[[], Awaitable[dict[str, bool]]]) -> None:
-    """`/health` says the process is alive; `/ready` says its dependencies answer; bodies are bounded,
-    and every refused body is a 4xx that says why."""
+def add_common(app: FastAPI, service: str, readiness: Callable[[], Awaitable[dict[str, bool]]],
+               details: Callable[[], dict[str, Any]] | None = None) -> None:
+    """`/health` says the process is alive; `/ready` says its dependencies answer (and `details`,
+    what is still under way without holding readiness back); bodies are bounded, and every refused
+    body is a 4xx that says why."""
     app.add_middleware(BodyLimit, limit=app.state.settings.max_body_bytes)
     app.add_exception_handler(RequestValidationError, refuse_invalid)  # type: ignore[arg-type]
     instrument(app, service)
@@ -212,7 +214,10 @@ def add_common(app: FastAPI, service: str, readiness: Callable[[], Awaitable[dic
     async def ready() -> JSONResponse:
         checks = await readiness()
         ok = all(checks.values())
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        if details is not None:
+            body["details"] = details()
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.exception_handler(StoreUnavailableError)
     async def store_down(request: Request, exc: StoreUnavailableError) -> JSONResponse:

@@ -73,7 +73,15 @@ class Settings(BaseSettings):
     torch_threads: int = 0  # 0: every core this process may use
     # Resource texts embedded, then written to the store, per round: the progress step, and the most
     # a replica stopped while embedding loses (vectors live in the store, shared/ml/vectors.py).
-    embedding_chunk: int = Field(default=512, ge=1)
+    embedding_chunk: int = Field(default=128, ge=1)
+    # The bi-encoder's runtime for resource and query vectors; auto on a CPU: torch in bf16 where it
+    # is native (AMX, AVX512-BF16), else ONNX Runtime int8 (both their own vectors, stored apart;
+    # the ranking holds); torch on a GPU or where the export fails.
+    embedding_backend: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"] = "auto"
+
+    # Catalogue updates: resources added or changed since the BM25 index was built are searched in a
+    # delta at once; past this many, the index is rebuilt in the background with them merged.
+    delta_merge_at: int = Field(default=2000, ge=1)
 
     # Serving
     host: str = "127.0.0.1"

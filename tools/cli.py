@@ -47,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         print("starting the embedded broker, the store and the four services...", flush=True)
-        stack.start(catalogue=Path(args.catalogue))
+        stack.start(catalogue=Path(args.catalogue), vectors=False)  # searches answer while they build
         monitor = ""
         if prometheus_bin is not None:
             prometheus = LocalPrometheus(stack.workdir / "prometheus", stack.ports, port=args.prometheus_port,
@@ -75,7 +75,9 @@ Try:
        -d '{{"query_text": "machine learning tutorial", "use_reranker": true, "top_k": 5}}'
 
 Ctrl-C stops everything.""", flush=True)
+        vectors = VectorsReport()
         while not stopping:
+            vectors.show(stack.embedding())
             for name, process in stack.processes.items():
                 if process.poll() is not None:
                     print(f"{name} exited with code {process.returncode}; see {stack.log(name)}")
@@ -91,6 +93,30 @@ Ctrl-C stops everything.""", flush=True)
         if prometheus is not None:
             prometheus.stop()
         stack.stop()
+
+
+class VectorsReport:
+    """Tells the person at the terminal how far the reranker's vectors got, every few seconds until
+    they are all in, then once that they are."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s, self.last, self.done = every_s, 0.0, False
+
+    def show(self, progress: dict | None) -> None:
+        if self.done or progress is None or time.monotonic() - self.last < self.every_s:
+            return
+        self.last = time.monotonic()
+        if progress.get("complete"):
+            self.done = True
+            print(f"vectors: all {progress['resources']:,} in ({progress['from_store']:,} read from the "
+                  f"store, {progress['encoded']:,} embedded); searches use the dense scorer for all.",
+                  flush=True)
+            return
+        pace = ""
+        if progress.get("texts_per_s"):
+            pace = f" at {progress['texts_per_s']:.0f}/s, about {progress['eta_s'] / 60:.0f} min left"
+        print(f"vectors: {progress['embedded']:,} of {progress['resources']:,} resources embedded{pace}; "
+              "searches answer meanwhile (BM25 alone for the rest).", flush=True)
 
 
 def cmd_load_catalogue(args: argparse.Namespace) -> int:

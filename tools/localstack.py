@@ -103,7 +103,11 @@ class LocalStack:
         )
 
     def wait_ready(self, name: str, timeout_s: float = 180.0, path: str = "/ready") -> None:
+        """Until `name` answers `path` with 200. `timeout_s` bounds a stall, not the start: the clock
+        starts again whenever the service's log grows (it logs as it loads and indexes), so a large
+        catalogue gets the time it needs while a hung start still fails."""
         deadline = time.monotonic() + timeout_s
+        logged = -1
         while time.monotonic() < deadline:
             process = self.processes[name]
             if process.poll() is not None:
@@ -113,19 +117,50 @@ class LocalStack:
                     return
             except httpx.HTTPError:
                 pass
+            size = self.log(name).stat().st_size if self.log(name).exists() else 0
+            if size != logged:
+                logged, deadline = size, time.monotonic() + timeout_s
             time.sleep(0.3)
-        raise TimeoutError(f"{name} not ready within {timeout_s}s; see {self.log(name)}")
+        raise TimeoutError(f"{name} not ready and silent for {timeout_s}s; see {self.log(name)}")
+
+    def embedding(self) -> dict | None:
+        """The reranker's embedding progress (`/ready` details), None while it does not answer."""
+        try:
+            answer = httpx.get(self.url("reranker") + "/ready", timeout=5)
+        except httpx.HTTPError:
+            return None
+        return (answer.json().get("details") or {}).get("embedding") if answer.status_code == 200 else None
+
+    def wait_vectors(self, stall_s: float = 180.0,
+                     report: Callable[[dict], None] | None = None, report_every_s: float = 5.0) -> None:
+        """Until every resource has its vector: the reranker answers before, without the dense part.
+        Fails only when the count stops moving for `stall_s`; `report` sees the progress now and then."""
+        deadline, seen, reported = time.monotonic() + stall_s, None, 0.0
+        while time.monotonic() < deadline:
+            process = self.processes.get("reranker")
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"reranker exited with code {process.returncode}; "
+                                   f"see {self.log('reranker')}")
+            progress = self.embedding()
+            if progress is not None:
+                if progress.get("complete", True):
+                    return
+                if progress["embedded"] != seen:
+                    seen, deadline = progress["embedded"], time.monotonic() + stall_s
+                if report is not None and time.monotonic() - reported >= report_every_s:
+                    report(progress)
+                    reported = time.monotonic()
+            time.sleep(0.3)
+        raise TimeoutError(f"reranker embedding stalled at {seen} for {stall_s}s; see {self.log('reranker')}")
 
     def log(self, name: str) -> Path:
         return self.workdir / "logs" / f"{name}.log"
 
     def start(self, catalogue: Path | None = None, services: tuple[str, ...] = SERVICES,
-              ready_timeout_s: float = 180.0) -> LocalStack:
-        """Starts what is asked and returns once every service answers `/ready`.
-
-        The reranker embeds the catalogue before it is ready: a large catalogue on a slow CPU
-        needs a longer `ready_timeout_s`.
-        """
+              ready_timeout_s: float = 180.0, vectors: bool = True) -> LocalStack:
+        """Starts what is asked and returns once every service answers `/ready` and, with `vectors`,
+        once the reranker has every resource's vector. `ready_timeout_s` bounds a stall (no log
+        line, no vector for that long), not the whole start."""
         self.start_broker()
         if catalogue is not None:
             self.load_catalogue(catalogue)
@@ -133,6 +168,8 @@ class LocalStack:
             self.start_service(name)
         for name in services:
             self.wait_ready(name, ready_timeout_s)
+        if vectors and "reranker" in services:
+            self.wait_vectors(ready_timeout_s)
         return self
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:

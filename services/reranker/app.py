@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 
+from services.reranker.catalogue import CatalogueFollower
 from services.reranker.inference_log import InferenceLog
 from services.reranker.page import add_page
 from services.reranker.routes import router
@@ -36,14 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         holder = ModelHolder(settings, StoredVectors(store, loop))
         inference_log = InferenceLog(store, max_backlog=settings.inference_log_max_backlog)
         app.state.store, app.state.holder, app.state.inference_log = store, holder, inference_log
-        catalogue_version = {"value": await store.resources_version()}
-
-        async def refresh_catalogue() -> None:
-            catalogue_version["value"] = await store.resources_version()
-            await holder.refresh_catalogue(await store.list_resources())
-
-        app.state.refresh_catalogue = refresh_catalogue
-        await holder.load_initial(await store.list_resources())
+        catalogue = CatalogueFollower(store, holder)
+        app.state.refresh_catalogue = catalogue.refresh
+        await holder.load_initial(await catalogue.read_all())
         await holder.set_experiment(await store.running_experiment())  # a restart joins it at once
         inference_log.start()
 
@@ -70,8 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             while True:
                 await asyncio.sleep(settings.watch_interval_s)
                 try:
-                    if await store.resources_version() != catalogue_version["value"]:
-                        await refresh_catalogue()
+                    await catalogue.refresh_if_changed()
                     champion = holder.registry.champion()
                     if (champion and not holder.pinned and champion != holder.state.model.version
                             and champion not in holder.failed):
@@ -99,11 +95,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(router)
     add_page(app)
 
+    def details() -> dict[str, Any]:
+        """How far the served model's vectors got: ready does not wait for them."""
+        holder = getattr(app.state, "holder", None)
+        if holder is None or not holder.ready:
+            return {}
+        state = holder.state
+        return {"embedding": holder.embedding_info(state.model), "catalogue_size": state.index.live_count}
+
     async def readiness() -> dict[str, bool]:
         consumer = getattr(app.state, "consumer", None)
         return {"store": await store_answers(app),
                 "model": app.state.holder.ready if hasattr(app.state, "holder") else False,
                 "broker": bool(consumer and consumer.ready.is_set())}
 
-    add_common(app, "reranker", readiness)
+    add_common(app, "reranker", readiness, details)
     return app

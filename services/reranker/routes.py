@@ -115,7 +115,8 @@ async def search(body: SearchRequest, holder: Holder, settings: SettingsDep,
             subject=resource.subject, level=resource.level, type=resource.type, url=resource.url,
             rank=shown + 1, first_stage_score=float(ranked.scores["bm25"][i]),
             rerank_score=ranked.rerank_score(shown),
-            scores={k: float(v[i]) for k, v in ranked.scores.items()},
+            # A scorer a resource has no score from yet (no vector: the dense part) is left out.
+            scores={k: float(v[i]) for k, v in ranked.scores.items() if not np.isnan(v[i])},
         ))
     version = state.model.version
     latency_ms = (time.perf_counter() - start) * 1000

@@ -12,17 +12,15 @@ import asyncio
 import dataclasses
 import logging
 import time
-import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sentence_transformers import SentenceTransformer
-
+from services.reranker.indexes import ServedIndexes
 from shared import metrics
 from shared.ml.backends import BackendChoice, choose_backend
-from shared.ml.model import cross_backend, embedder_identity, pick_device
+from shared.ml.model import cross_backend, pick_device
 from shared.ml.pipeline import (
     SPEC_FILE,
     VERSION_ZERO,
@@ -33,7 +31,7 @@ from shared.ml.pipeline import (
 )
 from shared.ml.registry import Registry
 from shared.ml.retrieval import CatalogueIndex
-from shared.ml.vectors import EmbeddingCache, StoredVectors
+from shared.ml.vectors import StoredVectors
 from shared.settings import Settings
 from shared.store import Experiment, Resource
 
@@ -70,18 +68,14 @@ class ServingState:
         return self.challenger.experiment if self.challenger else None
 
 
-class ModelHolder:
+class ModelHolder(ServedIndexes):
     def __init__(self, settings: Settings, vectors: StoredVectors | None = None) -> None:
         self.settings = settings
         self.registry = Registry(settings.model_dir)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader")
         self._state: ServingState | None = None
-        self.vectors = vectors
-        """Where resource vectors are kept between starts and shared with other replicas."""
-        # One cache per loaded embedder: versions that share an embedder share its vectors.
-        self._caches: weakref.WeakKeyDictionary[SentenceTransformer, EmbeddingCache] = (
-            weakref.WeakKeyDictionary())
+        self._init_indexes(settings, vectors)
         self._reload_lock = asyncio.Lock()
         self.served: dict[str, int] = {}
         self.failed: dict[str, str] = {}
@@ -106,13 +100,18 @@ class ModelHolder:
         return await asyncio.get_running_loop().run_in_executor(self.loader, fn, *args)
 
     def close(self) -> None:
+        self.stop_fillers()
         self.loader.shutdown(wait=True, cancel_futures=True)
         self.executor.shutdown(wait=True)
 
     # Loading (loader thread)
     def _loaded(self, spec: PipelineSpec, folder: Path | None,
-                resources: list[Resource]) -> tuple[RankingModel, CatalogueIndex, BackendChoice]:
-        """A version loaded, indexed, on its backend and warm; an embedder already loaded is shared."""
+                base: CatalogueIndex | list[Resource]) -> tuple[RankingModel, CatalogueIndex, BackendChoice]:
+        """A version loaded, indexed, on its backend and warm; an embedder already loaded is shared.
+
+        `base`: the served index (a new version shares its BM25, and its vectors too when it embeds
+        with the same model; another embedder's vectors are all built here, before it serves), or
+        the resources of a first start (served at once; vectors fill in the background)."""
         reuse = None
         if self._state is not None:
             for loaded in (self._state.model, *((self._state.challenger.model,) if self._state.challenger
@@ -120,41 +119,26 @@ class ModelHolder:
                 if loaded.embedder is not None and loaded.spec.embedding_model == spec.embedding_model:
                     reuse = loaded.embedder
         model = RankingModel.load(spec, folder, self.settings.device, embedder=reuse)
-        index = self._index(model, resources)
+        self._attach_encoder(model)
+        index = self._index(model, base)
         model.warm_up(index)
         model, backend = choose_backend(model, index, self.settings)
         model.warm_up(index)
         return model, index, backend
 
-    def _build(self, spec: PipelineSpec, folder: Path | None, resources: list[Resource]) -> ServingState:
-        model, index, backend = self._loaded(spec, folder, resources)
+    def _build(self, spec: PipelineSpec, folder: Path | None,
+               base: CatalogueIndex | list[Resource]) -> ServingState:
+        model, index, backend = self._loaded(spec, folder, base)
         return ServingState(model=model, index=index, backend=backend)
 
     def _build_challenger(self, spec: PipelineSpec, folder: Path | None, experiment: Experiment,
                           state: ServingState) -> Challenger:
         """The challenger beside the champion: the first stage, the catalogue index and the
         embeddings are shared wherever both use the same embedding model."""
-        model, index, backend = self._loaded(spec, folder, state.index.resources)
-        shared = index.embeddings is None or (
-            state.model.embedder is not None and model.embedder is state.model.embedder)
+        model, index, backend = self._loaded(spec, folder, state.index)
+        shared = index is state.index or index.vectors is None
         return Challenger(model=model, experiment=experiment, backend=backend,
                           index=None if shared else index)
-
-    def _index(self, model: RankingModel, resources: list[Resource]) -> CatalogueIndex:
-        cache = self._cache(model)
-        if cache is None:
-            return CatalogueIndex(resources)
-        return CatalogueIndex(resources, cache([r.text for r in resources]))
-
-    def _cache(self, model: RankingModel) -> EmbeddingCache | None:
-        if model.embedder is None:
-            return None
-        cache = self._caches.get(model.embedder)
-        if cache is None:
-            cache = EmbeddingCache(model.embed_texts, embedder_identity(model.embedder), self.vectors,
-                                   chunk=self.settings.embedding_chunk)
-            self._caches[model.embedder] = cache
-        return cache
 
     def _publish_info(self) -> None:
         state = self.state
@@ -173,7 +157,8 @@ class ModelHolder:
         log.error("event=reload_failed location=%s error=%r", location, self.failed[location])
 
     async def load_initial(self, resources: list[Resource]) -> None:
-        """`CROSS_ENCODER_PATH` (a failure stops start-up), else the champion, else version 0."""
+        """`CROSS_ENCODER_PATH` (a failure stops start-up), else the champion, else version 0.
+        Ready once BM25 is built: the vectors are read from the store or embedded in the background."""
         if self.settings.cross_encoder_path is not None:
             folder = Path(self.settings.cross_encoder_path).resolve()
             self._state = await self._load(self._build, pinned_spec(self.settings, folder), folder, resources)
@@ -187,14 +172,30 @@ class ModelHolder:
                     self._failed(champion, exc)
             if self._state is None:
                 self._state = await self._load(self._build, version_zero(self.settings), None, resources)
+        self._fill_in_background()
         self._publish_info()
         state = self.state
-        log.info("event=model_loaded version=%s kind=%s backend=%s path=%s", state.model.version,
-                 state.model.spec.kind, state.backend.backend, state.model.folder)
+        log.info("event=model_loaded version=%s kind=%s backend=%s path=%s resources=%d", state.model.version,
+                 state.model.spec.kind, state.backend.backend, state.model.folder, len(state.index))
+
+    def _swap(self, model: RankingModel, index: CatalogueIndex, backend: BackendChoice,
+              challenger: Challenger | None) -> ServingState:
+        """Serve this (under the swap lock): indexes built beside the served one first catch up
+        with the catalogue changes applied meanwhile."""
+        with self._swap_lock:
+            champion_index = self._rebased(index, self.state.index)
+            if challenger is not None and challenger.index is not None:
+                own = self._rebased(challenger.index, champion_index)
+                challenger = dataclasses.replace(challenger, index=own)
+            self._state = ServingState(model=model, index=champion_index, backend=backend,
+                                       challenger=challenger)
+        self._fill_in_background()
+        return self._state
 
     async def reload(self, location: str) -> bool:
         """Load a promoted version (`v0`: version 0) and swap it in; any failure leaves the current
-        model serving. A challenger users just preferred is already loaded: it is swapped in as is."""
+        model serving. A challenger users just preferred is already loaded: it is swapped in as is.
+        A version with another embedder has all its vectors before it serves."""
         if self.pinned:
             log.info("event=reload_ignored reason=pinned location=%s", location)
             return False
@@ -206,15 +207,15 @@ class ModelHolder:
                     return True
                 started = time.perf_counter()
                 challenger = state.challenger
-                if (challenger is not None and challenger.model.version == spec.version
-                        and challenger.index is None):
-                    new = ServingState(model=challenger.model, index=state.index, backend=challenger.backend)
+                if challenger is not None and challenger.model.version == spec.version:
+                    new = ServingState(model=challenger.model, index=challenger.index or state.index,
+                                       backend=challenger.backend)
                 else:
-                    new = await self._load(self._build, spec, folder, state.index.resources)
+                    new = await self._load(self._build, spec, folder, state.index)
             except Exception as exc:  # whatever a version's files hold, the service keeps serving
                 self._failed(location, exc)
                 return False
-            self._state = new
+            new = await asyncio.to_thread(self._swap, new.model, new.index, new.backend, None)
             self.failed.pop(location, None)
             metrics.MODEL_RELOADS.labels("success").inc()
             self._publish_info()
@@ -243,14 +244,17 @@ class ModelHolder:
                 experiment = None  # for another champion: it waits until this replica serves that one
             if experiment is None:
                 if current is not None:
-                    self._state = dataclasses.replace(state, challenger=None)
+                    with self._swap_lock:
+                        self._state = dataclasses.replace(self.state, challenger=None)
+                    self._fill_in_background()
                     log.info("event=challenger_dropped version=%s experiment=%s", current.model.version,
                              current.experiment.experiment_id)
                 return
             if current is not None and current.model.version == experiment.challenger:
                 if current.experiment != experiment:
-                    self._state = dataclasses.replace(
-                        state, challenger=dataclasses.replace(current, experiment=experiment))
+                    with self._swap_lock:
+                        self._state = dataclasses.replace(self.state, challenger=dataclasses.replace(
+                            current, experiment=experiment))
                 return
             if experiment.challenger in self.failed:
                 return
@@ -261,22 +265,11 @@ class ModelHolder:
             except Exception as exc:  # a challenger that does not load leaves the champion serving alone
                 self._failed(experiment.challenger, exc)
                 return
-            self._state = dataclasses.replace(self.state, challenger=challenger)
+            now = self.state
+            await asyncio.to_thread(self._swap, now.model, now.index, now.backend, challenger)
             log.info("event=challenger_loaded version=%s experiment=%s kind=%s share=%s seconds=%.1f",
                      spec.version, experiment.experiment_id, experiment.kind, experiment.share,
                      time.perf_counter() - started)
-
-    async def refresh_catalogue(self, resources: list[Resource]) -> None:
-        """Re-index after catalogue changes; only new or changed texts are embedded."""
-        async with self._reload_lock:
-            state = self.state
-            index = await self._load(self._index, state.model, resources)
-            challenger = state.challenger
-            if challenger is not None and challenger.index is not None:
-                own = await self._load(self._index, challenger.model, resources)
-                challenger = dataclasses.replace(challenger, index=own)
-            self._state = dataclasses.replace(state, index=index, challenger=challenger)
-            log.info("event=catalogue_indexed resources=%d", len(resources))
 
     def count_served(self, version: str) -> None:
         self.served[version] = self.served.get(version, 0) + 1
@@ -301,18 +294,12 @@ class ModelHolder:
             "metrics": spec.metrics,
             "inferences_served": self.served.get(spec.version, 0),
             "inferences_served_total": sum(self.served.values()),
-            "catalogue_size": len(state.index),
+            "catalogue_size": state.index.live_count,
+            "catalogue": self.catalogue_info(),
             "embedding": self.embedding_info(state.model),
             "failed_versions": dict(self.failed),
             "experiment": self.experiment_info(),
         }
-
-    def embedding_info(self, model: RankingModel) -> dict[str, Any] | None:
-        """How far the model's vectors got and where they came from (None: it has no dense scorer)."""
-        cache = self._caches.get(model.embedder) if model.embedder is not None else None
-        if cache is None:
-            return None
-        return {"model_id": cache.model_id, "stored": self.vectors is not None, **cache.progress.as_dict()}
 
     def experiment_info(self) -> dict[str, Any] | None:
         """The running experiment as this replica serves it (None: the champion serves alone)."""

@@ -135,19 +135,36 @@ def load_embedder(name_or_path: str, max_length: int = 128, device: str = "auto"
     return model
 
 
+FAST_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Native bf16 dot products (AVX512-BF16, AMX): there bf16 is faster than fp32, elsewhere slower."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in FAST_BF16_CPU_FLAGS)
+
+
+def onnx_session(path: Path, threads: int = 0) -> Any:
+    """An ONNX Runtime session on the CPU: every core for intra-op work, one graph at a time."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or available_cores()
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxCrossEncoder:
     """A cross-encoder run by ONNX Runtime; tokenization is the torch model's own `preprocess`."""
 
     def __init__(self, cross: CrossEncoder, path: Path, backend: str, threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or available_cores()
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(path, threads)
         self.inputs = [i.name for i in self.session.get_inputs()]
         self.cross = cross
         self.path = path
@@ -209,7 +226,7 @@ def quantize_onnx(source: Path, target: Path) -> Path:
     return target
 
 
-def _atomic(target: Path, build: Any) -> Path:
+def atomic_file(target: Path, build: Any) -> Path:
     """Build into a temporary name then rename: readers never see half a file."""
     if target.exists():
         return target
@@ -231,8 +248,8 @@ def load_onnx_cross_encoder(cross: CrossEncoder, folder: Path, backend: str, cac
     if cross.device.type != "cpu":
         raise ValueError("the ONNX backends run on CPU; on a GPU the torch backend uses fp16")
     cache = cache_dir / weights_fingerprint(folder)
-    fp32 = _atomic(cache / "model.onnx", lambda tmp: export_onnx(cross, tmp))
-    path = fp32 if backend == "onnx" else _atomic(cache / "model-int8.onnx",
+    fp32 = atomic_file(cache / "model.onnx", lambda tmp: export_onnx(cross, tmp))
+    path = fp32 if backend == "onnx" else atomic_file(cache / "model-int8.onnx",
                                                   lambda tmp: quantize_onnx(fp32, tmp))
     log.info("event=onnx_ready backend=%s path=%s", backend, path)
     return OnnxCrossEncoder(cross, path, backend, threads)

@@ -18,9 +18,10 @@ from pydantic import BaseModel, Field
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from shared.events import utcnow
-from shared.ml.model import cross_scores, embed, load_cross_encoder, load_embedder
+from shared.ml.embedder import Encoder
+from shared.ml.model import cross_scores, embed, embedder_identity, load_cross_encoder, load_embedder
 from shared.ml.registry import Registry
-from shared.ml.retrieval import CatalogueIndex
+from shared.ml.retrieval import CatalogueIndex, tokenize
 from shared.settings import Settings
 
 SPEC_FILE = "pipeline.json"
@@ -62,19 +63,48 @@ class PipelineSpec(BaseModel):
 
 
 def zscore(values: np.ndarray) -> np.ndarray:
-    """Per-query normalisation so scorers on different scales can be added."""
+    """Per-query normalisation so scorers on different scales can be added; NaN (a score this
+    candidate does not have, e.g. no vector yet) stays NaN and is left out of the statistics."""
     if values.size == 0:
         return values
-    std = float(values.std())
-    return (values - values.mean()) / std if std > 1e-9 else np.zeros_like(values)
+    present = ~np.isnan(values)
+    if not present.any():
+        return values
+    known = values[present]
+    std = float(known.std())
+    if std <= 1e-9:
+        return np.where(present, 0.0, np.nan).astype(values.dtype)
+    return (values - known.mean()) / std
 
 
 def fuse(scores: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray:
-    parts = [w * (scores[name] if name in RAW_SCORERS else zscore(scores[name]))
-             for name, w in weights.items() if w and name in scores]
-    if not parts:
+    """The weighted sum of the scorers' z-scores (raw for sparse ones).
+
+    A candidate missing a scorer's score (NaN) gets its other normalised scorers' weighted mean in
+    its place, i.e. their sum scaled up to the full weight: a resource not embedded yet competes on
+    BM25 alone instead of counting as average or worst on the dense side.
+    """
+    used = [(name, w) for name, w in weights.items() if w and name in scores]
+    if not used:
         raise ValueError("no scorer with a non-zero weight")
-    return np.sum(parts, axis=0)
+    size = len(scores[used[0][0]])
+    total = np.zeros(size, dtype=np.float64)
+    raw = np.zeros(size, dtype=np.float64)
+    weight_present = np.zeros(size, dtype=np.float64)
+    weight_all = 0.0
+    for name, w in used:
+        if name in RAW_SCORERS:
+            raw += w * np.nan_to_num(scores[name])
+            continue
+        z = zscore(scores[name])
+        present = ~np.isnan(z)
+        total += w * np.where(present, z, 0.0)
+        weight_present += w * present
+        weight_all += w
+    if weight_all:
+        scale = np.divide(weight_all, weight_present, out=np.zeros(size), where=weight_present != 0)
+        total = np.where(weight_present == weight_all, total, total * scale)
+    return (total + raw).astype(np.float32)
 
 
 @dataclass
@@ -149,6 +179,8 @@ class RankingModel:
     cross: CrossEncoder | None = None
     memory: FeedbackMemory | None = None
     loaded_at: datetime = field(default_factory=utcnow)
+    encoder: Encoder | None = None
+    """How the embedder runs (ONNX Runtime or torch); unset: torch."""
     # Set while scoring a query that is itself in the memory (leave-one-query-out evaluation).
     memory_exclude: str | None = None
 
@@ -184,7 +216,16 @@ class RankingModel:
     def embed_texts(self, texts: list[str], progress: bool = False) -> np.ndarray:
         if self.embedder is None:
             raise ValueError("this pipeline has no dense scorer")
+        if self.encoder is not None and not progress:
+            return self.encoder(texts)
         return embed(self.embedder, texts, progress=progress)
+
+    @property
+    def vectors_id(self) -> str | None:
+        """The identity its resource vectors are stored under (None: no dense scorer)."""
+        if self.embedder is None:
+            return None
+        return self.encoder.identity if self.encoder is not None else embedder_identity(self.embedder)
 
     def query_vector(self, query: str) -> np.ndarray | None:
         return self.embed_texts([query])[0] if self.embedder is not None else None
@@ -216,11 +257,11 @@ class RankingModel:
         positions = np.asarray(positions, dtype=np.int64)
         reuse = reuse or {}
         scores: dict[str, np.ndarray] = {
-            "bm25": bm25 if bm25 is not None else index.bm25_all(query)[positions]
+            "bm25": bm25 if bm25 is not None else index.bm25_at(tokenize([query])[0], positions)
         }
         weights = self.spec.weights
         query_vector = reuse["query_vector"] if "query_vector" in reuse else self.query_vector(query)
-        if (query_vector is not None and index.embeddings is not None
+        if (query_vector is not None and index.has_vectors
                 and (weights.get("dense") or weights.get("dense_prf"))):
             scores["dense"] = reuse["dense"] if "dense" in reuse else index.dense(query_vector, positions)
         wanted = [name for name in PRF_SCORERS if weights.get(name)]
@@ -253,9 +294,10 @@ class RankingModel:
         best = positions[np.argsort(-fuse(scores, first), kind="stable")[: spec.prf_docs]]
         out = {}
         if weights.get("bm25_prf"):
-            out["bm25_prf"] = index.bm25_terms(index.expansion_terms(best, query, spec.prf_terms))[positions]
-        if weights.get("dense_prf") and query_vector is not None and index.embeddings is not None:
-            expanded = query_vector + spec.prf_beta * index.embeddings[best].mean(axis=0)
+            out["bm25_prf"] = index.bm25_at(index.expansion_terms(best, query, spec.prf_terms), positions)
+        if weights.get("dense_prf") and query_vector is not None and index.has_vectors:
+            rows, have = index.vectors_of(best)  # the best that have a vector yet
+            expanded = query_vector + spec.prf_beta * rows[have].mean(axis=0) if have.any() else query_vector
             out["dense_prf"] = index.dense(expanded / max(float(np.linalg.norm(expanded)), 1e-9), positions)
         return out
 

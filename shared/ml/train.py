@@ -13,7 +13,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,12 +26,10 @@ from transformers import TrainerCallback
 
 from shared.ml.dataset import Pair
 from shared.ml.hyperparameters import Hyperparameters
+from shared.ml.model import cpu_has_fast_bf16
 from shared.settings import Precision, Settings, from_settings, setting
 
 log = logging.getLogger(__name__)
-
-FAST_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
 
 @dataclass
 class TrainConfig:
@@ -91,15 +88,6 @@ class TrainResult:
     epochs_run: float = 0.0
     best_epoch: float | None = None
     precision: str = "fp32"
-
-
-def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Native bf16 dot products (AVX512-BF16, AMX): there bf16 autocast is faster, elsewhere slower."""
-    try:
-        flags = cpuinfo.read_text()
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in FAST_BF16_CPU_FLAGS)
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:

@@ -31,7 +31,9 @@ import transformers
 from sentence_transformers import CrossEncoder
 
 from shared.events import utcnow
+from shared.ml.backends import onnx_cache
 from shared.ml.dataset import Pair, build_pairs, split_by_query
+from shared.ml.embedder import load_encoder
 from shared.ml.evaluate import (
     Evaluation,
     classification_metrics,
@@ -41,11 +43,11 @@ from shared.ml.evaluate import (
     scored_groups,
 )
 from shared.ml.gate import Decision, Gate
-from shared.ml.model import embedder_identity, load_cross_encoder, load_embedder
+from shared.ml.model import load_cross_encoder, load_embedder
 from shared.ml.pipeline import FeedbackMemory, PipelineSpec, RankingModel, fuse, load_champion
 from shared.ml.registry import Registry
 from shared.ml.report import html_report, text_report
-from shared.ml.retrieval import CatalogueIndex
+from shared.ml.retrieval import CatalogueIndex, VectorTable
 from shared.ml.train import TrainConfig, TrainResult, fine_tune
 from shared.ml.vectors import EmbeddingCache, StoredVectors
 from shared.settings import OFFLINE_BASE_MODEL, Settings
@@ -119,6 +121,9 @@ def champion_and_index(settings: Settings, registry: Registry, data: TrainingDat
     """What a run starts from: the champion (version 0 before any promotion), and the catalogue
     indexed the way it scores the pairs."""
     champion = load_champion(settings, registry)
+    if champion.embedder is not None:  # the reranker's runtime, hence its stored vectors' identity
+        champion.encoder = load_encoder(champion.embedder, settings.embedding_backend, onnx_cache(settings),
+                                        settings.torch_threads)
     return champion, index_for_pairs(list(data.resources.values()), data.pairs, champion, stored)
 
 
@@ -142,14 +147,14 @@ def index_for_pairs(resources: list[Resource], pairs: list[Pair], model: Ranking
     """BM25 over the whole catalogue (its statistics matter), embeddings only where pairs need them:
     read from `stored` where the reranker (or an earlier run) already embedded them."""
     index = CatalogueIndex(resources)
-    if model.embedder is not None and resources:
+    if model.embedder is not None and model.vectors_id is not None and resources:
         needed = sorted({index.position[p.resource_id] for p in pairs if p.resource_id in index.position})
-        cache = EmbeddingCache(model.embed_texts, embedder_identity(model.embedder), stored)
+        cache = EmbeddingCache(model.embed_texts, model.vectors_id, stored)
         vectors = cache([resources[i].text for i in needed]) if needed else None
         dim = vectors.shape[1] if vectors is not None else 1
-        index.embeddings = np.zeros((len(resources), dim), dtype=np.float32)
+        index.vectors = VectorTable(dim, len(resources), model.vectors_id)
         if vectors is not None:
-            index.embeddings[needed] = vectors
+            index.vectors.put(np.asarray(needed), vectors)
     return index
 
 
@@ -257,7 +262,8 @@ def assemble_candidate(settings: Settings, champion: RankingModel, cross: CrossE
     })
     memory = FeedbackMemory.build(embedder, [(p.query, p.resource_id, p.label) for p in pairs])
     candidate = RankingModel(spec=spec, embedder=embedder, cross=cross,
-                             memory=memory.restricted_to({p.query for p in split.train}))
+                             memory=memory.restricted_to({p.query for p in split.train}),
+                             encoder=champion.encoder if embedder is champion.embedder else None)
     return candidate, memory
 
 

@@ -280,6 +280,11 @@ class Store(abc.ABC):
     async def list_resources(self) -> list[Resource]: ...
 
     @abc.abstractmethod
+    async def resources_since(self, after: datetime) -> list[Resource]:
+        """Resources added or updated at or after `after` (by the writer's clock): a replica
+        follows the catalogue by reading these, not the whole catalogue again."""
+
+    @abc.abstractmethod
     async def resources_version(self) -> str:
         """Changes whenever a resource is added or updated; replicas poll it to refresh indexes."""
 

@@ -99,6 +99,7 @@ class MongoStore(Store):
         self._client = AsyncMongoClient(self.url, **self.client_options())
         self._db = self._client.get_default_database(DEFAULT_DATABASE)
         await self._col("inferences").create_index("model_version")
+        await self._col("resources").create_index("updated_at")
         await self._col("inferences").create_index("interleaving.experiment_id", sparse=True)
         await self._col("experiments").create_index([("started_at", DESCENDING)])
         await self._col("training_runs").create_index([("started_at", DESCENDING)])
@@ -165,6 +166,11 @@ class MongoStore(Store):
     @_unavailable_on_outage
     async def list_resources(self) -> list[Resource]:
         cursor = self._col("resources").find({}).sort("_id", ASCENDING)
+        return [Resource.model_validate(d) async for d in cursor]
+
+    @_unavailable_on_outage
+    async def resources_since(self, after: datetime) -> list[Resource]:
+        cursor = self._col("resources").find({"updated_at": {"$gte": after}}).sort("_id", ASCENDING)
         return [Resource.model_validate(d) async for d in cursor]
 
     @_unavailable_on_outage

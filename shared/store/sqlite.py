@@ -85,6 +85,8 @@ CREATE INDEX IF NOT EXISTS inferences_experiment ON inferences(experiment_id)
     WHERE experiment_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS feedback_experiment ON feedback(experiment_id)
     WHERE experiment_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS resources_updated ON resources(updated_at);
+CREATE INDEX IF NOT EXISTS resources_seq ON resources(seq);
 """
 
 
@@ -179,7 +181,7 @@ class SQLiteStore(Store):
 
     # Resources
     async def upsert_resources(self, resources: list[Resource]) -> int:
-        now = utcnow().isoformat()
+        now = _iso(utcnow())
         async with self._tx() as db:
             rows = await (await db.execute("SELECT COALESCE(MAX(seq), 0) FROM resources")).fetchone()
             seq = rows[0] + 1
@@ -201,6 +203,11 @@ class SQLiteStore(Store):
 
     async def list_resources(self) -> list[Resource]:
         rows = await self._all("SELECT doc FROM resources ORDER BY id")
+        return [Resource.model_validate_json(r[0]) for r in rows]
+
+    async def resources_since(self, after: datetime) -> list[Resource]:
+        rows = await self._all("SELECT doc FROM resources WHERE updated_at >= ? ORDER BY seq, id",
+                               (_iso(after),))
         return [Resource.model_validate_json(r[0]) for r in rows]
 
     async def resources_version(self) -> str:

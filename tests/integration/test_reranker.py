@@ -177,8 +177,10 @@ def test_both_search_modes(server: Server) -> None:
     if extra.status_code == 200:
         resources.append(type(resources[0]).model_validate(extra.json()))
     positions, bm25 = CatalogueIndex(resources).bm25_top(query, 10)
-    # Same order as BM25 alone (compared by score: equal scores may come in either order).
-    assert [r["first_stage_score"] for r in plain["results"]] == pytest.approx(bm25.tolist(), rel=1e-5)
+    # Same order as BM25 alone (compared by score: equal scores may come in either order). Resources
+    # added since start sit in the delta, whose statistics (document count, mean length) are the
+    # index's of start until a merge: scores agree to a few parts in ten thousand.
+    assert [r["first_stage_score"] for r in plain["results"]] == pytest.approx(bm25.tolist(), rel=2e-3)
     assert {r["resource_id"] for r in plain["results"]} == {resources[p].id for p in positions}
     assert plain["candidates"] == 0
     for result in plain["results"]:

@@ -65,6 +65,8 @@ def test_ctrl_c_stops_every_service_cleanly(workdir: Path, tiny_model: Path) -> 
         search = httpx.post(f"{reranker.group(1)}/api/reranking/search-with-reranking",
                             json={"query_text": "algebra", "top_k": 3}, timeout=30)
         assert search.status_code == 200, search.text
+        # The reranker answered before its vectors were all in; the launcher says when they are.
+        wait_for(lambda: "vectors: all 350 in" in log.read_text(), 120, what="the vectors reported all in")
         broker_pid = int(log.read_text().split("event=broker_started")[1].split("pid=")[1].split()[0])
         # A normal start reads like one: no error line from the launcher or any service (the
         # broker is waited for quietly while it starts; shared.broker.BrokerOutage).

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
-from shared.events import FEEDBACK_TOPIC, FeedbackEvent, Interleaved, decode
+from shared.events import FEEDBACK_TOPIC, FeedbackEvent, Interleaved, decode, utcnow
 from shared.store.base import (
     Experiment,
     Feedback,
@@ -104,6 +104,22 @@ async def test_resources_upsert_get_list_and_version(store: Store) -> None:
     assert await store.list_resources() == [a2, b]
     updated_version = await store.resources_version()
     assert updated_version not in (empty_version, added_version)
+
+
+async def test_resources_since_returns_what_was_written_from_then_on(store: Store) -> None:
+    before = utcnow() - timedelta(seconds=1)
+    a = Resource(id="a", title="Algebra basics")
+    b = Resource(id="b", title="Photosynthesis")
+    await store.upsert_resources([a, b])
+    assert sorted(r.id for r in await store.resources_since(before)) == ["a", "b"]
+    later = utcnow() + timedelta(milliseconds=1)
+    assert await store.resources_since(later) == []
+    await asyncio.sleep(0.01)  # the writer's clock moves on: the next write is after `later`
+    a2 = a.model_copy(update={"title": "Algebra, revised"})
+    await store.upsert_resources([a2])
+    assert await store.resources_since(later) == [a2]  # the update, not the unchanged one
+    assert sorted(r.title for r in await store.resources_since(before)) == ["Algebra, revised",
+                                                                           "Photosynthesis"]
 
 
 async def test_inferences_add_get_count(store: Store) -> None:

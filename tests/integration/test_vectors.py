@@ -21,7 +21,8 @@ from services.reranker.app import create_app
 from shared.broker import EmbeddedBroker, free_port
 from shared.kafka import ensure_topics
 from shared.ml.dataset import Pair
-from shared.ml.model import embed, embedder_identity, load_embedder
+from shared.ml.embedder import load_encoder
+from shared.ml.model import cpu_has_fast_bf16, embed, embedder_identity, load_embedder
 from shared.ml.pipeline import RankingModel, version_zero
 from shared.ml.training_run import index_for_pairs
 from shared.ml.vectors import EmbeddingCache, StoredVectors
@@ -30,6 +31,7 @@ from shared.store.sqlite import SQLiteStore
 from tests.conftest import SAMPLE_CATALOGUE, build_tiny_bert
 from tests.integration.served import Served
 from tools.catalogue import load_catalogue, read_catalogue
+from tools.localstack import wait_for
 
 SEARCH = "/api/reranking/search-with-reranking"
 INFO = "/api/reranking/info-modele"
@@ -54,6 +56,37 @@ def test_identity_follows_the_weights_and_the_length_not_the_folder(tiny_model: 
     assert embedder_identity(again) != embedder_identity(one)
 
 
+def test_onnx_encoder_gives_torchs_vectors_in_fp32_and_stores_int8_and_bf16_apart(
+        tiny_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    embedder = load_embedder(str(tiny_model), 64, "cpu")
+    texts = TEXTS[:40] + ["a", "photosynthesis " * 200]  # very short, and cut at max_length
+    reference = embed(embedder, texts)
+    fp32 = load_encoder(embedder, "onnx", tmp_path)
+    assert fp32.backend == "onnx" and fp32.identity == embedder_identity(embedder)
+    assert np.allclose(fp32(texts), reference, atol=1e-5)
+    int8 = load_encoder(embedder, "onnx-int8", tmp_path)
+    assert int8.backend == "onnx-int8" and int8.identity == embedder_identity(embedder) + "-int8"
+    vectors = int8(texts)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert float((vectors * reference).sum(axis=1).min()) > 0.9  # close, not the same: stored apart
+    bf16 = load_encoder(embedder, "torch-bf16", tmp_path)
+    assert bf16.backend == "torch-bf16" and bf16.identity == embedder_identity(embedder) + "-bf16"
+    vectors = bf16(texts)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert float((vectors * reference).sum(axis=1).min()) > 0.95
+    assert bf16([]).shape == (0, reference.shape[1])
+    auto = load_encoder(embedder, "auto", tmp_path).backend
+    assert auto == ("torch-bf16" if cpu_has_fast_bf16() else "onnx-int8")  # bf16 only where AMX runs it
+    assert load_encoder(embedder, "torch", tmp_path).backend == "torch"
+
+    # A model the graph would not reproduce (CLS pooling) embeds with torch, and says why.
+    embedder[1].pooling_mode = "cls"
+    caplog.set_level(logging.WARNING, logger="shared.ml.embedder")
+    fallback = load_encoder(embedder, "onnx", tmp_path / "cls")
+    assert fallback.backend == "torch" and "pooling" in fallback.reason
+    assert any("event=embedder_onnx_unavailable" in m for m in caplog.messages)
+
+
 async def test_cache_reads_stored_vectors_and_embeds_only_what_is_missing(
         tiny_model: Path, other_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="shared.ml.vectors")
@@ -72,7 +105,7 @@ async def test_cache_reads_stored_vectors_and_embeds_only_what_is_missing(
         first = EmbeddingCache(encode, model_id, stored, chunk=100)
         vectors = await asyncio.to_thread(first, TEXTS)
         assert first.progress.as_dict() == {"resources": 350, "embedded": 350, "encoded": 350,
-                                            "from_store": 0}
+                                            "from_store": 0, "complete": True}
         assert batches == [100, 100, 100, 50] and await store.count_vectors(model_id) == 350
         progress = [m for m in caplog.messages if m.startswith("event=embedding_progress")]
         assert [m.split(" embedded=")[1] for m in progress] == ["100 of=350", "200 of=350", "300 of=350",
@@ -83,7 +116,7 @@ async def test_cache_reads_stored_vectors_and_embeds_only_what_is_missing(
         again = await asyncio.to_thread(restarted, TEXTS)
         assert np.array_equal(again, vectors) and len(batches) == 4
         assert restarted.progress.as_dict() == {"resources": 350, "embedded": 350, "encoded": 0,
-                                                "from_store": 350}
+                                                "from_store": 350, "complete": True}
 
         changed = [TEXTS[0] + " Revised with new exercises.", *TEXTS[1:]]
         after = await asyncio.to_thread(restarted, changed)
@@ -133,10 +166,10 @@ async def test_the_trainer_reads_the_vectors_a_reranker_stored(tiny_model: Path,
         before = encoded()
         index = await asyncio.to_thread(index_for_pairs, resources, pairs, model, stored)
         assert encoded() == before  # all 40 read back, none embedded
-        assert index.embeddings is not None
+        rows, have = index.vectors_of(np.arange(len(resources)))
         expected = model.embed_texts([r.text for r in resources[:40]])
-        assert np.allclose(index.embeddings[:40], expected, atol=1e-5)
-        assert not index.embeddings[40:].any()  # what no pair needs stays unread
+        assert np.allclose(rows[:40], expected, atol=1e-3)  # kept as float16
+        assert have[:40].all() and not have[40:].any()  # what no pair needs stays unread
     finally:
         await store.close()
 
@@ -152,8 +185,13 @@ def reranker(settings: Settings) -> Served:
 
 
 def embedding(served: Served) -> dict:
-    info = httpx.get(served.url + INFO, timeout=30).json()
-    return info["embedding"]
+    """The reranker's embedding progress once every vector is in (it serves before that)."""
+    def complete() -> dict | None:
+        progress = httpx.get(served.url + INFO, timeout=30).json()["embedding"]
+        return progress if progress["complete"] else None
+
+    progress = wait_for(complete, 120, 0.2, "every vector in")
+    return {k: v for k, v in progress.items() if k not in ("backend", "backend_reason")}
 
 
 def dense_scores(served: Served) -> dict[str, float]:
@@ -179,7 +217,8 @@ def test_restarted_reranker_embeds_nothing_and_a_changed_resource_once(
     with reranker(settings) as first:
         progress = embedding(first)
         assert progress | {"model_id": None} == {"model_id": None, "stored": True, "resources": 350,
-                                                 "embedded": 350, "encoded": 350, "from_store": 0}
+                                                 "embedded": 350, "encoded": 350, "from_store": 0,
+                                                 "complete": True}
         scores = dense_scores(first)
         assert metric(first, "eduranker_embedding_resources", 'state="embedded"') == 350
         encoded = metric(first, "eduranker_embedding_texts_total", 'source="model"')
@@ -195,6 +234,7 @@ def test_restarted_reranker_embeds_nothing_and_a_changed_resource_once(
                                   timeout=60)
             assert response.status_code == 200, response.text
             assert embedding(restarted)["encoded"] == 1
+            assert embedding(restarted)["resources"] == 350
 
     with reranker(reranker_settings(tmp_path, tiny_model, broker)) as again:
         assert embedding(again) == progress | {"encoded": 0, "from_store": 350}

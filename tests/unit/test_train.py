@@ -13,13 +13,12 @@ from transformers import TrainerControl, TrainerState
 
 import shared.ml.train as train_module
 from shared.ml.dataset import Pair
-from shared.ml.model import cross_scores, load_cross_encoder
+from shared.ml.model import cpu_has_fast_bf16, cross_scores, load_cross_encoder
 from shared.ml.train import (
     BestOnValidation,
     LengthGroupedBatchSampler,
     TrainConfig,
     _dataset,
-    cpu_has_fast_bf16,
     fine_tune,
     positive_weight,
     resolve_precision,
