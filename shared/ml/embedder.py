@@ -126,21 +126,40 @@ class OnnxEmbedder:
 
 
 class Encoder:
-    """How a loaded embedder turns texts into vectors, and the identity they are stored under."""
+    """How a loaded embedder turns texts into vectors, and the identity they are stored under.
+
+    `query` embeds one search's query: the same runtime, except behind bf16 resource vectors,
+    where fp32 ONNX answers (torch pays ~8 ms a call in a server's worker threads, ONNX ~4)."""
 
     def __init__(self, model: SentenceTransformer, backend: str = "torch",
-                 run: Callable[[list[str]], np.ndarray] | None = None, reason: str = "") -> None:
+                 run: Callable[[list[str]], np.ndarray] | None = None, reason: str = "",
+                 query: Callable[[list[str]], np.ndarray] | None = None) -> None:
         self.model, self.backend, self.reason = model, backend, reason
         self._run = run or (lambda texts: embed(model, texts))
+        self._query = query or self._run
         # fp32 ONNX gives torch's vectors; int8 and bf16 give others, which must not mix with them.
         self.identity = embedder_identity(model) + IDENTITY_SUFFIX.get(backend, "")
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         return self._run(texts)
 
+    def query(self, texts: list[str]) -> np.ndarray:
+        return self._query(texts)
 
-def bf16_encoder(model: SentenceTransformer, reason: str) -> Encoder:
-    """A bf16 copy of the embedder (the fp32 one stays for training and the identity)."""
+
+def onnx_embedder(model: SentenceTransformer, backend: str, cache_dir: Path,
+                  threads: int = 0) -> OnnxEmbedder:
+    """The exported graph (fp32, or int8 from it), cached per embedder identity."""
+    folder = cache_dir / embedder_identity(model)
+    fp32 = atomic_file(folder / "embedder.onnx", lambda tmp: export_embedder(model, tmp))
+    path = fp32 if backend == "onnx" else atomic_file(folder / "embedder-int8.onnx",
+                                                       lambda tmp: quantize_onnx(fp32, tmp))
+    return OnnxEmbedder(model, path, backend, threads)
+
+
+def bf16_encoder(model: SentenceTransformer, reason: str, cache_dir: Path, threads: int = 0) -> Encoder:
+    """Resources embedded by a bf16 copy of the embedder (the fp32 one stays for training and the
+    identity); queries in fp32 ONNX, torch's own vectors, or in bf16 where the export fails."""
     half = copy.deepcopy(model).to(torch.bfloat16)
     dimension = model.get_embedding_dimension() or 1
 
@@ -150,7 +169,12 @@ def bf16_encoder(model: SentenceTransformer, reason: str) -> Encoder:
         vectors = embed(half, texts, batch_size=BATCH)  # normalised in bf16: again in fp32
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
-    return Encoder(model, "torch-bf16", run, reason=reason)
+    try:
+        query: Callable[[list[str]], np.ndarray] | None = onnx_embedder(model, "onnx", cache_dir, threads)
+    except Exception as exc:
+        log.warning("event=embedder_onnx_unavailable backend=onnx use=queries error=%r", str(exc)[:300])
+        query = None
+    return Encoder(model, "torch-bf16", run, reason=reason, query=query)
 
 
 def load_encoder(model: SentenceTransformer, backend: str, cache_dir: Path, threads: int = 0) -> Encoder:
@@ -166,18 +190,14 @@ def load_encoder(model: SentenceTransformer, backend: str, cache_dir: Path, thre
         # Version 0's Cranfield nDCG@10 within 0.001 of fp32, ~3x plain encode with AMX
         # (bench/results/embedding.json).
         reason = "auto: native bf16" if backend == "auto" else f"EDURANKER_EMBEDDING_BACKEND={backend}"
-        return bf16_encoder(model, reason)
-    # auto without AMX: int8, whose vectors keep version 0's Cranfield nDCG@10 within 0.001 of fp32
-    # and embed faster than torch (bench/results/embedding.json).
+        return bf16_encoder(model, reason, cache_dir, threads)
+    # auto without native bf16: int8, whose vectors keep version 0's Cranfield nDCG@10 within 0.001
+    # of fp32 and embed faster than torch (bench/results/embedding.json).
     wanted = "onnx-int8" if backend == "auto" else backend
     try:
-        folder = cache_dir / embedder_identity(model)
-        fp32 = atomic_file(folder / "embedder.onnx", lambda tmp: export_embedder(model, tmp))
-        path = fp32 if wanted == "onnx" else atomic_file(folder / "embedder-int8.onnx",
-                                                         lambda tmp: quantize_onnx(fp32, tmp))
-        onnx = OnnxEmbedder(model, path, wanted, threads)
+        onnx = onnx_embedder(model, wanted, cache_dir, threads)
     except Exception as exc:  # an embedder the export cannot reproduce still embeds, with torch
         log.warning("event=embedder_onnx_unavailable backend=%s error=%r", wanted, str(exc)[:300])
         return Encoder(model, "torch", reason=f"{wanted} unavailable: {str(exc)[:200]}")
-    log.info("event=embedder_onnx_ready backend=%s path=%s", wanted, path)
+    log.info("event=embedder_onnx_ready backend=%s path=%s", wanted, onnx.path)
     return Encoder(model, wanted, onnx, reason=f"EDURANKER_EMBEDDING_BACKEND={backend}")

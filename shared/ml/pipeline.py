@@ -228,7 +228,9 @@ class RankingModel:
         return self.encoder.identity if self.encoder is not None else embedder_identity(self.embedder)
 
     def query_vector(self, query: str) -> np.ndarray | None:
-        return self.embed_texts([query])[0] if self.embedder is not None else None
+        if self.embedder is None:
+            return None
+        return self.encoder.query([query])[0] if self.encoder is not None else self.embed_texts([query])[0]
 
     def shares_scores_of(self, other: RankingModel) -> set[str]:
         """The scorers `other` computes exactly as this model would, whose scores it can hand over

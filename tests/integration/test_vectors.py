@@ -75,6 +75,7 @@ def test_onnx_encoder_gives_torchs_vectors_in_fp32_and_stores_int8_and_bf16_apar
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
     assert float((vectors * reference).sum(axis=1).min()) > 0.95
     assert bf16([]).shape == (0, reference.shape[1])
+    assert np.allclose(bf16.query(texts), reference, atol=1e-5)  # queries in fp32 ONNX
     auto = load_encoder(embedder, "auto", tmp_path).backend
     assert auto == ("torch-bf16" if cpu_has_fast_bf16() else "onnx-int8")  # bf16 only where AMX runs it
     assert load_encoder(embedder, "torch", tmp_path).backend == "torch"
