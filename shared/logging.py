@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import re
+import signal
+import sys
 
 from shared.settings import Settings, get_settings
 
@@ -44,6 +47,8 @@ def configure(service: str, settings: Settings | None = None, quiet: bool = Fals
     for noisy in ("kafka", "aiokafka", "httpx", "faust", "mode", "urllib3", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     quiet_connection_retries()
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack in the log, for a hang
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
 
 
 def quiet_connection_retries() -> None:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -181,6 +182,9 @@ class LocalStack:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             log.warning("event=service_killed service=%s stopping_for_s=%s", name, timeout_s)
+            process.send_signal(signal.SIGUSR1)  # its threads' stacks into its log: where it hangs
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=2)
             process.kill()
             process.wait()
 
