@@ -35,7 +35,12 @@ from tests.conftest import SAMPLE_CATALOGUE
 from tests.integration.served import Served
 from tools.catalogue import load_catalogue
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # schemathesis's negative mode draws with `random` inside its own strategies (not ours to change)
+    pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies"
+                               ":hypothesis.errors.HypothesisDeprecationWarning"),
+]
 CHECKS = [not_a_server_error, response_schema_conformance]
 FUZZ = settings(max_examples=10, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
 
