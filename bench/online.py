@@ -40,7 +40,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.online_summary import aggregate  # noqa: E402
+from bench.online_summary import aggregate, paired_gain  # noqa: E402
 from bench.quality import Collection, start_harness  # noqa: E402
 from bench.simulate import (  # noqa: E402
     Impression,
@@ -393,6 +393,7 @@ def run_loop(collection: Collection, seed: int, args: argparse.Namespace, workdi
             "ndcg10_traffic_final": statistics.mean(p["ndcg"] for p in last),
             "ndcg10_held_out_v0": statistics.mean(v0[q] for q in held_out),
             "ndcg10_held_out_final": statistics.mean(final.values()),
+            "held_out_paired": paired_gain({q: v0[q] for q in held_out}, final),
             "final_version": final_version, "searches": len(played),
             "feedback_runs": [{k: r.get(k) for k in ("version", "status", "detail", "pairs", "online")}
                               for r in runs],

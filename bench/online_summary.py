@@ -8,6 +8,7 @@ well, never instead: the strict figure comes first.
 
 from __future__ import annotations
 
+import random
 import statistics
 
 INDIFFERENCE = 0.01
@@ -83,6 +84,20 @@ def false_promotions(all_pairs: list[dict], pairs: list[dict], loops: list[dict]
             "replays_with_the_worse_challenger": replays}
 
 
+def paired_gain(before: dict[str, float], after: dict[str, float], resamples: int = 5000) -> dict:
+    """The mean per-query change and its spread: standard error and a 95 % bootstrap interval
+    over queries (seeded), so that "worse than version 0 beyond the spread" can be read off."""
+    diffs = [after[q] - before[q] for q in sorted(after)]
+    if not diffs:
+        return {"queries": 0}
+    rng = random.Random(0)
+    means = sorted(statistics.mean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
+    return {"queries": len(diffs), "mean": statistics.mean(diffs),
+            "standard_error": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
+            "ci95": [means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]],
+            "worse": sum(d < -1e-9 for d in diffs), "better": sum(d > 1e-9 for d in diffs)}
+
+
 def aggregate(pairs: list[dict], loops: list[dict]) -> dict:
     all_pairs = [p for run in pairs for p in run["pairs"]]
     measured = sensitivity(all_pairs)
@@ -110,7 +125,8 @@ def aggregate(pairs: list[dict], loops: list[dict]) -> dict:
             "traffic_gain_by_seed": [r["ndcg10_traffic_final"] - r["ndcg10_traffic_v0"] for r in loops],
             "ndcg10_held_out_v0": statistics.mean(r["ndcg10_held_out_v0"] for r in loops),
             "ndcg10_held_out_final": statistics.mean(r["ndcg10_held_out_final"] for r in loops),
-            "held_out_gain_by_seed": [r["ndcg10_held_out_final"] - r["ndcg10_held_out_v0"] for r in loops]}
+            "held_out_gain_by_seed": [r["ndcg10_held_out_final"] - r["ndcg10_held_out_v0"] for r in loops],
+            "held_out_paired_by_seed": [r.get("held_out_paired") for r in loops]}
     if pairs:
         out["latency"] = {k: statistics.mean(run["latency"][k] for run in pairs) for k in pairs[0]["latency"]}
     return out

@@ -22,7 +22,8 @@ KEYS = {"sensitivity", "impressions_to_decide_interleaving", "impressions_to_dec
         "false_promotion_rate", "experiments_judged", "false_promotions", "false_promotion_rate_resampled",
         "flipped_rejected_online", "rollback_happened",
         "rollback_impressions", "ndcg10_traffic_v0", "ndcg10_traffic_final", "traffic_gain_by_seed",
-        "ndcg10_held_out_v0", "ndcg10_held_out_final", "held_out_gain_by_seed", "latency", "people",
+        "ndcg10_held_out_v0", "ndcg10_held_out_final", "held_out_gain_by_seed", "held_out_paired_by_seed",
+        "latency", "people",
         "settings", "pairs", "loops"}
 
 
@@ -72,3 +73,8 @@ def test_online_harness_decides_replays_and_measures_the_traffic(tmp_path: Path,
     assert {r["status"] for r in loop["feedback_runs"]} <= {"challenger", "rejected", "skipped", "running"}
     for key in ("ndcg10_traffic_v0", "ndcg10_traffic_final", "ndcg10_held_out_v0", "ndcg10_held_out_final"):
         assert 0.0 <= result[key] <= 1.0, key
+    paired = loop["held_out_paired"]  # the per-query change on held-out queries, with its spread
+    assert paired["queries"] == len(loop["held_out_queries"])
+    change = result["ndcg10_held_out_final"] - result["ndcg10_held_out_v0"]
+    assert math.isclose(paired["mean"], change, abs_tol=1e-9)
+    assert paired["ci95"][0] <= paired["mean"] <= paired["ci95"][1]
