@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     learning_rate: float = 2e-5
     warmup_ratio: float = 0.1
     seed: int = 42
+    # The feedback memory's weight for a query's own ratings (+1 a like, -1 a dislike, added to
+    # the fused z-scores); its neighbours' votes are fitted per run (shared/ml/training_run.py).
+    memory_weight: float = Field(default=4.0, ge=0)
     gate_metric: str = "ndcg@10"
     gate_margin: float = 0.0
     gate_min_prior_auc: float = 0.5

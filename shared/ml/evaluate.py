@@ -49,6 +49,35 @@ def ranking_metrics(groups: list[tuple[np.ndarray, np.ndarray]], k: int = 10) ->
             "queries": float(len(ndcgs))}
 
 
+def ndcg_per_query(groups: list[tuple[np.ndarray, np.ndarray]], k: int = 10) -> np.ndarray:
+    """nDCG@k of each group of (gains, scores) that has a relevant item, in order: paired comparisons."""
+    out = []
+    for gains, scores in groups:
+        if np.any(gains > 0):
+            ranked = [float(g) for g in gains[np.argsort(-scores, kind="stable")]]
+            out.append(ndcg_at(ranked, [float(g) for g in gains], k))
+    return np.array(out, dtype=float)
+
+
+Z_ONE_SIDED_95 = 1.644854
+
+
+def surest_gain(baseline: np.ndarray, alternatives: list[np.ndarray]) -> int | None:
+    """The alternative whose per-query gain over `baseline` (paired, same queries in the same
+    order) has the highest one-sided 95 % lower bound on its mean, if that bound is above 0; None
+    when no alternative surely gains. An alternative that helps some queries as much as it hurts
+    others is not taken, however high its mean."""
+    best, best_bound = None, 0.0
+    for i, scores in enumerate(alternatives):
+        gains = scores - baseline
+        if gains.size < 2:
+            continue
+        bound = float(gains.mean() - Z_ONE_SIDED_95 * gains.std(ddof=1) / np.sqrt(gains.size))
+        if bound > best_bound + 1e-9:
+            best, best_bound = i, bound
+    return best
+
+
 def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """The decision threshold with the best F1 on the training split."""
     if len(set(labels.tolist())) < 2:

@@ -14,10 +14,11 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from shared.events import utcnow
+from shared.ml.dataset import normalise_query
 from shared.ml.embedder import Encoder
 from shared.ml.model import cross_scores, embed, embedder_identity, load_cross_encoder, load_embedder
 from shared.ml.registry import Registry
@@ -27,10 +28,12 @@ from shared.settings import Settings
 SPEC_FILE = "pipeline.json"
 VERSION_ZERO = "v0"
 """Version 0's name: served when nothing is promoted; it has no registry folder."""
-SCORERS = ("bm25", "dense", "bm25_prf", "dense_prf", "cross", "memory")
+SCORERS = ("bm25", "dense", "bm25_prf", "dense_prf", "cross", "memory", "neighbours")
 PRF_SCORERS = ("bm25_prf", "dense_prf")
+MEMORY_SCORERS = ("memory", "neighbours")
+"""The feedback memory's two scorers: the query's own ratings, and its nearest rated queries'."""
 # Sparse scorers are added as they are: z-scoring a mostly-zero vector would inflate its few hits.
-RAW_SCORERS = ("memory",)
+RAW_SCORERS = MEMORY_SCORERS
 MEMORY_VECTORS = "feedback_memory.npy"
 MEMORY_LABELS = "feedback_memory.json"
 
@@ -49,6 +52,15 @@ class PipelineSpec(BaseModel):
     prf_terms: int = Field(default=10, ge=0, description="Expansion terms added to the BM25 query.")
     metrics: dict[str, float] = Field(default_factory=dict)
     trained_at: datetime | None = None
+
+    @field_validator("weights")
+    @classmethod
+    def _neighbours_of_older_versions(cls, weights: dict[str, float]) -> dict[str, float]:
+        """Versions written before the memory had two scorers weighted its neighbours' votes
+        like the query's own: read that way, they rank as they always did."""
+        if weights.get("memory") and "neighbours" not in weights:
+            return {**weights, "neighbours": weights["memory"]}
+        return weights
 
     @property
     def kind(self) -> str:
@@ -109,11 +121,16 @@ def fuse(scores: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarray
 
 @dataclass
 class FeedbackMemory:
-    """What users liked and disliked for past queries, recalled for similar new queries.
+    """What users liked and disliked for past queries: two scorers, weighted apart.
 
-    A new query's nearest past queries (cosine of their embeddings, at least `min_similarity`)
-    vote for the resources users liked (+1) or disliked (-1), weighted by similarity. This is
-    the part of feedback that carries over to queries nobody has rated yet.
+    `memory`: the query's own ratings (same text, case and spaces aside): +1 for a liked
+    resource, -1 for a disliked one. Only users can judge what it does to the queries they
+    rate (online experiments); it does nothing to any other query.
+    `neighbours`: the nearest other rated queries (cosine of their embeddings, at least
+    `min_similarity`) vote for what their users liked and against what they disliked, weighted
+    by similarity. This is the part that reaches queries nobody rated, and it can hurt them
+    (a neighbour's liked resource is not this query's): its weight is fitted on rated queries
+    scored leave-one-query-out, where 0 is allowed.
     """
 
     queries: list[str]
@@ -121,6 +138,10 @@ class FeedbackMemory:
     labels: list[dict[str, int]]
     neighbours: int = 10
     min_similarity: float = 0.4
+    _by_text: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_text = {normalise_query(q): i for i, q in enumerate(self.queries)}
 
     @classmethod
     def build(cls, embedder: SentenceTransformer, pairs: list[tuple[str, str, int]]) -> FeedbackMemory:
@@ -132,20 +153,34 @@ class FeedbackMemory:
         vectors = embed(embedder, queries) if queries else np.zeros((0, 1), dtype=np.float32)
         return cls(queries=queries, vectors=vectors, labels=[by_query[q] for q in queries])
 
-    def scores(self, query_vector: np.ndarray, resource_ids: list[str],
-               exclude: str | None = None) -> np.ndarray:
-        out = np.zeros(len(resource_ids), dtype=np.float32)
+    def scores(self, query: str, query_vector: np.ndarray | None, resource_ids: list[str],
+               exclude: str | None = None) -> dict[str, np.ndarray]:
+        """Both scorers for the candidates `resource_ids`; `exclude`: a query whose own ratings
+        are left out (leave-one-query-out evaluation: the query scored is that one)."""
+        own = np.zeros(len(resource_ids), dtype=np.float32)
+        near = np.zeros(len(resource_ids), dtype=np.float32)
         if not self.queries:
-            return out
-        sims = self.vectors @ query_vector
+            return {"memory": own, "neighbours": near}
         position = {r: i for i, r in enumerate(resource_ids)}
-        for j in np.argsort(-sims)[: self.neighbours + 1]:
-            if sims[j] < self.min_similarity or self.queries[j] == exclude:
-                continue
-            for resource_id, label in self.labels[j].items():
+        itself = self._by_text.get(normalise_query(query))
+        left_out = self._by_text.get(normalise_query(exclude)) if exclude is not None else None
+        if itself is not None and itself != left_out:
+            for resource_id, label in self.labels[itself].items():
                 if resource_id in position:
-                    out[position[resource_id]] += float(sims[j]) * label
-        return out
+                    own[position[resource_id]] = label
+        if query_vector is not None:
+            sims = self.vectors @ query_vector
+            taken = 0
+            for j in np.argsort(-sims):
+                if taken == self.neighbours or sims[j] < self.min_similarity:
+                    break
+                if j in (itself, left_out):
+                    continue
+                taken += 1
+                for resource_id, label in self.labels[j].items():
+                    if resource_id in position:
+                        near[position[resource_id]] += float(sims[j]) * label
+        return {"memory": own, "neighbours": near}
 
     def restricted_to(self, queries: set[str]) -> FeedbackMemory:
         """Only what was learnt from `queries`: a saved version also remembers its validation
@@ -199,13 +234,14 @@ class RankingModel:
             cross = load_cross_encoder(str(folder / spec.cross_encoder), spec.max_length, device,
                                        fallback=False)
         memory = None
-        if spec.weights.get("memory"):
+        remembers = any(spec.weights.get(name) for name in MEMORY_SCORERS)
+        if remembers:
             if folder is None:
                 raise ValueError("a pipeline with a feedback memory needs its folder")
             if embedder is None:
                 embedder = load_embedder(spec.embedding_model or spec.base_model, spec.max_length, device)
             memory = FeedbackMemory.load(folder)
-        keep_embedder = dense or spec.weights.get("memory")
+        keep_embedder = dense or remembers
         return cls(spec=spec, folder=folder, embedder=embedder if keep_embedder else None,
                    cross=cross, memory=memory)
 
@@ -271,9 +307,9 @@ class RankingModel:
             scores |= {name: reuse[name] for name in wanted}
         elif wanted:
             scores |= self.pseudo_relevance(index, query, query_vector, positions, scores)
-        if query_vector is not None and self.memory is not None:
+        if self.memory is not None:
             ids = [index.resources[p].id for p in positions]
-            scores["memory"] = self.memory.scores(query_vector, ids, exclude=self.memory_exclude)
+            scores |= self.memory.scores(query, query_vector, ids, exclude=self.memory_exclude)
         if self.cross is not None and (with_cross or self.spec.weights.get("cross")):
             texts = [index.resources[p].text for p in positions]
             scores["cross"] = cross_scores(self.cross, query, texts)

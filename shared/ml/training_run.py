@@ -38,9 +38,10 @@ from shared.ml.evaluate import (
     Evaluation,
     classification_metrics,
     evaluate_split,
+    ndcg_per_query,
     pair_scores,
-    ranking_metrics,
     scored_groups,
+    surest_gain,
 )
 from shared.ml.gate import Decision, Gate
 from shared.ml.model import load_cross_encoder, load_embedder
@@ -57,8 +58,10 @@ log = logging.getLogger(__name__)
 
 VALIDATION_SHARE = 0.2
 CROSS_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-# Never 0: every candidate carries what its feedback taught; the gate decides whether it serves.
-MEMORY_WEIGHTS = (0.25, 0.5, 1.0, 2.0)
+# The neighbours' votes reach queries nobody rated. 0 is allowed; above 0.5, leave-one-query-out on
+# the rated results still saw gains where queries nobody rated lost up to 0.012 nDCG@10
+# (bench/memory_study.py, docs/trainer.md).
+NEIGHBOUR_WEIGHTS = (0.0, 0.25, 0.5)
 CE_FOLDER = "."
 
 
@@ -76,7 +79,7 @@ def train_candidate(settings: Settings, pairs: list[Pair], index: CatalogueIndex
     baseline = evaluate_baseline(champion, index, split)
     trained = fine_tune_cross_encoder(settings, champion, split, config, progress, show_bar)
     candidate, memory = assemble_candidate(settings, champion, trained.cross, pairs, split)
-    weights = choose_weights(champion, candidate, index, split.train, weight_grid(trained))
+    weights = choose_weights(candidate, index, split.train, weight_grid(trained))
     candidate.spec = candidate.spec.model_copy(update={"weights": weights})
     review = review_candidate(candidate, index, split, baseline, gate, pairs)
     version = registry.next_version()
@@ -162,28 +165,34 @@ def bm25_only(base_model: str) -> RankingModel:
     return RankingModel(spec=PipelineSpec(version="bm25", base_model=base_model, weights={"bm25": 1.0}))
 
 
-def choose_weights(champion: RankingModel, candidate: RankingModel, index: CatalogueIndex,
-                   train: list[Pair], grid: dict[str, tuple[float, ...]]) -> dict[str, float]:
-    """The fusion weights of the learned scorers that rank the training split best.
+def choose_weights(candidate: RankingModel, index: CatalogueIndex, train: list[Pair],
+                   grid: dict[str, tuple[float, ...]]) -> dict[str, float]:
+    """The fusion weights in `grid` that surely help the training queries, the rest the candidate's.
 
     Every scorer runs once per query (the cross-encoder is the expensive one); each weight
-    combination only re-fuses. The memory is scored leave-one-query-out, so a query never
-    recalls its own labels. Ties keep the earlier (smaller) weight.
+    combination only re-fuses. The memory is scored leave-one-query-out: a query never recalls
+    its own labels, so what is fitted is what reaches queries nobody rated (the neighbours'
+    votes, the cross-encoder). The first weight of each scorer (0) is the baseline; a combination
+    replaces it only where its per-query nDCG@10 gain over the baseline has a positive lower
+    bound (one-sided 95 %), and the combination with the highest bound wins: a weight that helps
+    some queries as much as it hurts others is not taken (bench/memory_study.py).
     """
     names = list(grid)
+    base = dict(candidate.spec.weights)
     candidate.spec = candidate.spec.model_copy(update={"weights": {
-        **champion.spec.weights, **{name: max(grid[name]) for name in names}}})
+        **base, **{name: max(grid[name]) for name in names}}})
     groups = scored_groups(candidate, index, train, leave_query_out=True)
     combos: list[tuple[float, ...]] = [()]
     for name in names:
         combos = [c + (w,) for c in combos for w in grid[name]]
-    best_weights, best = dict(champion.spec.weights), -1.0
-    for combo in combos:
-        weights = {**champion.spec.weights, **dict(zip(names, combo, strict=True))}
-        score = ranking_metrics([(labels, fuse(scores, weights)) for labels, scores in groups])["ndcg@10"]
-        if score > best + 1e-9:
-            best_weights, best = weights, score
-    return best_weights
+
+    def per_query(combo: tuple[float, ...]) -> np.ndarray:
+        weights = {**base, **dict(zip(names, combo, strict=True))}
+        return ndcg_per_query([(labels, fuse(scores, weights)) for labels, scores in groups])
+
+    chosen = surest_gain(per_query(combos[0]), [per_query(combo) for combo in combos[1:]])
+    best = combos[0] if chosen is None else combos[1 + chosen]
+    return {**base, **dict(zip(names, best, strict=True))}
 
 
 def why_no_cross_encoder(settings: Settings) -> str | None:
@@ -246,7 +255,8 @@ def fine_tune_cross_encoder(settings: Settings, champion: RankingModel, split: S
 
 def assemble_candidate(settings: Settings, champion: RankingModel, cross: CrossEncoder | None,
                        pairs: list[Pair], split: Split) -> tuple[RankingModel, FeedbackMemory]:
-    """The champion's pipeline with `cross` and a feedback memory; its fusion weights still the champion's.
+    """The champion's pipeline with `cross` and a feedback memory: the champion's fusion weights,
+    the query's own ratings weighted by `settings.memory_weight`, its neighbours' not yet.
 
     Every rated query is embedded once. The candidate recalls only the training queries, so the
     gate sees only what the training split taught; the memory returned beside it, the one saved,
@@ -259,6 +269,7 @@ def assemble_candidate(settings: Settings, champion: RankingModel, cross: CrossE
         "base_model": champion.spec.base_model, "trained_at": utcnow(),
         "embedding_model": champion.spec.embedding_model or settings.embedding_model,
         "cross_encoder": CE_FOLDER if cross is not None else None,
+        "weights": {**champion.spec.weights, "memory": settings.memory_weight, "neighbours": 0.0},
     })
     memory = FeedbackMemory.build(embedder, [(p.query, p.resource_id, p.label) for p in pairs])
     candidate = RankingModel(spec=spec, embedder=embedder, cross=cross,
@@ -268,9 +279,9 @@ def assemble_candidate(settings: Settings, champion: RankingModel, cross: CrossE
 
 
 def weight_grid(trained: CrossEncoderTraining) -> dict[str, tuple[float, ...]]:
-    """The weights tried per learned scorer: the memory's always, the cross-encoder's when this run
+    """The weights tried per learned scorer: the neighbours' always, the cross-encoder's when this run
     trained one."""
-    grid = {"memory": MEMORY_WEIGHTS}
+    grid = {"neighbours": NEIGHBOUR_WEIGHTS}
     if trained.result is not None:
         grid["cross"] = CROSS_WEIGHTS
     return grid
