@@ -124,11 +124,15 @@ def learned(meta: dict[str, Any]) -> list[str]:
     lines = []
     memory = meta.get("memory")
     if memory:
+        weights = meta["weights"]
+        near = weights.get("neighbours", weights.get("memory", 0.0))
         lines.append(f"feedback memory: {memory['queries']} queries and {memory['resources']} resources "
                      f"users rated ({memory['likes']} likes, {memory['dislikes']} dislikes), recalled "
-                     "for the same or similar new queries")
-    lines.append("fusion weights (fit on the training split): "
-                 + _weights(meta["weights"], meta.get("champion_weights", {})))
+                     f"when the same query comes again (weight {weights.get('memory', 0.0):g}) and "
+                     + (f"for similar queries (weight {near:g})" if near else
+                        "not for other queries: on the training queries, similar queries' votes "
+                        "were not surely a gain"))
+    lines.append("fusion weights: " + _weights(meta["weights"], meta.get("champion_weights", {})))
     if meta.get("cross_encoder_trained"):
         weight = meta["weights"].get("cross", 0.0)
         epochs = meta.get("hyperparameters", {}).get("epochs", "?")

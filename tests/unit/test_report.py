@@ -41,7 +41,11 @@ def test_a_run_that_fine_tuned_nothing_says_what_it_learned_and_draws_no_empty_p
     lines = learned(run)
     assert lines[0].startswith(
         "feedback memory: 30 queries and 85 resources users rated (60 likes, 60 dislikes)")
-    assert "fusion weights (fit on the training split): bm25 1, dense 0.5, memory 0.25 (new)" in lines[1]
+    # A version written before the memory had two scorers: its neighbours weigh what its own ratings do.
+    assert "the same query comes again (weight 0.25) and for similar queries (weight 0.25)" in lines[0]
+    assert "fusion weights: bm25 1, dense 0.5, memory 0.25 (new)" in lines[1]
+    run["weights"] = {**run["weights"], "memory": 4.0, "neighbours": 0.0}
+    assert "(weight 4) and not for other queries" in learned(run)[0]
     assert lines[2].startswith(
         "cross-encoder: not fine-tuned in this run: EDURANKER_TRAIN_CROSS_ENCODER=auto")
     assert "no validation metric moved" in lines[3]
