@@ -54,6 +54,7 @@ from bench.simulate import (  # noqa: E402
     ndcg10,
     summary,
 )
+from shared.interleaving import CHALLENGER_PREFIX  # noqa: E402
 from shared.ml.pipeline import PipelineSpec, version_zero  # noqa: E402
 from shared.ml.registry import Registry  # noqa: E402
 from shared.sequential import SequentialTest  # noqa: E402
@@ -115,6 +116,20 @@ class Site:
             return info["version"] == champion and served == challenger
 
         wait_for(ok, 300, 0.3, f"{champion} served with challenger {challenger}")
+
+    def champion_alone(self, qids: list[str], tries: int = 5) -> dict[str, float]:
+        """nDCG@10 of the champion alone on `qids`: a running experiment is stopped first, and the
+        measure is taken again if a training run's challenger started interleaving meanwhile."""
+        for _ in range(tries):
+            if self.serving().get("experiment"):
+                self.admin("POST", "/experiments/stop")
+                self.wait_serving(self.serving()["version"], None)
+            answers = {q: self.search(q) for q in qids}
+            if not any(key.startswith(CHALLENGER_PREFIX) for body in answers.values()
+                       for result in body["results"][:1] for key in result["scores"]):
+                return {q: ndcg10([r["resource_id"] for r in body["results"]], self.collection.qrels[q])
+                        for q, body in answers.items()}
+        raise RuntimeError(f"a challenger kept interleaving the champion's answers ({tries} tries)")
 
     def until_decided(self, experiment_id: str, stream: Stream, cap: int,
                       people: People | None = None) -> dict:
@@ -371,11 +386,7 @@ def run_loop(collection: Collection, seed: int, args: argparse.Namespace, workdi
               for q in qids}
         stream = Stream(traffic, args.searches, rng)
         played = [site.play(stream.at(step)) for step in range(args.searches)]
-        if site.serving().get("experiment"):
-            site.admin("POST", "/experiments/stop")  # the champion alone, for the held-out measure
-            site.wait_serving(site.serving()["version"], None)
-        final = {q: ndcg10([r["resource_id"] for r in site.search(q)["results"]], collection.qrels[q])
-                 for q in held_out}
+        final = site.champion_alone(held_out)
         experiments = site.experiments()
         final_version = site.serving()["version"]
         runs = site.admin("GET", "/runs", params={"limit": 200})["runs"]

@@ -30,6 +30,9 @@ Outcome = Literal["champion", "challenger", "tie"]
 TEAMS: tuple[Team, Team] = ("champion", "challenger")
 Credit = tuple[float, float]
 """An impression's credit so far: (champion, challenger)."""
+CHALLENGER_PREFIX = "challenger."
+"""In an interleaved answer, the challenger's scores sit beside the champion's in each result's
+`scores` under this prefix (how a client or a harness tells an interleaved answer)."""
 TAU = 5.0
 """The softmax's exponent: a ranker draws its rank-r result with weight 1/r^TAU. Hofmann et al.
 used 3; 5 decided as fast and as rightly in `bench/interleaving_study.py` while showing lists

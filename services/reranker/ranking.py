@@ -17,11 +17,8 @@ import numpy as np
 
 from services.reranker.serving import ServingState
 from shared import metrics
-from shared.interleaving import TAU, Team, interleave, takes_part
+from shared.interleaving import CHALLENGER_PREFIX, TAU, Team, interleave, takes_part
 from shared.store import InterleavingRecord
-
-CHALLENGER_PREFIX = "challenger."
-"""The challenger's scores sit beside the champion's in each result's `scores` under this prefix."""
 
 
 @dataclass(frozen=True)

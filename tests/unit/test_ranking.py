@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.reranker.ranking import CHALLENGER_PREFIX, rank
+from services.reranker.ranking import rank
 from services.reranker.serving import Challenger, ServingState
-from shared.interleaving import TAU, takes_part
+from shared.interleaving import CHALLENGER_PREFIX, TAU, takes_part
 from shared.ml.backends import BackendChoice
 from shared.ml.model import embed
 from shared.ml.pipeline import FeedbackMemory, RankingModel, version_zero
