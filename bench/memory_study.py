@@ -89,7 +89,7 @@ def main() -> int:
     out = []
     for seed in args.seeds:
         rng = random.Random(seed)
-        qids = sorted(collection.queries)
+        qids = sorted(q for q, text in collection.queries.items() if text.strip())  # a blank one: no search
         rng.shuffle(qids)
         cut = round(len(qids) * 0.75)
         traffic, held_out = sorted(qids[:cut]), sorted(qids[cut:])
