@@ -144,9 +144,11 @@ def learned(meta: dict[str, Any]) -> list[str]:
         lines.append("cross-encoder: not fine-tuned in this run: "
                      + (meta.get("cross_encoder_skipped") or "no reason recorded"))
     if not moved(meta):
+        weights = meta["weights"]
+        alike = weights.get("neighbours", weights.get("memory", 0.0)) or weights.get("cross", 0.0)
         lines.append("no validation metric moved: the candidate ranks the validation queries as the "
-                     "champion does (what it learned applies to the queries users rated, or to ones "
-                     "like them)")
+                     "champion does (what it learned applies to the queries users rated"
+                     + (", or to ones like them)" if alike else ")"))
     return lines
 
 

@@ -46,6 +46,7 @@ def test_a_run_that_fine_tuned_nothing_says_what_it_learned_and_draws_no_empty_p
     assert "fusion weights: bm25 1, dense 0.5, memory 0.25 (new)" in lines[1]
     run["weights"] = {**run["weights"], "memory": 4.0, "neighbours": 0.0}
     assert "(weight 4) and not for other queries" in learned(run)[0]
+    assert learned(run)[3].endswith("applies to the queries users rated)")
     assert lines[2].startswith(
         "cross-encoder: not fine-tuned in this run: EDURANKER_TRAIN_CROSS_ENCODER=auto")
     assert "no validation metric moved" in lines[3]
