@@ -236,7 +236,8 @@ def test_a_request_trains_records_reports_and_announces_a_version(stack: LocalSt
         assert f"<figcaption>{caption}" in report, caption
     # The before/after bars only when a validation metric moved (a run can tie its champion).
     assert ("<figcaption>Before / after" in report) == moved(meta)
-    assert report.count("src='data:image/png;base64,") >= 5 and "<th>gain</th>" in report
+    assert ("<th>gain</th>" in report) == moved(meta)
+    assert report.count("src='data:image/png;base64,") == 5 + moved(meta)
     assert "decision: promoted" in (folder / "training_report.txt").read_text()
 
 
