@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import re
@@ -48,7 +49,8 @@ def configure(service: str, settings: Settings | None = None, quiet: bool = Fals
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     quiet_connection_retries()
     if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack in the log, for a hang
-        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+        with contextlib.suppress(AttributeError, ValueError):  # stderr no file (captured): no dump
+            faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
 
 
 def quiet_connection_retries() -> None:

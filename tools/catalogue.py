@@ -6,6 +6,7 @@ import csv
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -19,20 +20,58 @@ class CatalogueError(ValueError):
 
 
 def read_catalogue(path: Path) -> Iterator[Resource]:
-    rows: Iterator[dict]
-    if path.suffix.lower() == ".csv":
-        rows = csv.DictReader(path.open(newline="", encoding="utf-8"))
-    else:
-        rows = (json.loads(line) for line in path.open(encoding="utf-8") if line.strip())
-    for number, row in enumerate(rows, start=1):
-        if "id" not in row and "_id" in row:  # BEIR corpus layout
-            text = row.get("text") or ""
-            row = {"id": row["_id"], "title": (row.get("title") or text[:80] or "untitled")[:500],
-                   "description": text}
+    """Resources in file order; the first line that is not one stops the read with a
+    `CatalogueError` naming the file and line, so nothing half-read is loaded."""
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise CatalogueError(f"{path}: cannot read the catalogue ({exc.strerror})") from exc
+    with handle:
+        number = 0
         try:
-            yield Resource(**{k: v for k, v in row.items() if k in FIELDS and v not in (None, "")})
-        except ValidationError as exc:
-            raise CatalogueError(f"{path}:{number}: {exc.errors()[0]['msg']}") from exc
+            if path.suffix.lower() == ".csv":
+                reader = csv.DictReader(handle)
+                for row in reader:
+                    number = reader.line_num
+                    yield _resource(path, number, row)
+            else:
+                for number, line in enumerate(handle, start=1):
+                    if line.strip():
+                        yield _resource(path, number, _json_object(path, number, line))
+        except UnicodeDecodeError as exc:
+            where = f", somewhere after line {number}" if number else ""
+            raise CatalogueError(f"{path}: not UTF-8 text ({exc.reason}{where}); "
+                                 "save the catalogue as UTF-8") from exc
+        except csv.Error as exc:
+            raise CatalogueError(f"{path}:{number + 1}: not valid CSV ({exc})") from exc
+
+
+def _json_object(path: Path, number: int, line: str) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise CatalogueError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                             "a JSONL catalogue holds one JSON object per line") from exc
+    if not isinstance(row, dict):
+        raise CatalogueError(f"{path}:{number}: expected a JSON object with id and title, "
+                             f"got {type(row).__name__}")
+    return row
+
+
+def _resource(path: Path, number: int, row: dict[str, Any]) -> Resource:
+    if "id" not in row and "_id" in row:  # BEIR corpus layout
+        text = row.get("text") or ""
+        title = row.get("title") or (text[:80] if isinstance(text, str) else "") or "untitled"
+        row = {"id": row["_id"], "title": title[:500] if isinstance(title, str) else title,
+               "description": text}
+    if isinstance(row.get("id"), int) and not isinstance(row["id"], bool):
+        row = {**row, "id": str(row["id"])}  # numbered catalogues: 7 and "7" are the same resource
+    try:
+        return Resource(**{k: v for k, v in row.items() if k in FIELDS and v not in (None, "")})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or "resource"
+        raise CatalogueError(f"{path}:{number}: {field}: {error['msg']}") from exc
 
 
 async def load_catalogue(store_url: str, path: Path, batch: int = 500) -> int:

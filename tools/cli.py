@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from shared.logging import configure
+from tools.catalogue import CatalogueError
 from tools.collection import read_qrels, read_queries
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -226,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure("cli")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CatalogueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,61 @@
+"""Reading a catalogue: every way a file can be wrong is named by file and line, and nothing is
+half-read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tools.catalogue import CatalogueError, read_catalogue
+from tools.cli import SAMPLE_CATALOGUE, main
+
+
+def test_jsonl_csv_and_beir_layouts_read_the_same_resources(tmp_path: Path) -> None:
+    rows = [{"id": "a", "title": "Fractions", "description": "halves", "subject": "maths"},
+            {"id": 7, "title": "Seven"}]
+    jsonl = tmp_path / "catalogue.jsonl"
+    jsonl.write_text("\n".join(json.dumps(row) for row in rows) + "\n\n")
+    csv = tmp_path / "catalogue.csv"
+    csv.write_text("id,title,description,subject\na,Fractions,halves,maths\n7,Seven,,\n")
+    beir = tmp_path / "corpus.jsonl"
+    beir.write_text(json.dumps({"_id": "a", "title": "Fractions", "text": "halves"}) + "\n"
+                    + json.dumps({"_id": 7, "title": "Seven", "text": ""}) + "\n")
+    read = [[(r.id, r.title, r.description) for r in read_catalogue(path)] for path in (jsonl, csv, beir)]
+    assert read[0] == read[1] == read[2] == [("a", "Fractions", "halves"), ("7", "Seven", "")]
+    assert len(list(read_catalogue(SAMPLE_CATALOGUE))) == 350
+
+
+@pytest.mark.parametrize(("name", "content", "says"), [
+    ("broken.jsonl", b'{"id": "a", "title": "x"}\n\n{not json\n', "broken.jsonl:3: not valid JSON"),
+    ("array.jsonl", b'{"id": "a", "title": "x"}\n[1, 2]\n', "array.jsonl:2: expected a JSON object"),
+    ("string.jsonl", b'"just text"\n', "string.jsonl:1: expected a JSON object"),
+    ("untitled.jsonl", b'{"id": "a"}\n', "untitled.jsonl:1: title: Field required"),
+    ("typed.jsonl", b'{"id": "a", "title": ["x"]}\n', "typed.jsonl:1: title: Input should be a valid string"),
+    ("latin1.jsonl", '{"id": "a", "title": "\u00e9t\u00e9"}\n'.encode("latin-1"), "latin1.jsonl: not UTF-8"),
+    ("short.csv", b"id,title\na,x\nb\n", "short.csv:3: title: Field required"),
+    ("huge.csv", b"id,title\na,x\nb,\"" + b"y" * 200_000 + b"\"\n", "huge.csv:3: not valid CSV"),
+    ("corpus.jsonl", b'{"_id": "1", "text": 5}\n', "corpus.jsonl:1: description"),
+])
+def test_a_bad_line_is_named_and_nothing_is_read(tmp_path: Path, name: str, content: bytes,
+                                                 says: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CatalogueError, match=f"^{path.parent}/{says}".replace("[", r"\[")):
+        list(read_catalogue(path))
+
+
+def test_a_missing_file_or_a_folder_is_a_clear_error(tmp_path: Path) -> None:
+    for path in (tmp_path / "missing.jsonl", tmp_path):
+        with pytest.raises(CatalogueError, match="cannot read the catalogue"):
+            list(read_catalogue(path))
+
+
+def test_the_command_line_says_what_is_wrong_without_a_traceback(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "title": "x"}\n[1]\n')
+    assert main(["load-catalogue", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {bad}:2: expected a JSON object") and "Traceback" not in err
