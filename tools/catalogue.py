@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.store import Resource, open_store
+from tools.collection import json_object
 
 FIELDS = ("id", "title", "description", "subject", "level", "type", "url", "language")
 
@@ -23,21 +23,25 @@ def read_catalogue(path: Path) -> Iterator[Resource]:
     """Resources in file order; the first line that is not one stops the read with a
     `CatalogueError` naming the file and line, so nothing half-read is loaded."""
     try:
-        handle = path.open(newline="", encoding="utf-8")
+        handle = path.open(newline="", encoding="utf-8-sig")  # a spreadsheet's BOM is no field
     except OSError as exc:
         raise CatalogueError(f"{path}: cannot read the catalogue ({exc.strerror})") from exc
     with handle:
         number = 0
         try:
             if path.suffix.lower() == ".csv":
-                reader = csv.DictReader(handle)
+                header = handle.readline()
+                delimiter = max(",;\t", key=header.count)  # spreadsheets in many locales write ";"
+                names = next(csv.reader([header], delimiter=delimiter), [])
+                reader = csv.DictReader(handle, fieldnames=[n.strip().lower() for n in names],
+                                        delimiter=delimiter)
                 for row in reader:
-                    number = reader.line_num
+                    number = reader.line_num + 1
                     yield _resource(path, number, row)
             else:
                 for number, line in enumerate(handle, start=1):
                     if line.strip():
-                        yield _resource(path, number, _json_object(path, number, line))
+                        yield _resource(path, number, _row(path, number, line))
         except UnicodeDecodeError as exc:
             where = f", somewhere after line {number}" if number else ""
             raise CatalogueError(f"{path}: not UTF-8 text ({exc.reason}{where}); "
@@ -46,16 +50,11 @@ def read_catalogue(path: Path) -> Iterator[Resource]:
             raise CatalogueError(f"{path}:{number + 1}: not valid CSV ({exc})") from exc
 
 
-def _json_object(path: Path, number: int, line: str) -> dict[str, Any]:
+def _row(path: Path, number: int, line: str) -> dict[str, Any]:
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CatalogueError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno}); "
-                             "a JSONL catalogue holds one JSON object per line") from exc
-    if not isinstance(row, dict):
-        raise CatalogueError(f"{path}:{number}: expected a JSON object with id and title, "
-                             f"got {type(row).__name__}")
-    return row
+        return json_object(path, number, line)
+    except ValueError as exc:
+        raise CatalogueError(str(exc)) from exc
 
 
 def _resource(path: Path, number: int, row: dict[str, Any]) -> Resource:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import random
 import shutil
 import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -136,37 +138,31 @@ def like_rule(query: str, result: dict) -> bool:
     return bool(words) and sum(w in text for w in words) / len(words) >= 0.5
 
 
-def cmd_traffic(args: argparse.Namespace) -> int:
-    """Plays searches and likes/dislikes through the real HTTP API (the guide's test flow).
+class TrafficStopped(Exception):
+    """The traffic cannot go on; the message says why."""
 
-    Labels come from `like_rule`, or with `--qrels` from relevance judgments: a shown resource
-    judged at least `--min-relevance` for the query is liked, any other one disliked (BEIR
-    counts unjudged documents as not relevant). `--rate` paces the feedback, `--count` ends it.
-    """
-    try:
-        queries = list(read_queries(Path(args.queries)).items())
-        qrels = read_qrels(Path(args.qrels)) if args.qrels else None
-    except ValueError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    if qrels is not None:
-        queries = [(qid, text) for qid, text in queries if qid in qrels]
-        if not queries:
-            print(f"no query in {args.queries} has judgments in {args.qrels}: the query ids must match")
-            return 2
+
+def play(args: argparse.Namespace, queries: list[tuple[str, str]],
+         qrels: dict[str, dict[str, int]] | None) -> tuple[Counter[str], float]:
+    """Searches and rates until `args.count` feedback are accepted; returns the counts and the
+    start time."""
     rng = random.Random(args.seed)
     sent: Counter[str] = Counter()
     started = time.monotonic()
+    found_nothing = 0
     with httpx.Client(timeout=30) as client:
         while sent["feedback"] < args.count:
             qid, query = rng.choice(queries)
             response = client.post(f"{args.reranker}/api/reranking/search-with-reranking",
                                    json={"query_text": query, "use_reranker": True, "top_k": args.top_k})
             if response.status_code != 200:
-                print(f"search refused ({response.status_code}): {response.text[:300]}")
-                return 1
+                raise TrafficStopped(f"search refused ({response.status_code}): {response.text[:300]}")
             body = response.json()
             sent["searches"] += 1
+            found_nothing = 0 if body["results"] else found_nothing + 1
+            if found_nothing >= max(100, 3 * len(queries)):
+                raise TrafficStopped(f"the last {found_nothing} searches found nothing: do the queries "
+                                     f"({args.queries}) match the catalogue the reranker serves?")
             for result in body["results"]:
                 if sent["feedback"] >= args.count or rng.random() < args.skip:
                     continue
@@ -185,14 +181,62 @@ def cmd_traffic(args: argparse.Namespace) -> int:
                     sent["refused"] += 1
                     print(f"feedback refused ({answer.status_code}): {answer.text[:300]}")
                     if sent["refused"] >= 10:
-                        return 1
+                        raise TrafficStopped("10 feedback refused: stopping")
                     continue
                 sent["feedback"] += 1
                 sent[label] += 1
+    return sent, started
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    """Plays searches and likes/dislikes through the real HTTP API (the guide's test flow).
+
+    Labels come from `like_rule`, or with `--qrels` from relevance judgments: a shown resource
+    judged at least `--min-relevance` for the query is liked, any other one disliked (BEIR
+    counts unjudged documents as not relevant). `--rate` paces the feedback, `--count` ends it.
+    """
+    try:
+        queries = list(read_queries(Path(args.queries)).items())
+        qrels = read_qrels(Path(args.qrels)) if args.qrels else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if qrels is not None:
+        queries = [(qid, text) for qid, text in queries if qid in qrels]
+        if not queries:
+            print(f"no query in {args.queries} has judgments in {args.qrels}: the query ids must match")
+            return 2
+    if not queries:
+        print(f"no query in {args.queries}: nothing to search", file=sys.stderr)
+        return 2
+    try:
+        sent, started = play(args, queries, qrels)
+    except httpx.RequestError as exc:
+        print(f"cannot reach {exc.request.url}: {exc or type(exc).__name__}. Is the stack up? "
+              "`make run` starts it; --reranker and --collector name other addresses.", file=sys.stderr)
+        return 1
+    except TrafficStopped as exc:
+        print(exc, file=sys.stderr)
+        return 1
     elapsed = time.monotonic() - started
     print(" ".join(f"{k}={sent[k]}" for k in ("searches", "feedback", "like", "dislike", "refused")),
           f"elapsed_s={elapsed:.1f} feedback_per_s={sent['feedback'] / elapsed if elapsed else 0:.1f}")
     return 1 if sent["refused"] else 0
+
+
+def bounded(kind: type[int] | type[float], low: float,
+            below: float | None = None) -> Callable[[str], int | float]:
+    """An argparse type that refuses a number outside [low, below) with a message saying so."""
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number ({kind.__name__})") from None
+        if not math.isfinite(value) or value < low or (below is not None and value >= below):
+            span = f"from {low} to below {below}" if below is not None else f"{low} or more"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: {span}")
+        return value
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,10 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     traffic.add_argument("--qrels", default=None,
                          help="BEIR qrels.tsv: like what is judged relevant, dislike the rest")
     traffic.add_argument("--min-relevance", type=int, default=1, help="lowest qrels score that is liked")
-    traffic.add_argument("--count", type=int, default=120, help="feedback to send")
-    traffic.add_argument("--rate", type=float, default=0.0, help="feedback per second (0 = no limit)")
-    traffic.add_argument("--top-k", type=int, default=10)
-    traffic.add_argument("--skip", type=float, default=0.3, help="share of shown results left unrated")
+    traffic.add_argument("--count", type=bounded(int, 0), default=120, help="feedback to send")
+    traffic.add_argument("--rate", type=bounded(float, 0.0), default=0.0,
+                         help="feedback per second (0 = no limit)")
+    traffic.add_argument("--top-k", type=bounded(int, 1), default=10)
+    traffic.add_argument("--skip", type=bounded(float, 0.0, below=1.0), default=0.3,
+                         help="share of shown results left unrated, from 0 to below 1")
     traffic.add_argument("--seed", type=int, default=0)
     traffic.add_argument("--mark-test", action="store_true", help="mark feedback as test (not trained on)")
     traffic.set_defaults(func=cmd_traffic)

@@ -54,6 +54,7 @@ async def generate(store: Store, count: int, queries: list[str], seed: int = 0, 
     rng = random.Random(seed)
     sent: Counter[str] = Counter()
     order: list[str] = []
+    found_nothing = 0
     while sent["feedback"] < count:
         if not order:
             order = rng.sample(queries, len(queries))
@@ -61,9 +62,11 @@ async def generate(store: Store, count: int, queries: list[str], seed: int = 0, 
         positions, scores = index.bm25_top(query, top_k)
         if positions.size == 0:
             sent["empty_searches"] += 1
-            if sent["empty_searches"] > len(queries):
+            found_nothing += 1
+            if found_nothing >= 2 * len(queries):  # holds a whole shuffled round: none can match
                 raise ValueError("no query matches the catalogue: nothing to rate")
             continue
+        found_nothing = 0
         shown = [ShownResult(resource_id=index.resources[p].id, rank=rank, first_stage_score=float(s))
                  for rank, (p, s) in enumerate(zip(positions, scores, strict=True), start=1)]
         inference = Inference(inference_id=new_id(), query=query, model_version=SAMPLE_MODEL_VERSION,

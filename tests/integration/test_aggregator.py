@@ -21,6 +21,7 @@ import httpx
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from shared.broker import free_port
 from shared.events import (
     FEEDBACK_TOPIC,
     MODEL_READY_TOPIC,
@@ -221,6 +222,24 @@ def test_traffic_labels_from_relevance_judgments(stack: LocalStack, tmp_path: Pa
     (tmp_path / "other.tsv").write_text("query-id\tcorpus-id\tscore\nq9\tres-0001\t1\n")
     refused = traffic(stack, "--queries", judged[1], "--qrels", str(tmp_path / "other.tsv"))
     assert refused.returncode == 2 and "the query ids must match" in refused.stdout
+
+
+def test_traffic_stops_with_a_reason_when_nothing_can_be_rated(stack: LocalStack, tmp_path: Path) -> None:
+    """Queries the catalogue does not match, or an address where nothing answers: the command says
+    so and exits 1 instead of searching forever or printing a traceback."""
+    unmatched = tmp_path / "queries.txt"
+    unmatched.write_text("qqqzzzxq\nxqzzqq vvwwq\n")
+    before = collector_feedback(stack)["total"]
+    done = traffic(stack, "--queries", str(unmatched), "--count", "5")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the last 100 searches found nothing: do the queries" in done.stderr
+    assert collector_feedback(stack)["total"] == before
+
+    nobody = subprocess.run(
+        [sys.executable, "-m", "tools.cli", "traffic", "--reranker", f"http://127.0.0.1:{free_port()}",
+         "--count", "5"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert nobody.returncode == 1 and "Traceback" not in nobody.stderr, nobody.stderr
+    assert "cannot reach http://127.0.0.1:" in nobody.stderr and "`make run` starts it" in nobody.stderr
 
 
 def test_a_readable_changelog_is_kept(stack: LocalStack) -> None:

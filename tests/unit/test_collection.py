@@ -41,3 +41,23 @@ def test_qrels_keep_every_judgment_with_its_score_and_name_a_bad_line(tmp_path: 
     broken.write_text("query-id\tcorpus-id\tscore\n1\td1\t1\n1 d2 1\n")
     with pytest.raises(ValueError, match=r"broken.tsv:3: expected query-id<TAB>corpus-id<TAB>score"):
         read_qrels(broken)
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b'{"_id": "1", "text": "one"}\n{"_id": "2"\n', r"queries.jsonl:2: not valid JSON"),
+    (b'\n["1", "one"]\n', r"queries.jsonl:2: expected a JSON object, got list"),
+    (b'{"_id": "1"}\n', r'queries.jsonl:1: expected \{"_id": ..., "text": "..."\}'),
+    (b'{"_id": "1", "text": 5}\n', r'queries.jsonl:1: expected \{"_id"'),
+    ('{"_id": "1", "text": "\u00e9t\u00e9"}\n'.encode("latin-1"), r"queries.jsonl: not UTF-8 text"),
+])
+def test_a_bad_queries_file_is_named_with_its_line(tmp_path: Path, content: bytes, says: str) -> None:
+    path = tmp_path / "queries.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=says):
+        read_queries(path)
+
+
+def test_a_missing_file_says_so(tmp_path: Path) -> None:
+    for read in (read_queries, read_qrels):
+        with pytest.raises(ValueError, match=r"missing.tsv: cannot read it \(No such file or directory\)"):
+            read(tmp_path / "missing.tsv")

@@ -1,5 +1,5 @@
-"""Reading a catalogue: every way a file can be wrong is named by file and line, and nothing is
-half-read."""
+"""What the command-line tools are given: every way a catalogue can be wrong is named by file and
+line and nothing is half-read; flags and files the traffic cannot use are refused with a reason."""
 
 from __future__ import annotations
 
@@ -22,14 +22,19 @@ def test_jsonl_csv_and_beir_layouts_read_the_same_resources(tmp_path: Path) -> N
     beir = tmp_path / "corpus.jsonl"
     beir.write_text(json.dumps({"_id": "a", "title": "Fractions", "text": "halves"}) + "\n"
                     + json.dumps({"_id": 7, "title": "Seven", "text": ""}) + "\n")
-    read = [[(r.id, r.title, r.description) for r in read_catalogue(path)] for path in (jsonl, csv, beir)]
-    assert read[0] == read[1] == read[2] == [("a", "Fractions", "halves"), ("7", "Seven", "")]
+    # As spreadsheets save it: a byte-order mark, ";" between fields, headers in capitals.
+    sheet = tmp_path / "sheet.csv"
+    sheet.write_bytes("\ufeffID; Title ;Description;Subject\r\na;Fractions;halves;maths\r\n7;Seven;;\r\n"
+                      .encode())
+    paths = (jsonl, csv, beir, sheet)
+    read = [[(r.id, r.title, r.description) for r in read_catalogue(path)] for path in paths]
+    assert read[0] == read[1] == read[2] == read[3] == [("a", "Fractions", "halves"), ("7", "Seven", "")]
     assert len(list(read_catalogue(SAMPLE_CATALOGUE))) == 350
 
 
 @pytest.mark.parametrize(("name", "content", "says"), [
     ("broken.jsonl", b'{"id": "a", "title": "x"}\n\n{not json\n', "broken.jsonl:3: not valid JSON"),
-    ("array.jsonl", b'{"id": "a", "title": "x"}\n[1, 2]\n', "array.jsonl:2: expected a JSON object"),
+    ("array.jsonl", b'{"id": "a", "title": "x"}\n[1]\n', "array.jsonl:2: expected a JSON object, got list"),
     ("string.jsonl", b'"just text"\n', "string.jsonl:1: expected a JSON object"),
     ("untitled.jsonl", b'{"id": "a"}\n', "untitled.jsonl:1: title: Field required"),
     ("typed.jsonl", b'{"id": "a", "title": ["x"]}\n', "typed.jsonl:1: title: Input should be a valid string"),
@@ -58,4 +63,29 @@ def test_the_command_line_says_what_is_wrong_without_a_traceback(tmp_path: Path,
     bad.write_text('{"id": "a", "title": "x"}\n[1]\n')
     assert main(["load-catalogue", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: {bad}:2: expected a JSON object") and "Traceback" not in err
+    assert err.startswith(f"error: {bad}:2: expected a JSON object, got list") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--count", "-1"], "argument --count: -1 is out of range: 0 or more"),
+    (["--count", "ten"], "argument --count: 'ten' is not a number (int)"),
+    (["--skip", "1"], "argument --skip: 1 is out of range: from 0.0 to below 1.0"),
+    (["--rate", "nan"], "argument --rate: nan is out of range: 0.0 or more"),
+    (["--top-k", "0"], "argument --top-k: 0 is out of range: 1 or more"),
+])
+def test_traffic_refuses_numbers_it_cannot_use(args: list[str], says: str,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`--skip 1` would search forever without rating anything; the others make no sense."""
+    with pytest.raises(SystemExit) as exited:
+        main(["traffic", *args])
+    assert exited.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_traffic_names_a_queries_file_it_cannot_use(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "queries.txt"
+    empty.write_text("\n  \n")
+    assert main(["traffic", "--queries", str(empty)]) == 2
+    assert f"no query in {empty}: nothing to search" in capsys.readouterr().err
+    assert main(["traffic", "--queries", str(tmp_path / "missing.txt")]) == 2
+    assert "missing.txt: cannot read it" in capsys.readouterr().err
