@@ -27,7 +27,7 @@ SAMPLE_QUERIES = ROOT / "data" / "sample_queries.txt"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from tools.localstack import LocalStack, offline_defaults
+    from tools.localstack import LocalStack, StackError, offline_defaults
     from tools.prometheus import LocalPrometheus, PrometheusError
 
     prometheus_bin = shutil.which(args.prometheus) if args.monitor else None
@@ -50,7 +50,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         print("starting the embedded broker, the store and the four services...", flush=True)
-        stack.start(catalogue=Path(args.catalogue), vectors=False)  # searches answer while they build
+        try:
+            stack.start(catalogue=Path(args.catalogue), vectors=False)  # searches answer meanwhile
+        except (StackError, TimeoutError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         monitor = ""
         if prometheus_bin is not None:
             prometheus = LocalPrometheus(stack.workdir / "prometheus", stack.ports, port=args.prometheus_port,

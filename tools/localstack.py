@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,19 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return True
     except httpx.HTTPError:
         return False
+
+
+class StackError(RuntimeError):
+    """The local stack cannot start; the message says why and what to do."""
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -112,7 +126,7 @@ class LocalStack:
         while time.monotonic() < deadline:
             process = self.processes[name]
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {process.returncode}; see {self.log(name)}")
+                raise StackError(f"{name} exited with code {process.returncode}; see {self.log(name)}")
             try:
                 if httpx.get(self.url(name) + path, timeout=2).status_code == 200:
                     return
@@ -140,8 +154,8 @@ class LocalStack:
         while time.monotonic() < deadline:
             process = self.processes.get("reranker")
             if process is not None and process.poll() is not None:
-                raise RuntimeError(f"reranker exited with code {process.returncode}; "
-                                   f"see {self.log('reranker')}")
+                raise StackError(f"reranker exited with code {process.returncode}; "
+                                 f"see {self.log('reranker')}")
             progress = self.embedding()
             if progress is not None:
                 if progress.get("complete", True):
@@ -162,6 +176,8 @@ class LocalStack:
         """Starts what is asked and returns once every service answers `/ready` and, with `vectors`,
         once the reranker has every resource's vector. `ready_timeout_s` bounds a stall (no log
         line, no vector for that long), not the whole start."""
+        if self.fixed_ports:
+            self.check_ports(services)
         self.start_broker()
         if catalogue is not None:
             self.load_catalogue(catalogue)
@@ -172,6 +188,17 @@ class LocalStack:
         if vectors and "reranker" in services:
             self.wait_vectors(ready_timeout_s)
         return self
+
+    def check_ports(self, services: tuple[str, ...]) -> None:
+        """On fixed ports another process (often an earlier `make run`) may hold one; its `/ready`
+        would pass for ours. Refuse to start rather than serve beside it."""
+        taken = [f"{name} {port}" for name, port in self.ports.items()
+                 if name in services and not port_free(port)]
+        if taken:
+            raise StackError(
+                f"port in use: {', '.join(taken)}. Is another `make run` up? Stop it (Ctrl-C in its "
+                "terminal), or choose free ports: EDURANKER_RERANKER_PORT=8100 EDURANKER_COLLECTOR_PORT=8101 "
+                "EDURANKER_AGGREGATOR_PORT=8102 EDURANKER_TRAINER_PORT=8103 make run")
 
     def stop_service(self, name: str, sig: int = signal.SIGTERM, timeout_s: float = 30.0) -> None:
         process = self.processes.pop(name, None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -101,3 +102,19 @@ def test_monitor_starts_prometheus_on_the_stack_and_prints_its_url(workdir: Path
     assert "event=broker_stopped" in output
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/-/ready", timeout=2)
+
+
+def test_a_port_already_taken_stops_the_start_with_what_to_do(workdir: Path, tiny_model: Path) -> None:
+    """An earlier `make run` still up holds the ports; its `/ready` must not pass for ours."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        env = {**os.environ, **tiny_env(tiny_model), "EDURANKER_COLLECTOR_PORT": str(taken)}
+        started = subprocess.run(
+            [sys.executable, "-m", "tools.cli", "run", "--workdir", str(workdir / "var")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 1, started.stdout + started.stderr
+    assert "error: port in use: " in started.stderr and f"collector {taken}" in started.stderr
+    assert "Is another `make run` up?" in started.stderr
+    assert "Traceback" not in started.stderr and "event=broker_started" not in started.stdout + started.stderr
