@@ -60,8 +60,10 @@ def run_notebook(kernel_dir: Path, env: dict[str, str],
                   if not k.startswith("EDURANKER_") and k != "CROSS_ENCODER_PATH"}
     # PYTHONPATH: the kernel runs in notebooks/ and imports this checkout's code, wherever the
     # virtual environment's editable install points.
-    client.execute(env={**kernel_env, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                        "PYTHONPATH": str(ROOT), **env})
+    # cleanup_kc: nbclient shuts down only kernels whose manager it made; this one would outlive
+    # the test (about 1 GB each) until pytest exits.
+    client.execute(cleanup_kc=True, env={**kernel_env, "HF_HUB_OFFLINE": "1",
+                                         "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT), **env})
     return nb
 
 
