@@ -60,10 +60,13 @@ def run_notebook(kernel_dir: Path, env: dict[str, str],
                   if not k.startswith("EDURANKER_") and k != "CROSS_ENCODER_PATH"}
     # PYTHONPATH: the kernel runs in notebooks/ and imports this checkout's code, wherever the
     # virtual environment's editable install points.
+    kernels: list[int] = []
+    client.on_notebook_start = lambda notebook: kernels.append(manager.provisioner.process.pid)
     # cleanup_kc: nbclient shuts down only kernels whose manager it made; this one would outlive
     # the test (about 1 GB each) until pytest exits.
     client.execute(cleanup_kc=True, env={**kernel_env, "HF_HUB_OFFLINE": "1",
                                          "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(ROOT), **env})
+    assert kernels and not Path(f"/proc/{kernels[0]}").exists(), "the kernel outlived its notebook"
     return nb
 
 
