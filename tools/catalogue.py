@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import logging
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,9 +12,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from shared.store import Resource, open_store
+from shared.store.base import DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS
 from tools.collection import json_object
 
+LIMITS = {"title": TITLE_MAX_CHARS, "description": DESCRIPTION_MAX_CHARS}
 FIELDS = ("id", "title", "description", "subject", "level", "type", "url", "language")
+
+
+log = logging.getLogger(__name__)
 
 
 class CatalogueError(ValueError):
@@ -27,7 +34,7 @@ def read_catalogue(path: Path) -> Iterator[Resource]:
     except OSError as exc:
         raise CatalogueError(f"{path}: cannot read the catalogue ({exc.strerror})") from exc
     with handle:
-        number = 0
+        number, cut = 0, Counter[str]()
         try:
             if path.suffix.lower() == ".csv":
                 header = handle.readline()
@@ -37,17 +44,20 @@ def read_catalogue(path: Path) -> Iterator[Resource]:
                                         delimiter=delimiter)
                 for row in reader:
                     number = reader.line_num + 1
-                    yield _resource(path, number, row)
+                    yield _resource(path, number, row, cut)
             else:
                 for number, line in enumerate(handle, start=1):
                     if line.strip():
-                        yield _resource(path, number, _row(path, number, line))
+                        yield _resource(path, number, _row(path, number, line), cut)
         except UnicodeDecodeError as exc:
             where = f", somewhere after line {number}" if number else ""
             raise CatalogueError(f"{path}: not UTF-8 text ({exc.reason}{where}); "
                                  "save the catalogue as UTF-8") from exc
         except csv.Error as exc:
             raise CatalogueError(f"{path}:{number + 1}: not valid CSV ({exc})") from exc
+        for field, count in cut.items():
+            log.warning("event=catalogue_field_cut path=%s field=%s resources=%d max_chars=%d", path, field,
+                        count, LIMITS[field])
 
 
 def _row(path: Path, number: int, line: str) -> dict[str, Any]:
@@ -57,12 +67,15 @@ def _row(path: Path, number: int, line: str) -> dict[str, Any]:
         raise CatalogueError(str(exc)) from exc
 
 
-def _resource(path: Path, number: int, row: dict[str, Any]) -> Resource:
+def _resource(path: Path, number: int, row: dict[str, Any], cut: Counter[str]) -> Resource:
     if "id" not in row and "_id" in row:  # BEIR corpus layout
         text = row.get("text") or ""
         title = row.get("title") or (text[:80] if isinstance(text, str) else "") or "untitled"
-        row = {"id": row["_id"], "title": title[:500] if isinstance(title, str) else title,
-               "description": text}
+        row = {"id": row["_id"], "title": title, "description": text}
+    for field, limit in LIMITS.items():  # the rankers read far less; a long text is no bad line
+        if isinstance(row.get(field), str) and len(row[field]) > limit:
+            row = {**row, field: row[field][:limit]}
+            cut[field] += 1
     if isinstance(row.get("id"), int) and not isinstance(row["id"], bool):
         row = {**row, "id": str(row["id"])}  # numbered catalogues: 7 and "7" are the same resource
     try:

@@ -21,10 +21,14 @@ class StoreUnavailableError(RuntimeError):
     """The store did not answer in time; HTTP services turn this into a 503."""
 
 
+TITLE_MAX_CHARS = 500
+DESCRIPTION_MAX_CHARS = 20_000
+
+
 class Resource(BaseModel):
     id: str = Field(min_length=1, max_length=200)
-    title: str = Field(min_length=1, max_length=500)
-    description: str = Field(default="", max_length=20000)
+    title: str = Field(min_length=1, max_length=TITLE_MAX_CHARS)
+    description: str = Field(default="", max_length=DESCRIPTION_MAX_CHARS)
     subject: str = ""
     level: str = ""
     type: str = ""

@@ -51,6 +51,21 @@ def test_a_bad_line_is_named_and_nothing_is_read(tmp_path: Path, name: str, cont
         list(read_catalogue(path))
 
 
+def test_texts_longer_than_a_resource_holds_are_cut_and_said(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Real collections hold documents longer than the store keeps; the rankers read far less."""
+    path = tmp_path / "corpus.jsonl"
+    path.write_text(json.dumps({"_id": "long", "title": "t" * 600, "text": "w " * 15_000}) + "\n"
+                    + json.dumps({"id": "short", "title": "Short", "description": "fine"}) + "\n")
+    with caplog.at_level("WARNING", logger="tools.catalogue"):
+        long, short = read_catalogue(path)
+    assert (len(long.title), len(long.description)) == (500, 20_000) and long.description == ("w " * 10_000)
+    assert short.description == "fine"
+    said = sorted(r.getMessage() for r in caplog.records)
+    assert said == [f"event=catalogue_field_cut path={path} field=description resources=1 max_chars=20000",
+                    f"event=catalogue_field_cut path={path} field=title resources=1 max_chars=500"]
+
+
 def test_a_missing_file_or_a_folder_is_a_clear_error(tmp_path: Path) -> None:
     for path in (tmp_path / "missing.jsonl", tmp_path):
         with pytest.raises(CatalogueError, match="cannot read the catalogue"):
