@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run monitor test test-fast lint bench loadtest eval online notebook up down clean
+.PHONY: install run monitor test test-fast lint bench loadtest eval online notebook image up down clean
 
 # The first time takes minutes (torch alone is several hundred MB): each step says what it installs
 # and pip shows its progress. Later runs skip this until pyproject.toml or requirements.lock change.
@@ -42,30 +42,30 @@ test: install
 
 # Each script writes bench/results/<name>.json; numbers are only comparable on a quiet machine.
 bench: install
-	$(BIN)/python bench/rerank.py
-	$(BIN)/python bench/train.py
-	$(BIN)/python bench/feedback.py
-	$(BIN)/python bench/loadtest.py
-	$(BIN)/python bench/embedding.py
-	$(BIN)/python bench/scale.py
+	$(BIN)/python -m bench.rerank
+	$(BIN)/python -m bench.train
+	$(BIN)/python -m bench.feedback
+	$(BIN)/python -m bench.loadtest
+	$(BIN)/python -m bench.embedding
+	$(BIN)/python -m bench.scale
 
 # Concurrent searches and feedback for 60 s (LOADTEST_ARGS="--duration 20") against a stack it starts
 # like `make run`, or a running one (--reranker URL --collector URL). Fails on any error.
 loadtest: install
-	$(BIN)/python bench/loadtest.py $(LOADTEST_ARGS)
+	$(BIN)/python -m bench.loadtest $(LOADTEST_ARGS)
 
 # Does it learn? Simulated users on a BEIR collection through the real services (tens of minutes).
 # make eval DATASET=path/to/collection EVAL_ARGS="--seeds 1 2 3 --flipped-seeds 1"
 DATASET ?= ../shared/datasets/cranfield
 eval: install
-	$(BIN)/python bench/quality.py --dataset $(DATASET) $(EVAL_ARGS)
+	$(BIN)/python -m bench.quality --dataset $(DATASET) $(EVAL_ARGS)
 
 # Do users decide right? Simulated people on the collection through the real services: the
 # sensitivity of interleaving against A/B, safety (flipped labels, a degraded champion), and what
 # users see while the loop learns online (bench/results/online.json; about 20 minutes a seed here).
 # make online ONLINE_ARGS="--seeds 1 --searches 3000"
 online: install
-	$(BIN)/python bench/online.py --dataset $(DATASET) $(ONLINE_ARGS)
+	$(BIN)/python -m bench.online --dataset $(DATASET) $(ONLINE_ARGS)
 
 # The unit tests: no process, socket or store started (tests/integration has those).
 test-fast: install
@@ -81,6 +81,15 @@ notebook: install
 	@test -x $(BIN)/jupyter-notebook || { echo "==> Jupyter into $(VENV) (first use only, about a minute)"; \
 		$(BIN)/python -m pip install --progress-bar on -c requirements.lock -e ".[dev,notebook]"; }
 	cd notebooks && $(abspath $(BIN))/jupyter notebook --ip=127.0.0.1 $(NOTEBOOK_ARGS) fine_tune_cross_encoder.ipynb
+
+# The image of deploy/docker/Dockerfile, built with buildah (no Docker daemon, no registry: the base is
+# made with debootstrap when PYTHON_IMAGE cannot be pulled), then each service started in it until
+# ready. About 18 minutes the first time, 16 once the base is made (2 cores); as root, with Debian's
+# buildah, podman and debootstrap. Not part of `make test` (docs/deployment.md#the-image-built-here).
+IMAGE        ?= eduranker:latest
+PYTHON_IMAGE ?= python:3.11-slim-trixie
+image:
+	IMAGE=$(IMAGE) PYTHON_IMAGE=$(PYTHON_IMAGE) deploy/docker/build-image.sh
 
 up:
 	docker compose up -d --build

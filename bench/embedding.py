@@ -3,14 +3,14 @@
 Throughput: plain `SentenceTransformer.encode` (its defaults, batch 32) against the served
 encoder (ONNX Runtime fp32 and int8, length-sorted batches, every core; torch in bf16, fast only
 where the CPU has native bf16: `native_bf16` says whether this one has it) on the same synthetic
-resources (a title and ~100 words, bench/scale.py's catalogue), in the same run.
+resources (a title and ~100 words, `bench.scale`'s catalogue), in the same run.
 
 Ranking (`--dataset`, a BEIR collection): version 0's nDCG@10 over every judged query through the
 real pipeline code (BM25 top 50, then bm25 + dense + pseudo-relevance feedback fused), with the
 vectors as torch computes them (float32), as the reranker keeps them (float16), as int8 ONNX
 and bf16 torch compute them, and with a dense first stage (the dense top 20 added to BM25's 50 candidates).
 
-    .venv/bin/python bench/embedding.py --dataset ../shared/datasets/cranfield
+    .venv/bin/python -m bench.embedding --dataset ../shared/datasets/cranfield
 """
 
 from __future__ import annotations
@@ -19,51 +19,24 @@ import argparse
 import json
 import logging
 import os
-import random
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.harness.collection import DEFAULT_DATASET, Collection, synthetic_resources
+from bench.harness.measures import ndcg10
+from bench.harness.results import VAR, add_output_arguments, load_average, write_json
+from shared.ml.ranking.pipeline import RankingModel, version_zero
+from shared.ml.ranking.retrieval import CatalogueIndex, VectorTable
+from shared.ml.runtime.device import configure_torch_threads, cpu_has_fast_bf16
+from shared.ml.runtime.embedder import load_encoder
+from shared.ml.runtime.loading import load_embedder
+from shared.settings import OFFLINE_BASE_MODEL, Settings
 
-from shared.ml.embedder import load_encoder  # noqa: E402
-from shared.ml.evaluate import ndcg_at  # noqa: E402
-from shared.ml.model import configure_torch_threads, cpu_has_fast_bf16, load_embedder  # noqa: E402
-from shared.ml.pipeline import RankingModel, version_zero  # noqa: E402
-from shared.ml.retrieval import CatalogueIndex, VectorTable  # noqa: E402
-from shared.settings import OFFLINE_BASE_MODEL, Settings  # noqa: E402
-from shared.store import Resource  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
-DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
-SAMPLE = ROOT / "data" / "sample_catalogue.jsonl"
 CANDIDATES = 50
 DENSE_CANDIDATES = 20
-
-
-def synthetic_resources(count: int, seed: int = 0, start: int = 0) -> list[dict]:
-    """Resources in the README's JSONL layout: a 4-8 word title and a 90-110 word description whose
-    words follow the sample catalogue's frequencies (a realistic length and vocabulary shape)."""
-    rows = [json.loads(line) for line in SAMPLE.read_text().splitlines() if line.strip()]
-    text = " ".join(f"{r['title']} {r['description']}" for r in rows)
-    words = text.replace(".", "").replace(",", "").split()
-    subjects = sorted({r["subject"] for r in rows})
-    rng = random.Random(seed)
-    out = []
-    for n in range(start, start + count):
-        title = " ".join(rng.choices(words, k=rng.randint(4, 8))).capitalize()
-        sentences = [" ".join(rng.choices(words, k=rng.randint(12, 20))).capitalize() + "."
-                     for _ in range(7)]
-        description = " ".join(sentences)
-        out.append({"id": f"syn-{n:07d}", "title": title, "description": description,
-                    "subject": rng.choice(subjects),
-                    "level": rng.choice(["beginner", "intermediate", "advanced"]),
-                    "type": rng.choice(["course", "video", "book", "tutorial", "exercise"]),
-                    "url": f"https://example.org/resources/syn-{n:07d}"})
-    return out
 
 
 def throughput(texts: list[str], base_model: str, cache: Path, backends: tuple[str, ...]) -> dict:
@@ -87,23 +60,6 @@ def throughput(texts: list[str], base_model: str, cache: Path, backends: tuple[s
             "unavailable": {b: e.reason for b, e in encoders.items() if e.backend != b}}
 
 
-def read_collection(folder: Path) -> tuple[list[Resource], dict[str, str], dict[str, dict[str, int]]]:
-    resources = []
-    for line in (folder / "corpus.jsonl").open():
-        if line.strip():
-            row = json.loads(line)
-            text = row.get("text") or ""
-            title = (row.get("title") or text[:80] or "untitled")[:500]
-            resources.append(Resource(id=str(row["_id"]), title=title, description=text))
-    queries = {str(r["_id"]): r["text"] for r in map(json.loads, (folder / "queries.jsonl").open())}
-    qrels: dict[str, dict[str, int]] = {}
-    for number, line in enumerate((folder / "qrels.tsv").open()):
-        parts = line.rstrip("\n").split("\t")
-        if number and len(parts) == 3 and int(parts[2]) > 0:
-            qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
-    return resources, {q: t for q, t in queries.items() if q in qrels}, qrels
-
-
 def ndcg(model: RankingModel, index: CatalogueIndex, queries: dict[str, str],
          qrels: dict[str, dict[str, int]], dense_candidates: int = 0,
          exact: np.ndarray | None = None) -> float:
@@ -122,13 +78,13 @@ def ndcg(model: RankingModel, index: CatalogueIndex, queries: dict[str, str],
             continue
         fused = model.score(index, query, positions, bm25)["fused"]
         ranked = [index.resources[p].id for p in positions[np.argsort(-fused, kind="stable")][:10]]
-        gains = qrels[qid]
-        scores.append(ndcg_at([gains.get(r, 0) for r in ranked], list(gains.values())))
+        scores.append(ndcg10(ranked, qrels[qid]))
     return round(float(np.mean(scores)), 4)
 
 
 def ranking(dataset: Path, base_model: str, cache: Path) -> dict:
-    resources, queries, qrels = read_collection(dataset)
+    collection = Collection.load(dataset)
+    resources, queries, qrels = collection.resources(), collection.queries, collection.qrels
     settings = Settings(base_model=base_model, embedding_model=base_model)
     model = RankingModel.load(version_zero(settings), None, "cpu")
     assert model.embedder is not None
@@ -162,13 +118,13 @@ def main() -> int:
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--texts", type=int, default=512, help="synthetic resources for the throughput")
     parser.add_argument("--base-model", default=OFFLINE_BASE_MODEL)
-    parser.add_argument("--out", type=Path, default=RESULTS / "embedding.json")
+    add_output_arguments(parser, "embedding")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     configure_torch_threads()
-    cache = Path(os.environ.get("EDURANKER_ONNX_CACHE_DIR", ROOT / "var" / "onnx-cache"))
+    cache = Path(os.environ.get("EDURANKER_ONNX_CACHE_DIR", VAR / "onnx-cache"))
     texts = [f"{r['title']}. {r['description']}" for r in synthetic_resources(args.texts, seed=7)]
-    result: dict = {"load_average_before": os.getloadavg()}
+    result: dict = {"load_average_before": load_average()}
     result["throughput"] = throughput(texts, args.base_model, cache, ("onnx", "onnx-int8", "torch-bf16"))
     result["native_bf16"] = cpu_has_fast_bf16()
     print(json.dumps(result["throughput"]), flush=True)
@@ -177,9 +133,8 @@ def main() -> int:
         print(json.dumps(result["ranking"]), flush=True)
     else:
         result["ranking"] = f"no collection at {args.dataset}"
-    result["load_average_after"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result["load_average_after"] = load_average()
+    write_json(args.out, result)
     return 0
 
 

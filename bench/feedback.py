@@ -11,7 +11,7 @@ until the aggregator counted its last feedback, and the load average around it (
 depend on what else runs). At the end every accepted feedback must be in the store and in the
 counts: `lost` says how many are not. `aims` says whether the batch path met its aims.
 
-    .venv/bin/python bench/feedback.py            # writes bench/results/feedback.json
+    .venv/bin/python -m bench.feedback            # writes bench/results/feedback.json
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -31,13 +30,13 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.harness.measures import nearest_rank
+from bench.harness.results import RESULTS, load_average, machine, write_json
+from shared.records import Inference, ShownResult
+from shared.store import open_store
+from tools.client import FEEDBACK, FEEDBACK_BATCH, feedback_body
+from tools.localstack import LocalStack
 
-from shared.store import Inference, ShownResult, open_store  # noqa: E402
-from tools.localstack import LocalStack  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results" / "feedback.json"
 SHOWN = 10
 AIMS = {"batch_feedback_per_s": 5000.0, "batch_count_delay_p95_s": 1.0, "single_count_delay_p95_s": 0.15}
 
@@ -79,15 +78,13 @@ def cpu_seconds(pid: int) -> float | None:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 4)
+    found = nearest_rank(values, q)
+    return None if found is None else round(found, 4)
 
 
 def feedback(i: int) -> dict:
-    return {"inference_id": f"bench-{i // SHOWN}", "resource_id": f"res-{i % SHOWN}",
-            "feedback": "like" if i % 3 else "dislike", "user_id": "bench"}
+    return feedback_body(f"bench-{i // SHOWN}", f"res-{i % SHOWN}", "like" if i % 3 else "dislike",
+                         user_id="bench")
 
 
 @dataclass
@@ -108,7 +105,7 @@ class Phase:
 
 
 async def send(stack: LocalStack, phase: Phase, items: range, concurrency: int, batch: int) -> None:
-    url = stack.url("collector") + ("/api/feedback/batch" if batch > 1 else "/api/feedback")
+    url = stack.url("collector") + (FEEDBACK_BATCH if batch > 1 else FEEDBACK)
     chunks = asyncio.Queue[list[int]]()
     for start in range(items.start, items.stop, batch):
         chunks.put_nowait(list(range(start, min(items.stop, start + batch))))
@@ -153,10 +150,6 @@ def process_ids(stack: LocalStack) -> dict[str, int]:
     if stack.broker is not None and stack.broker.process is not None:
         pids["broker"] = stack.broker.process.pid
     return pids
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 async def run_phase(stack: LocalStack, counter: Counter, phase: Phase, items: range, concurrency: int,
@@ -291,7 +284,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32, help="clients sending one request each")
     parser.add_argument("--batch-clients", type=int, default=4, help="clients sending batches")
     parser.add_argument("--poll", type=float, default=0.02, help="aggregator /stats poll interval (s)")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--output", type=Path, default=RESULTS / "feedback.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-feedback-") as tmp:
         env = {"EDURANKER_TRAIN_MIN_NEW_FEEDBACK": str(10**9)}  # counting only: no training
@@ -302,10 +295,8 @@ def main() -> int:
             stack.start(services=("collector", "aggregator"))
             result = asyncio.run(bench(stack, args.count, args.batch_count, args.concurrency,
                                        args.batch_clients, args.batch, args.poll))
-    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
-                         "platform": platform.platform(), "load_average": os.getloadavg()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    result["machine"] = machine() | {"load_average": load_average()}
+    write_json(args.output, result)
     print(json.dumps(result, indent=2))
     return 0 if result["lost"] == 0 else 1
 

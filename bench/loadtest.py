@@ -6,34 +6,37 @@ throughput, p50/p95/p99 latency and the error count (must be zero: the exit code
 and each service's memory (RSS) at the start and the end. Writes bench/results/loadtest.json.
 
 Feedback is sent as test feedback (`is_test`), so a load test never trains a model.
+
+    .venv/bin/python -m bench.loadtest --duration 20      # `make loadtest` runs 60 s
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlparse
 
 import httpx
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.harness.measures import percentiles
+from bench.harness.results import RESULTS, machine, write_json
+from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES
+from tools.client import Client, Refused
+from tools.collection import read_queries
+from tools.localstack import SERVICES, LocalStack, offline_defaults
 
-from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES  # noqa: E402
-from tools.collection import read_queries  # noqa: E402
-from tools.localstack import SERVICES, LocalStack, offline_defaults  # noqa: E402
-
-SEARCH = "/api/reranking/search-with-reranking"
+T = TypeVar("T")
 
 
 def service_processes(urls: dict[str, str]) -> dict[str, psutil.Process]:
@@ -73,35 +76,32 @@ class Load:
             else:
                 self.errors[endpoint].append(error)
 
+    def timed(self, endpoint: str, call: Callable[[], T]) -> T | None:
+        """`call`'s answer, its latency noted; None, the error noted instead, when it fails."""
+        started = time.perf_counter()
+        try:
+            answer = call()
+        except Refused as refused:
+            self.note(endpoint, started, f"{refused.status}: {refused.text[:200]}")
+            return None
+        except httpx.HTTPError as exc:
+            self.note(endpoint, started, f"{type(exc).__name__}: {exc}")
+            return None
+        self.note(endpoint, started)
+        return answer
+
     def client(self, n: int, until: float) -> None:
         rng = random.Random(n)
-        with httpx.Client(timeout=60) as http:
+        with Client(self.reranker, self.collector, timeout=60) as client:
             while time.monotonic() < until:
-                started = time.perf_counter()
-                try:
-                    response = http.post(self.reranker + SEARCH, json={
-                        "query_text": rng.choice(self.queries), "use_reranker": True, "top_k": 10})
-                except httpx.HTTPError as exc:
-                    self.note("search", started, f"{type(exc).__name__}: {exc}")
+                body = self.timed("search", partial(client.search, rng.choice(self.queries), top_k=10))
+                if body is None:
                     continue
-                if response.status_code != 200:
-                    self.note("search", started, f"{response.status_code}: {response.text[:200]}")
-                    continue
-                self.note("search", started)
-                body = response.json()
                 self.versions.add(body["model_version"])
                 for result in rng.sample(body["results"], k=min(2, len(body["results"]))):
-                    started = time.perf_counter()
-                    try:
-                        answer = http.post(self.collector + "/api/feedback", json={
-                            "inference_id": body["inference_id"], "resource_id": result["resource_id"],
-                            "feedback": rng.choice(("like", "dislike")), "session_id": f"loadtest-{n}",
-                            "is_test": True})
-                    except httpx.HTTPError as exc:
-                        self.note("feedback", started, f"{type(exc).__name__}: {exc}")
-                        continue
-                    refused = f"{answer.status_code}: {answer.text[:150]}"
-                    self.note("feedback", started, None if answer.status_code == 200 else refused)
+                    rate = partial(client.feedback, body["inference_id"], result["resource_id"],
+                                   rng.choice(("like", "dislike")), session_id=f"loadtest-{n}", is_test=True)
+                    self.timed("feedback", rate)
 
     def run(self, clients: int) -> float:
         started = time.monotonic()
@@ -120,9 +120,7 @@ class Load:
             endpoints[endpoint] = {
                 "requests": len(times) + len(self.errors[endpoint]),
                 "throughput_rps": round(len(times) / elapsed, 2),
-                "p50_ms": round(float(np.percentile(ms, 50)), 2),
-                "p95_ms": round(float(np.percentile(ms, 95)), 2),
-                "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                **{f"{p}_ms": value for p, value in percentiles(ms, count=False).items()},
                 "errors": len(self.errors[endpoint]),
             }
         return endpoints
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reranker", help="URL of a running reranker (with --collector): starts no stack")
     parser.add_argument("--collector", help="URL of a running collector")
     parser.add_argument("--workdir", help="folder for the started stack (default: a temporary one)")
-    parser.add_argument("--output", default=str(ROOT / "bench" / "results" / "loadtest.json"))
+    parser.add_argument("--output", default=str(RESULTS / "loadtest.json"))
     args = parser.parse_args(argv)
     if bool(args.reranker) != bool(args.collector):
         parser.error("give both --reranker and --collector, or neither to start a stack")
@@ -179,12 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         "memory_mb": {name: {"rss_start": rss_start.get(name), "rss_end": rss_end.get(name),
                              "growth": round(rss_end[name] - rss_start[name], 1)}
                       for name in sorted(rss_end) if name in rss_start},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "machine": machine(),
     }
     output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(output, result)
     for name, figures in endpoints.items():
         print(f"{name:9s} {figures['throughput_rps']:7.1f} req/s  p50 {figures['p50_ms']:7.1f} ms  "
               f"p95 {figures['p95_ms']:7.1f} ms  p99 {figures['p99_ms']:7.1f} ms  errors {figures['errors']}")

@@ -1,5 +1,13 @@
 """Let users decide: simulated people play a BEIR collection through the real services.
 
+The people (`--people`, `tools.people`) open results and stay or come back, and rate on a few
+searches in a hundred (`Searchers`: position-based, informational, by default); every parameter
+is in the results. What they do reaches the product as it would from a real page: searches carry
+their user id, opens and their dwell go to `/api/interactions`, ratings to `/api/feedback`.
+`--evidence` plays the loop twice: with every kind of evidence ("all") and with ratings alone
+("ratings": the product as it was, the same people at the same rates, their opens not sent),
+and replays the pairs' impressions both ways.
+
 Two stacks per seed (embedded broker, SQLite, the four services, the corpus as catalogue):
 
 - **pairs**: rankers whose true difference the judgments give (version 0 against BM25 alone,
@@ -10,7 +18,7 @@ Two stacks per seed (embedded broker, SQLite, the four services, the corpus as c
   beside it. The impressions the services logged are then replayed, resampled, to compare
   the impressions interleaving needs to decide with what an A/B test on likes per search
   needs, both judged by the product's rule at the same error rate, with the product's minimum
-  of impressions and without (bench/online_summary.py sums them up).
+  of impressions and without (`bench.online_replay`; `bench.online_summary` sums them up).
   Then safety: a challenger trained on flipped labels must be retired by users, and a
   degraded champion promoted by an operator must be rolled back by them.
 - **loop**: a stream of searches where queries repeat as real traffic does (Zipf popularity,
@@ -19,95 +27,97 @@ Two stacks per seed (embedded broker, SQLite, the four services, the corpus as c
   scored by the judgments: nDCG@10 of the lists actually shown, over the last quarter of the
   stream, against version 0's on the same searches.
 
-    .venv/bin/python bench/online.py --dataset ../shared/datasets/cranfield --seeds 1 2 3
+    .venv/bin/python -m bench.online --dataset ../shared/datasets/cranfield --seeds 1 2 3
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import random
 import statistics
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
-import httpx
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.online_summary import aggregate, paired_gain  # noqa: E402
-from bench.quality import Collection, start_harness  # noqa: E402
-from bench.simulate import (  # noqa: E402
+from bench.harness.collection import DEFAULT_DATASET, Collection, start_harness
+from bench.harness.measures import ndcg10, nearest_rank, paired_gain
+from bench.harness.results import add_output_arguments, fresh, write_json
+from bench.harness.stack import add_model_arguments, stack_env
+from bench.harness.traffic import Stream
+from bench.online_replay import (
     Impression,
-    People,
-    Stream,
+    Person,
     ab_normal_run,
     ab_run,
-    expected_likes,
     fixed_horizon,
     interleaving_run,
-    ndcg10,
     summary,
 )
-from shared.interleaving import CHALLENGER_PREFIX  # noqa: E402
-from shared.ml.pipeline import PipelineSpec, version_zero  # noqa: E402
-from shared.ml.registry import Registry  # noqa: E402
-from shared.sequential import SequentialTest  # noqa: E402
-from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
-from shared.store import ModelVersion, open_store  # noqa: E402
-from tools.localstack import LocalStack, wait_for  # noqa: E402
+from bench.online_summary import aggregate
+from shared.ml.ranking.pipeline import PipelineSpec, version_zero
+from shared.ml.registry import Registry
+from shared.online.betting import SequentialTest
+from shared.online.interleaving import CHALLENGER_PREFIX
+from shared.records import ModelVersion
+from shared.store import open_store
+from tools.client import Client
+from tools.localstack import LocalStack, wait_for
+from tools.people import EVIDENCE, PEOPLE, Searchers
 
 log = logging.getLogger("online")
-DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "cranfield"
-RESULTS = ROOT / "bench" / "results"
 
 
 class Site:
     """The running services as the simulated people and the operator reach them."""
 
-    def __init__(self, stack: LocalStack, collection: Collection, people: People) -> None:
-        self.stack, self.collection, self.people = stack, collection, people
-        self.client = httpx.Client(timeout=120)
+    def __init__(self, stack: LocalStack, collection: Collection, people: Person, rng: random.Random,
+                 evidence: str = "all") -> None:
+        self.stack, self.collection, self.people, self.rng = stack, collection, people, rng
+        self.evidence = evidence
+        self.client = Client.of(stack, timeout=120)
         self.searches: list[dict] = []  # every search played: query, inference id, shown, nDCG, latency
 
-    def search(self, qid: str) -> dict:
+    def search(self, qid: str, **who: object) -> dict:
+        """A search; without `who` (nobody acts on it: the harness's own measures) marked `is_test`,
+        so that it is not taken for people who saw the results and left them."""
         started = time.perf_counter()
-        response = self.client.post(f"{self.stack.url('reranker')}/api/reranking/search-with-reranking",
-                                    json={"query_text": self.collection.queries[qid], "top_k": 10})
-        response.raise_for_status()
-        body = response.json()
+        body = self.client.search(self.collection.queries[qid], top_k=10, **(who or {"is_test": True}))
         body["client_ms"] = (time.perf_counter() - started) * 1000
         return body
 
-    def play(self, qid: str, people: People | None = None) -> dict:
-        """One person searches and rates; returns what was shown and how good it was."""
-        body = self.search(qid)
+    def play(self, qid: str, people: Person | None = None, rng: random.Random | None = None) -> dict:
+        """One person searches, opens and rates (the site's people, or `people` drawing from `rng`);
+        returns what was shown, how good it was, and what the person did."""
+        person = f"person-{len(self.searches)}"
+        body = self.search(qid, user_id=person)
         shown = [r["resource_id"] for r in body["results"]]
-        for position, label in (people or self.people).rate(shown, self.collection.qrels[qid]):
-            self.client.post(f"{self.stack.url('collector')}/api/feedback", json={
-                "inference_id": body["inference_id"], "resource_id": shown[position], "feedback": label,
-                "user_id": f"person-{len(self.searches)}"}).raise_for_status()
+        acts = (people or self.people).act(shown, self.collection.qrels[qid], rng or self.rng)
+        opens = [a for a in acts if a.dwell_s is not None]
+        if opens and self.evidence == "all":
+            self.client.interactions([{"inference_id": body["inference_id"], "resource_id": shown[a.position],
+                                       "dwell_s": a.dwell_s, "user_id": person} for a in opens])
+        for act in acts:
+            if act.label is not None:
+                self.client.feedback(body["inference_id"], shown[act.position], act.label, user_id=person)
         played = {"qid": qid, "inference_id": body["inference_id"], "shown": shown,
                   "ndcg": ndcg10(shown, self.collection.qrels[qid]), "version": body["model_version"],
-                  "ms": body["client_ms"]}
+                  "ms": body["client_ms"], "opens": len(opens),
+                  "ratings": sum(a.label is not None for a in acts)}
         self.searches.append(played)
         return played
 
     def admin(self, method: str, path: str, **kwargs: object) -> dict:
-        response = self.client.request(method, f"{self.stack.url('trainer')}/admin{path}", **kwargs)
-        response.raise_for_status()
-        return response.json()
+        return self.client.admin(method, path, **kwargs)
 
     def experiments(self) -> list[dict]:
         return self.admin("GET", "/experiments", params={"limit": 200})["experiments"]
 
     def serving(self) -> dict:
-        return self.client.get(f"{self.stack.url('reranker')}/api/reranking/info-modele").json()
+        return self.client.model_info()
 
     def wait_serving(self, champion: str, challenger: str | None) -> None:
         def ok() -> bool:
@@ -131,11 +141,10 @@ class Site:
                         for q, body in answers.items()}
         raise RuntimeError(f"a challenger kept interleaving the champion's answers ({tries} tries)")
 
-    def until_decided(self, experiment_id: str, stream: Stream, cap: int,
-                      people: People | None = None) -> dict:
+    def until_decided(self, experiment_id: str, stream: Stream, cap: int) -> dict:
         """Plays the stream until users decide the experiment (or `cap` searches): its record."""
         for step in range(cap):
-            self.play(stream.at(step), people)
+            self.play(stream.at(step))
             if step % 25 == 24:
                 found = next(e for e in self.experiments() if e["experiment_id"] == experiment_id)
                 if found["status"] == "ended":
@@ -185,15 +194,16 @@ class Site:
         return spec
 
 
-def truth(impressions: list[Impression], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
-    """Each ranker by the judgments on the experiment's own traffic: nDCG@10, and the likes per
-    search the simulated people give it (the judgments read with their attention)."""
-    people = People()
+def truth(impressions: list[Impression], qrels: dict[str, dict[str, int]], people: Person,
+          evidence: str = "all") -> dict[str, float]:
+    """Each ranker by the judgments on the experiment's own traffic: nDCG@10, and what a search
+    shown its list alone earns from the simulated people (`*_likes`: the credit the product gives
+    what they do, the judgments read with their attention and their behaviour)."""
     out = {side: statistics.mean(ndcg10(getattr(i, side), qrels[i.query]) for i in impressions)
            for side in ("champion", "challenger")}
     for side in ("champion", "challenger"):
-        out[f"{side}_likes"] = statistics.mean(expected_likes(people, getattr(i, side), qrels[i.query])
-                                               for i in impressions)
+        out[f"{side}_likes"] = statistics.mean(
+            people.expected_value(getattr(i, side), qrels[i.query], evidence) for i in impressions)
     return out
 
 
@@ -201,48 +211,53 @@ def better(judged: dict[str, float], key: str = "") -> str:
     return "challenger" if judged["challenger" + key] > judged["champion" + key] else "champion"
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+def replays(impressions: list[Impression], qrels: dict[str, dict[str, int]], experiment: dict,
+            args: argparse.Namespace, seed: int, people: Person, evidence: str) -> dict:
+    """Interleaving against A/B on the replayed impressions, what they do credited as `evidence`.
+
+    Both replays use the product's rule (testing by betting, `shared/online/betting.py`): interleaving
+    on each impression's net credit, the A/B test on the difference of what a pair of searches
+    earned, one shown each ranker's list alone. Each replay is counted with the product's minimum
+    before any decision and without it, so that what each method needs is not capped by a policy.
+    The normal-mixture A/B test, its spread set to the true difference, is kept beside as a
+    reference."""
+    judged = truth(impressions, qrels, people, evidence)
+    # What users prefer is what they see: what the judgments predict each list earns. nDCG@10
+    # weighs ranks 6 to 10 more than these users look at them, and may disagree on close pairs.
+    right = better(judged, "_likes")
+    test = SequentialTest(experiment["alpha"])
+    rng = random.Random(seed)
+    horizon = fixed_horizon(impressions, qrels, rng, people, evidence=evidence)
+    tau = abs(horizon["like_rate_challenger"] - horizon["like_rate_champion"]) or 0.01
+    floor, cap = experiment["min_impressions"], args.resample_cap
+    runs = {"interleaving": [interleaving_run(impressions, qrels, test, floor, rng, people, cap, evidence)
+                             for _ in range(args.resamples)],
+            "ab": [ab_run(impressions, qrels, test, floor, rng, people, cap, evidence)
+                   for _ in range(args.resamples)],
+            "ab_normal": [ab_normal_run(impressions, qrels, test.alpha, tau, floor, rng, people, cap,
+                                        evidence) for _ in range(args.resamples)]}
+    return {"by_judgments": judged, "right_winner": right, "relative_gap": relative_gap(judged),
+            "fixed_horizon_80_power": horizon,
+            **{f"resampled_{method}": {"no_floor": summary(done, right, False, cap),
+                                       "with_floor": summary(done, right, True, cap)}
+               for method, done in runs.items()}}
 
 
 def compare(site: Site, name: str, experiment: dict, args: argparse.Namespace, seed: int) -> dict:
-    """The real experiment's outcome, then interleaving against A/B on its replayed impressions.
-
-    Both replays use the product's rule (testing by betting, `shared/sequential.py`): interleaving
-    on each impression's net credit, the A/B test on the difference of likes of a pair of searches,
-    one shown each ranker's list alone. Each replay is counted with the product's minimum before
-    any decision and without it, so that what each method needs is not capped by a policy. The
-    normal-mixture A/B test, its spread set to the true difference, is kept beside as a reference."""
+    """The real experiment's outcome, then interleaving against A/B on its replayed impressions,
+    with every kind of evidence and with ratings alone."""
     impressions = site.impressions(experiment["experiment_id"])
     qrels = site.collection.qrels
-    judged = truth(impressions, qrels)
-    # What users prefer is what they see: the likes the judgments predict for each list. nDCG@10
-    # weighs ranks 6 to 10 more than these users look at them, and may disagree on close pairs.
-    right, right_ndcg = better(judged, "_likes"), better(judged)
-    test = SequentialTest(experiment["alpha"])
-    rng = random.Random(seed)
-    people = People(rng=rng)
-    horizon = fixed_horizon(impressions, qrels, rng, people)
-    tau = abs(horizon["like_rate_challenger"] - horizon["like_rate_champion"]) or 0.01
-    floor, cap = experiment["min_impressions"], args.resample_cap
-    interleaving = [interleaving_run(impressions, qrels, test, floor, rng, people, cap)
-                    for _ in range(args.resamples)]
-    ab = [ab_run(impressions, qrels, test, floor, rng, people, cap) for _ in range(args.resamples)]
-    ab_normal = [ab_normal_run(impressions, qrels, test.alpha, tau, floor, rng, people, cap)
-                 for _ in range(args.resamples)]
+    measured = replays(impressions, qrels, experiment, args, seed, site.people, "all")
+    right, right_ndcg = measured["right_winner"], better(measured["by_judgments"])
     decision = experiment["decision"] if experiment["decision"] in ("promote", "retire") else None
-    return {"pair": name, "experiment": experiment, "logged_impressions": len(impressions),
-            "by_judgments": judged, "right_winner": right, "right_winner_ndcg10": right_ndcg,
-            "relative_gap": relative_gap(judged),
+    return {"pair": name, "experiment": experiment, "logged_impressions": len(impressions), **measured,
+            "right_winner_ndcg10": right_ndcg,
             "decided": decision, "decided_right": None if decision is None else (
                 (decision == "promote") == (right == "challenger")),
             "decided_right_ndcg10": None if decision is None else (
                 (decision == "promote") == (right_ndcg == "challenger")),
-            "fixed_horizon_80_power": horizon,
-            **{f"resampled_{method}": {"no_floor": summary(runs, right, False, cap),
-                                       "with_floor": summary(runs, right, True, cap)}
-               for method, runs in (("interleaving", interleaving), ("ab", ab), ("ab_normal", ab_normal))}}
+            "ratings_only": replays(impressions, qrels, experiment, args, seed, site.people, "ratings")}
 
 
 def relative_gap(judged: dict[str, float]) -> float:
@@ -250,14 +265,9 @@ def relative_gap(judged: dict[str, float]) -> float:
     return (judged["challenger_likes"] - judged["champion_likes"]) / max(judged["champion_likes"], 1e-9)
 
 
-def stack_env(args: argparse.Namespace, seed: int, **settings: object) -> dict[str, str]:
-    env = {"EDURANKER_BASE_MODEL": args.base_model, "EDURANKER_EMBEDDING_MODEL": args.embedding_model,
-           "EDURANKER_SEED": str(seed), "EDURANKER_MAX_LENGTH": str(args.max_length), "HF_HUB_OFFLINE": "1"}
-    return env | {f"EDURANKER_{k.upper()}": str(v) for k, v in settings.items()}
-
-
 def run_pairs(collection: Collection, seed: int, args: argparse.Namespace, workdir: Path) -> dict:
-    env = stack_env(args, seed, train_min_new_feedback=10**9, gate_min_prior_auc=0.0, experiment_share=1.0,
+    env = stack_env(args, seed, train_min_new_feedback=10**9, train_min_new_interactions=10**9,
+                    gate_min_prior_auc=0.0, experiment_share=1.0,
                     experiment_watch_share=args.watch_share, experiment_min_impressions=args.min_impressions,
                     experiment_max_impressions=args.max_impressions,
                     experiment_watch_impressions=args.max_impressions)
@@ -265,7 +275,7 @@ def run_pairs(collection: Collection, seed: int, args: argparse.Namespace, workd
     qids = sorted(collection.queries)
     with LocalStack(workdir, env=env) as stack:
         stack.start(catalogue=collection.corpus, ready_timeout_s=1200)
-        site = Site(stack, collection, People(rng=rng))
+        site = Site(stack, collection, PEOPLE[args.people], rng)
         stream = Stream(qids, args.pair_searches, rng)
         safety = safety_checks(site, stream, args, seed)
         zero = version_zero(stack.settings)
@@ -298,9 +308,9 @@ def run_pairs(collection: Collection, seed: int, args: argparse.Namespace, workd
         for step in range(args.latency_searches):
             site.play(stream.at(step))
         plain_ms = [s["ms"] for s in site.searches[start:]]
-    latency = {"plain_p50_ms": percentile(plain_ms, 0.5), "plain_p95_ms": percentile(plain_ms, 0.95),
-               "interleaved_p50_ms": percentile(interleaved_ms, 0.5),
-               "interleaved_p95_ms": percentile(interleaved_ms, 0.95)}
+    latency = {"plain_p50_ms": nearest_rank(plain_ms, 0.5), "plain_p95_ms": nearest_rank(plain_ms, 0.95),
+               "interleaved_p50_ms": nearest_rank(interleaved_ms, 0.5),
+               "interleaved_p95_ms": nearest_rank(interleaved_ms, 0.95)}
     latency["p95_ratio"] = latency["interleaved_p95_ms"] / latency["plain_p95_ms"]
     return {"seed": seed, "pairs": results, "safety": safety, "latency": latency}
 
@@ -322,9 +332,9 @@ def back_to_zero(site: Site) -> None:
 
 def safety_checks(site: Site, stream: Stream, args: argparse.Namespace, seed: int) -> dict:
     """A challenger trained on flipped labels, then a degraded champion: users must refuse both."""
-    flipped = People(flipped=True, rng=random.Random(seed + 1000))
+    flipped, rng = dataclasses.replace(site.people, flipped=True), random.Random(seed + 1000)
     for step in range(args.flipped_searches):
-        site.play(stream.at(step), flipped)
+        site.play(stream.at(step), flipped, rng)
     request = site.admin("POST", "/train", json={"include_test": False})
 
     def run() -> dict | None:
@@ -344,7 +354,7 @@ def safety_checks(site: Site, stream: Stream, args: argparse.Namespace, seed: in
         if ended["decision"] in ("promote", "retire") and impressions:
             out["flipped_judged"] = {"experiment_id": ended["experiment_id"], "decision": ended["decision"],
                                      "impressions": ended["evidence"].get("impressions"),
-                                     **truth(impressions, site.collection.qrels)}
+                                     **truth(impressions, site.collection.qrels, site.people)}
         if ended["status"] != "ended":
             site.admin("POST", "/experiments/stop")
         elif ended["decision"] == "promote":
@@ -372,16 +382,19 @@ def safety_checks(site: Site, stream: Stream, args: argparse.Namespace, seed: in
     return out
 
 
-def run_loop(collection: Collection, seed: int, args: argparse.Namespace, workdir: Path) -> dict:
+def run_loop(collection: Collection, seed: int, args: argparse.Namespace, workdir: Path,
+             evidence: str = "all") -> dict:
     rng = random.Random(seed)
     qids = sorted(collection.queries)
     rng.shuffle(qids)
     cut = round(len(qids) * 0.75)
     traffic, held_out = sorted(qids[:cut]), sorted(qids[cut:])
-    env = stack_env(args, seed, train_min_new_feedback=args.min_new)
+    env = stack_env(args, seed, train_min_new_feedback=args.min_new,
+                    train_min_new_interactions=args.min_new_interactions)
     with LocalStack(workdir, env=env) as stack:
         stack.start(catalogue=collection.corpus, ready_timeout_s=1200)
-        site = Site(stack, collection, People(rng=rng))
+        people = PEOPLE[args.people]
+        site = Site(stack, collection, people, rng, evidence)
         v0 = {q: ndcg10([r["resource_id"] for r in site.search(q)["results"]], collection.qrels[q])
               for q in qids}
         stream = Stream(traffic, args.searches, rng)
@@ -397,9 +410,13 @@ def run_loop(collection: Collection, seed: int, args: argparse.Namespace, workdi
                 if impressions:
                     judged.append({"experiment_id": e["experiment_id"], "decision": e["decision"],
                                    "impressions": e["evidence"].get("impressions"),
-                                   **truth(impressions, collection.qrels)})
+                                   **truth(impressions, collection.qrels, people, evidence)})
+        clicks = site.admin("GET", "/click-model")  # estimated from the whole stream, as a run would
     last = played[-max(1, len(played) // 4):]
-    return {"seed": seed, "traffic_queries": traffic, "held_out_queries": held_out,
+    return {"seed": seed, "evidence": evidence, "traffic_queries": traffic, "held_out_queries": held_out,
+            "ratings_per_search": sum(p["ratings"] for p in played) / len(played),
+            "clicks_per_search": sum(p["opens"] for p in played) / len(played),
+            "click_model": clicks, "propensity_error": propensity_error(clicks, people),
             "ndcg10_traffic_v0": statistics.mean(v0[p["qid"]] for p in last),
             "ndcg10_traffic_final": statistics.mean(p["ndcg"] for p in last),
             "ndcg10_held_out_v0": statistics.mean(v0[q] for q in held_out),
@@ -411,6 +428,19 @@ def run_loop(collection: Collection, seed: int, args: argparse.Namespace, workdi
             "experiments": [{k: e.get(k) for k in ("kind", "champion", "challenger", "decision", "reason")}
                             | {"impressions": e["evidence"].get("impressions")} for e in experiments],
             "judged_challenges": judged}
+
+
+def propensity_error(clicks: dict | None, people: Person) -> dict | None:
+    """The estimated examination against the simulated people's true curve, ranks 1 to 10: the
+    largest relative error, and how many ranks' 95 % intervals hold the truth (position-based people
+    only: a cascade's examination depends on what is above)."""
+    if clicks is None or not isinstance(people, Searchers) or people.examination != "position":
+        return None
+    true = [1.0 / rank**people.decay for rank in range(1, 11)]
+    errors = [abs(p / t - 1) for p, t in zip(clicks["propensity"], true, strict=True)]
+    covered = sum(lo <= t <= hi for lo, t, hi in zip(clicks["low"], true, clicks["high"], strict=True))
+    return {"max_rel_error": max(errors), "by_rank": [round(e, 4) for e in errors], "intervals_hold": covered,
+            "estimated_ranks": clicks["source"].count("estimated")}
 
 
 def main() -> int:
@@ -427,22 +457,24 @@ def main() -> int:
     parser.add_argument("--watch-share", type=float, default=0.5, help="share of a watch in the pairs stack")
     parser.add_argument("--min-new", type=int, default=100,
                         help="EDURANKER_TRAIN_MIN_NEW_FEEDBACK in the loop")
+    parser.add_argument("--min-new-interactions", type=int, default=500,
+                        help="EDURANKER_TRAIN_MIN_NEW_INTERACTIONS in the loop")
     parser.add_argument("--resamples", type=int, default=50, help="replays of each pair's impressions")
     parser.add_argument("--resample-cap", type=int, default=40000, help="most impressions of one replay")
-    parser.add_argument("--base-model", default=OFFLINE_BASE_MODEL)
-    parser.add_argument("--embedding-model", default=OFFLINE_BASE_MODEL)
-    parser.add_argument("--max-length", type=int, default=128)
+    add_model_arguments(parser)
     parser.add_argument("--train-timeout", type=float, default=900)
+    parser.add_argument("--people", choices=sorted(PEOPLE), default="informational",
+                        help="the simulated people (tools.people)")
+    parser.add_argument("--evidence", nargs="+", choices=EVIDENCE, default=list(EVIDENCE),
+                        help="the loop with every kind of evidence, with ratings alone, or both")
     parser.add_argument("--skip-loop", action="store_true", help="only the pairs and safety stack")
+    parser.add_argument("--skip-pairs", action="store_true", help="only the loops")
     parser.add_argument("--pairs-from", type=Path, default=None,
                         help="reuse the pairs and safety results of an earlier online.json: only loops run")
-    parser.add_argument("--workdir", type=Path, default=ROOT / "var" / "online")
-    parser.add_argument("--out", type=Path, default=RESULTS / "online.json")
+    add_output_arguments(parser, "online", workdir="online")
     args = parser.parse_args()
     collection = start_harness(args.dataset)
-    if collection is None:
-        return 2
-    blank = sorted(q for q, text in collection.queries.items() if not text.strip())
+    blank = collection.blank_queries()
     if blank:  # a search needs some text: the service would refuse them (422)
         log.warning("left out %d blank queries: %s", len(blank), ", ".join(blank[:10]))
         collection.queries = {q: t for q, t in collection.queries.items() if t.strip()}
@@ -451,31 +483,41 @@ def main() -> int:
     if args.pairs_from:  # the pairs do not depend on the loop's policy: measured once, reused
         pairs = [run for run in json.loads(args.pairs_from.read_text())["pairs"] if run["seed"] in args.seeds]
     for seed in args.seeds:
-        if not args.pairs_from:
+        if not args.pairs_from and not args.skip_pairs:
             pairs.append(run_pairs(collection, seed, args, fresh(args.workdir / f"pairs-{seed}")))
         if not args.skip_loop:
-            loops.append(run_loop(collection, seed, args, fresh(args.workdir / f"loop-{seed}")))
-    result = {"dataset": str(args.dataset), **aggregate(pairs, loops),
-              "people": asdict(People()) | {"rng": None},
+            for evidence in args.evidence:
+                loops.append(run_loop(collection, seed, args, fresh(args.workdir / f"loop-{evidence}-{seed}"),
+                                      evidence))
+    people = PEOPLE[args.people]
+    mine = [loop for loop in loops if loop["evidence"] == "all"]
+    rated_only = [loop for loop in loops if loop["evidence"] == "ratings"]
+    errors = [loop["propensity_error"]["max_rel_error"] for loop in mine if loop["propensity_error"]]
+    result = {"dataset": str(args.dataset), **aggregate(pairs, mine),
+              "people": {**people.parameters(), "name": people.name, "click_model": people.name,
+                         "ratings_per_search": _mean([loop["ratings_per_search"] for loop in loops]),
+                         "clicks_per_search": _mean([loop["clicks_per_search"] for loop in loops])},
+              "propensity_max_rel_error": max(errors) if errors else None,
+              "ratings_only": aggregate([ratings_pairs(run) for run in pairs], rated_only),
               "note": ("impressions_to_decide_* are medians over resampled replays of the impressions the "
                        "services logged (the A/B arm shows each logged ranking alone to the same simulated "
                        "people); the real experiments' decisions are under pairs[].pairs[].experiment"),
               "settings": {k: str(v) for k, v in vars(args).items()},
               "total_s": time.perf_counter() - started,
               "pairs": pairs, "loops": loops}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str))
+    write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k not in ("pairs", "loops", "settings")}, indent=2,
                      default=str))
     return 0
 
 
-def fresh(folder: Path) -> Path:
-    if folder.exists():
-        import shutil
+def _mean(values: list[float]) -> float | None:
+    return statistics.mean(values) if values else None
 
-        shutil.rmtree(folder)
-    return folder
+
+def ratings_pairs(run: dict) -> dict:
+    """A seed's pairs as the ratings-only replays measured them (the same logged impressions)."""
+    return {**run, "safety": {}, "pairs": [{**p, **p["ratings_only"], "decided": None} for p in run["pairs"]]}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""What `bench/online.py` measured, summed up over its seeds: sensitivity, safety, what users saw.
+"""What `python -m bench.online` measured, summed up over its seeds: sensitivity, safety, what users saw.
 
 "The worse ranker" is the one whose list, shown alone, the judgments say these simulated people
 like less (likes per search, their attention read into the judgments); nDCG@10's verdict is kept
@@ -8,7 +8,6 @@ well, never instead: the strict figure comes first.
 
 from __future__ import annotations
 
-import random
 import statistics
 
 INDIFFERENCE = 0.01
@@ -59,7 +58,7 @@ def false_promotions(all_pairs: list[dict], pairs: list[dict], loops: list[dict]
     """Promotions of the worse ranker: the services' own experiments (pairs, the flipped challenger,
     the loop's challengers) and the replays of the pairs, as counts."""
     found = [p["by_judgments"] | {"decision": p["decided"]} for p in all_pairs if p["decided"] is not None]
-    found += [run["safety"]["flipped_judged"] for run in pairs if run["safety"].get("flipped_judged")]
+    found += [run["safety"]["flipped_judged"] for run in pairs if run.get("safety", {}).get("flipped_judged")]
     found += [j for loop in loops for j in loop["judged_challenges"]]
     judged = [{"decision": j["decision"], "challenger_likes": j["challenger_likes"],
                "champion_likes": j["champion_likes"], "challenger_ndcg": j["challenger"],
@@ -84,25 +83,11 @@ def false_promotions(all_pairs: list[dict], pairs: list[dict], loops: list[dict]
             "replays_with_the_worse_challenger": replays}
 
 
-def paired_gain(before: dict[str, float], after: dict[str, float], resamples: int = 5000) -> dict:
-    """The mean per-query change and its spread: standard error and a 95 % bootstrap interval
-    over queries (seeded), so that "worse than version 0 beyond the spread" can be read off."""
-    diffs = [after[q] - before[q] for q in sorted(after)]
-    if not diffs:
-        return {"queries": 0}
-    rng = random.Random(0)
-    means = sorted(statistics.mean(rng.choices(diffs, k=len(diffs))) for _ in range(resamples))
-    return {"queries": len(diffs), "mean": statistics.mean(diffs),
-            "standard_error": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
-            "ci95": [means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]],
-            "worse": sum(d < -1e-9 for d in diffs), "better": sum(d > 1e-9 for d in diffs)}
-
-
 def aggregate(pairs: list[dict], loops: list[dict]) -> dict:
     all_pairs = [p for run in pairs for p in run["pairs"]]
     measured = sensitivity(all_pairs)
     wrong = false_promotions(all_pairs, pairs, loops)
-    safety = [run["safety"] for run in pairs]
+    safety = [run["safety"] for run in pairs if run.get("safety")]
     replays = wrong["replays_with_the_worse_challenger"]["with_floor"]
     out = {
         "sensitivity": measured,
@@ -114,8 +99,8 @@ def aggregate(pairs: list[dict], loops: list[dict]) -> dict:
         "false_promotions": wrong,
         "false_promotion_rate_resampled": (replays["false_promotions"] / replays["replays"]
                                            if replays["replays"] else 0.0),
-        "flipped_rejected_online": all(s["flipped_rejected_online"] for s in safety),
-        "rollback_happened": all(s["rollback_happened"] for s in safety),
+        "flipped_rejected_online": all(s["flipped_rejected_online"] for s in safety) if safety else None,
+        "rollback_happened": all(s["rollback_happened"] for s in safety) if safety else None,
         "rollback_impressions": [s["rollback_impressions"] for s in safety],
     }
     if loops:
@@ -123,6 +108,8 @@ def aggregate(pairs: list[dict], loops: list[dict]) -> dict:
             "ndcg10_traffic_v0": statistics.mean(r["ndcg10_traffic_v0"] for r in loops),
             "ndcg10_traffic_final": statistics.mean(r["ndcg10_traffic_final"] for r in loops),
             "traffic_gain_by_seed": [r["ndcg10_traffic_final"] - r["ndcg10_traffic_v0"] for r in loops],
+            "traffic_gain": statistics.mean(r["ndcg10_traffic_final"] - r["ndcg10_traffic_v0"]
+                                            for r in loops),
             "ndcg10_held_out_v0": statistics.mean(r["ndcg10_held_out_v0"] for r in loops),
             "ndcg10_held_out_final": statistics.mean(r["ndcg10_held_out_final"] for r in loops),
             "held_out_gain_by_seed": [r["ndcg10_held_out_final"] - r["ndcg10_held_out_v0"] for r in loops],

@@ -15,14 +15,13 @@ One run, one machine:
 Texts: the sample catalogue (titles + ~40-word descriptions) and, when present, Cranfield
 abstracts from ../shared/datasets/cranfield (~200 words; skipped with a note when absent).
 
-    .venv/bin/python bench/rerank.py                 # writes bench/results/rerank.json
-    .venv/bin/python bench/rerank.py --quick --base-model PATH --out /tmp/r.json
+    .venv/bin/python -m bench.rerank                 # writes bench/results/rerank.json
+    .venv/bin/python -m bench.rerank --quick --base-model PATH --out /tmp/r.json
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import signal
@@ -32,34 +31,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.harness.collection import DEFAULT_DATASET as CRANFIELD
+from bench.harness.measures import percentiles
+from bench.harness.results import add_output_arguments, load_average, write_json
+from bench.harness.results import machine as machine_basics
+from shared.ml.ranking.backends import same_top_k
+from shared.ml.ranking.pipeline import PipelineSpec, zscore
+from shared.ml.ranking.retrieval import CatalogueIndex
+from shared.ml.runtime.device import available_cores, configure_torch_threads
+from shared.ml.runtime.loading import BACKENDS, cross_scores, embed, load_cross_encoder, load_embedder
+from shared.ml.runtime.onnx import load_onnx_cross_encoder
+from shared.records import Resource
+from shared.settings import OFFLINE_BASE_MODEL, Settings
+from tools.catalogue import read_catalogue
+from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES
+from tools.client import Client
+from tools.collection import read_queries
 
-from shared.ml.backends import same_top_k  # noqa: E402
-from shared.ml.model import (  # noqa: E402
-    BACKENDS,
-    available_cores,
-    configure_torch_threads,
-    cross_scores,
-    embed,
-    load_cross_encoder,
-    load_embedder,
-    load_onnx_cross_encoder,
-)
-from shared.ml.pipeline import PipelineSpec, zscore  # noqa: E402
-from shared.ml.retrieval import CatalogueIndex  # noqa: E402
-from shared.settings import OFFLINE_BASE_MODEL, Settings  # noqa: E402
-from shared.store import Resource  # noqa: E402
-from tools.catalogue import read_catalogue  # noqa: E402
-from tools.collection import read_queries  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results" / "rerank.json"
-SAMPLE_CATALOGUE = ROOT / "data" / "sample_catalogue.jsonl"
-SAMPLE_QUERIES = ROOT / "data" / "sample_queries.txt"
-CRANFIELD = ROOT.parent / "shared" / "datasets" / "cranfield"
 CRANFIELD_DOCS = 400
 CRANFIELD_QUERIES = 20
 MIN_QUERIES = 3
@@ -94,12 +84,6 @@ def build_version(base_model: str, folder: Path, max_length: int) -> Path:
     return folder
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
-    array = np.asarray(values)
-    return {f"p{p}": round(float(np.percentile(array, p)), 2) for p in (50, 95, 99)} | {
-        "mean": round(float(array.mean()), 2), "n": len(values)}
-
-
 def measure_search(url: str, queries: list[str], candidates: int, requests: int, budget_s: float) -> dict:
     """Sequential searches (one client, keep-alive): client-side latency and candidates scored.
 
@@ -107,12 +91,9 @@ def measure_search(url: str, queries: list[str], candidates: int, requests: int,
     still finishes in minutes (`n` says how many were measured).
     """
     latencies, server, scored = [], [], []
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with Client(reranker=url, timeout=60) as client:
         def search(query: str) -> dict:
-            response = client.post("/api/reranking/search-with-reranking", json={
-                "query_text": query, "use_reranker": True, "top_k": 10, "candidates": candidates})
-            response.raise_for_status()
-            return response.json()
+            return client.search(query, top_k=10, candidates=candidates)
 
         for query in queries[:3]:
             search(query)
@@ -125,7 +106,7 @@ def measure_search(url: str, queries: list[str], candidates: int, requests: int,
             latencies.append((time.perf_counter() - start) * 1000)
             server.append(body["latency_ms"])
             scored.append(body["candidates"])
-    return {"client_ms": percentiles(latencies), "server_ms": percentiles(server),
+    return {"client_ms": percentiles(latencies, mean=True), "server_ms": percentiles(server, mean=True),
             "mean_candidates": round(float(np.mean(scored)), 1), "queries": len(queries)}
 
 
@@ -206,7 +187,7 @@ def dense_query_ms(base_model: str, queries: list[str], max_length: int) -> dict
         start = time.perf_counter()
         embed(embedder, [queries[i % len(queries)]])
         times.append((time.perf_counter() - start) * 1000)
-    return percentiles(times)
+    return percentiles(times, mean=True)
 
 
 def machine() -> dict:
@@ -219,8 +200,7 @@ def machine() -> dict:
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
                platform.processor())
-    return {"cpu": cpu, "cores": available_cores(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
+    return machine_basics() | {"cpu": cpu, "cores": available_cores(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__,
             "sentence_transformers": sentence_transformers.__version__,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -234,11 +214,11 @@ def main() -> int:
     parser.add_argument("--budget-s", type=float, default=45.0,
                         help="time per latency point, once 30 searches are in")
     parser.add_argument("--backend", default=os.environ.get("EDURANKER_BACKEND", "auto"))
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    add_output_arguments(parser, "rerank")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the services it started, too
     requests = args.requests or (5 if args.quick else 100)
-    started, load_before = time.perf_counter(), os.getloadavg()
+    started, load_before = time.perf_counter(), load_average()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     configure_torch_threads()
     settings = Settings()
@@ -268,7 +248,8 @@ def main() -> int:
             stack.start_service("reranker")
             stack.wait_ready("reranker", timeout_s=STARTUP_TIMEOUT_S)
             url = stack.url("reranker")
-            info = httpx.get(f"{url}/api/reranking/info-modele", timeout=10).json()
+            with Client(reranker=url, timeout=10) as client:
+                info = client.model_info()
             log(f"serving {info['version']} kind={info['kind']} backend={info['backend']} "
                 f"({info['backend_selection']['reason']})")
 
@@ -283,7 +264,8 @@ def main() -> int:
             log("restarting on version 0 (bm25 + dense)")
             stack.start_service("reranker")
             stack.wait_ready("reranker", timeout_s=STARTUP_TIMEOUT_S)
-            v0_info = httpx.get(f"{url}/api/reranking/info-modele", timeout=10).json()
+            with Client(reranker=url, timeout=10) as client:
+                v0_info = client.model_info()
             search["v0_50"] = point(50)
         sample = [r for r in resources if not r.id.isdigit()]
         sets = {"catalogue": pair_sets(CatalogueIndex(sample), sample_queries, 50, 4 if args.quick else 8),
@@ -326,13 +308,11 @@ def main() -> int:
                      "top10_agreement": "share of queries whose top 10 (z-scored logits) matches "
                                         "torch's, swaps allowed within 0.01",
                      "pairs_per_s": "interleaved query by query, best of 2 rounds per query"},
-        "machine": machine() | {"load_average_before": [round(x, 2) for x in load_before],
-                                "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine() | {"load_average_before": load_before, "load_average_after": load_average()},
         "quick": args.quick,
         "runtime_s": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     log(f"wrote {args.out} in {result['runtime_s']} s: "
         + ", ".join(f"{k}={result[k]}" for k in ("pairs_per_s", "baseline_pairs_per_s", "search_p50_ms_50",
                                                    "search_p95_ms_50", "v0_search_p95_ms_50")))

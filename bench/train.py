@@ -8,14 +8,13 @@ size) is evaluated every epoch, as in the trainer; early stopping is off so that
 timed. Each size starts from fresh base weights; model loading is not timed. The validation
 AUC and nDCG@10 before and after show that speed was not bought with quality.
 
-    .venv/bin/python bench/train.py            # writes bench/results/train.json
-    .venv/bin/python bench/train.py --quick    # tiny model, seconds: checks the script itself
+    .venv/bin/python -m bench.train            # writes bench/results/train.json
+    .venv/bin/python -m bench.train --quick    # tiny model, seconds: checks the script itself
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -28,21 +27,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.harness.collection import DEFAULT_DATASET as CRANFIELD
+from bench.harness.results import add_output_arguments, load_average, machine, write_json
+from shared.ml.ranking.retrieval import CatalogueIndex
+from shared.ml.runtime.device import configure_torch_threads
+from shared.ml.runtime.loading import cross_scores, load_cross_encoder
+from shared.ml.training.dataset import Pair, group_by_query
+from shared.ml.training.evaluate import classification_metrics, ranking_metrics
+from shared.ml.training.hyperparameters import TrainConfig
+from shared.ml.training.train import fine_tune, resolve_precision
+from shared.records import Resource
+from shared.settings import OFFLINE_BASE_MODEL
+from tools.catalogue import read_catalogue
+from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES
+from tools.collection import read_qrels, read_queries
+from tools.people import shares_most_words
+from tools.tiny_model import build_tiny_bert
 
-from shared.ml.dataset import Pair, group_by_query  # noqa: E402
-from shared.ml.evaluate import classification_metrics, ranking_metrics  # noqa: E402
-from shared.ml.model import configure_torch_threads, cross_scores, load_cross_encoder  # noqa: E402
-from shared.ml.retrieval import CatalogueIndex  # noqa: E402
-from shared.ml.train import TrainConfig, fine_tune, resolve_precision  # noqa: E402
-from shared.settings import OFFLINE_BASE_MODEL  # noqa: E402
-from shared.store import Resource  # noqa: E402
-from tools.catalogue import read_catalogue  # noqa: E402
-from tools.collection import read_qrels, read_queries  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results" / "train.json"
-CRANFIELD = ROOT.parent / "shared" / "datasets" / "cranfield"
 SIZES = (100, 500, 1000)
 PER_QUERY = 5  # likes and dislikes per query, at most
 GUIDE_CPU_4_CORES_MIN = {"100": "5-8", "500": "20-30", "1000": "40-60"}
@@ -58,18 +59,11 @@ def cranfield() -> tuple[list[Resource], list[tuple[str, set[str]]]]:
 def sample_catalogue() -> tuple[list[Resource], list[tuple[str, set[str]]]]:
     """Without Cranfield: the sample catalogue, its sample queries and its titles as queries, likes
     where most of the query's words appear."""
-    from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES
-
     resources = list(read_catalogue(SAMPLE_CATALOGUE))
     queries = list(read_queries(SAMPLE_QUERIES).values())
     queries += [r.title for r in resources]
-    judged = []
-    for query in queries:
-        words = {w for w in query.lower().split() if len(w) > 3}
-        liked = {r.id for r in resources
-                 if words and sum(w in r.text.lower() for w in words) / len(words) >= 0.5}
-        judged.append((query, liked))
-    return resources, judged
+    return resources, [(query, {r.id for r in resources if shares_most_words(query, r.text)})
+                       for query in queries]
 
 
 def build_pairs(resources: list[Resource], judged: list[tuple[str, set[str]]], seed: int) -> list[Pair]:
@@ -135,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", default=str(RESULTS))
+    add_output_arguments(parser, "train")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -145,8 +139,6 @@ def main(argv: list[str] | None = None) -> int:
     model_name = args.model or OFFLINE_BASE_MODEL
     tmp = None
     if args.quick and args.model is None:
-        from tests.conftest import build_tiny_bert
-
         tmp = tempfile.TemporaryDirectory(prefix="bench-train-tiny-")
         model_name = str(build_tiny_bert(Path(tmp.name)))
     source = "cranfield" if (CRANFIELD / "corpus.jsonl").exists() else "sample_catalogue"
@@ -158,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, object] = {}
     runs = []
-    load_before = os.getloadavg()
+    load_before = load_average()
     for n in sizes:
         train, next_query = take(pairs, n)
         val, _ = take(pairs, max(20, n // 5), next_query)
@@ -195,15 +187,12 @@ def main(argv: list[str] | None = None) -> int:
                      "validation": "a fifth of the size, other queries, evaluated every epoch"},
         "runs": runs,
         "guide_cpu_4_cores_minutes": GUIDE_CPU_4_CORES_MIN,
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "python": platform.python_version(), "torch": torch.__version__,
-                    "load_average_before": [round(x, 2) for x in load_before],
-                    "load_average_after": [round(x, 2) for x in os.getloadavg()]},
+        "machine": machine() | {"processor": platform.processor() or platform.machine(),
+                                "torch": torch.__version__, "load_average_before": load_before,
+                                "load_average_after": load_average()},
     })
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}: " + " ".join(f"{k}={results[k]}" for k in results if k.startswith("seconds_"))
+    write_json(args.out, results)
+    print(f"wrote {args.out}: " + " ".join(f"{k}={results[k]}" for k in results if k.startswith("seconds_"))
           + f" peak_rss_mb={results['peak_rss_mb']}")
     if tmp is not None:
         tmp.cleanup()

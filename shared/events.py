@@ -1,30 +1,22 @@
-"""Versioned events that travel on Kafka, one topic per event type."""
+"""Versioned events that travel on Kafka, one topic per event type (on the wire: `shared.messaging.codec`)."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from shared.records import ActionBase, Counts, Interleaved, new_id, utcnow
+from shared.vocab import ExperimentKind, Label, ReadyDecision, TrainingReason, UsersDecision
 
 FEEDBACK_TOPIC = "eduranker.feedback.v1"
 TRAINING_REQUESTED_TOPIC = "eduranker.training.requested.v1"
 MODEL_READY_TOPIC = "eduranker.model.ready.v1"
 EXPERIMENT_DECIDED_TOPIC = "eduranker.experiment.decided.v1"
-ALL_TOPICS = (FEEDBACK_TOPIC, TRAINING_REQUESTED_TOPIC, MODEL_READY_TOPIC, EXPERIMENT_DECIDED_TOPIC)
-
-Label = Literal["like", "dislike"]
-Team = Literal["champion", "challenger"]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
+INTERACTION_TOPIC = "eduranker.interaction.v1"
+ALL_TOPICS = (FEEDBACK_TOPIC, TRAINING_REQUESTED_TOPIC, MODEL_READY_TOPIC, EXPERIMENT_DECIDED_TOPIC,
+              INTERACTION_TOPIC)
 
 class Event(BaseModel):
     """Common envelope: consumers de-duplicate on `event_id`."""
@@ -37,46 +29,32 @@ class Event(BaseModel):
     schema_version: Literal[1] = 1
 
 
-class Interleaved(BaseModel):
-    """Where a rated result came from when its list interleaved two rankers (shared/interleaving.py)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    experiment_id: str
-    team: Team
-    query_key: str = Field(default="", description="Hash of the normalised query, for per-query credit.")
-    share: float | None = Field(default=None, ge=0, le=1,
-                                description="The challenger's share of the result's credit (None: by team).")
-
-
-class FeedbackEvent(Event):
+class FeedbackEvent(Event, ActionBase):
     """A like/dislike given on one shown result; `previous_label` is set when a user changes it."""
 
     feedback_id: str
-    inference_id: str
-    resource_id: str
     label: Label
     previous_label: Label | None = None
     rank: int
     model_version: str
-    user_id: str | None = None
-    session_id: str | None = None
     interleaved: Interleaved | None = None
 
 
-class Counts(BaseModel):
-    """Snapshot of the aggregator's counters."""
+class InteractionEvent(Event, ActionBase):
+    """A shown result opened (`dwell_s` None) or its person back after `dwell_s` seconds;
+    `previous_dwell_s` is what a later report replaced (None: the open itself, or its first return)."""
 
-    total: int = 0
-    like: int = 0
-    dislike: int = 0
-    new_since_training: int = 0
-    new_like: int = 0
-    new_dislike: int = 0
+    interaction_id: str
+    rank: int
+    model_version: str
+    opened: bool = Field(description="True for the open itself, False for a later report of its dwell.")
+    dwell_s: float | None = None
+    previous_dwell_s: float | None = None
+    interleaved: Interleaved | None = None
 
 
 class TrainingRequestedEvent(Event):
-    reason: Literal["threshold", "schedule", "manual"]
+    reason: TrainingReason
     counts: Counts = Field(default_factory=Counts)
     # A manual request's own values (epochs, batch_size, ...); they win over the trainer's settings.
     hyperparameters: dict[str, float | int | bool | str] = Field(default_factory=dict)
@@ -95,7 +73,7 @@ class ModelReadyEvent(Event):
     location: str = Field(description="Version folder relative to the registry root.")
     base_model: str
     metrics: dict[str, float] = Field(default_factory=dict)
-    decision: Literal["promoted", "challenger", "retired", "rejected", "skipped", "failed"]
+    decision: ReadyDecision
     reason: str = ""
     request_event_id: str | None = None
     experiment_id: str | None = None
@@ -105,10 +83,10 @@ class ExperimentDecidedEvent(Event):
     """Users decided an online experiment (the aggregator's test); the trainer acts on it."""
 
     experiment_id: str
-    kind: Literal["challenge", "watch"]
+    kind: ExperimentKind
     champion: str
     challenger: str
-    decision: Literal["promote", "retire", "rollback", "keep"]
+    decision: UsersDecision
     reason: str
     evidence: dict[str, Any] = Field(default_factory=dict)
 
@@ -118,13 +96,6 @@ TOPIC_EVENTS: dict[str, type[Event]] = {
     TRAINING_REQUESTED_TOPIC: TrainingRequestedEvent,
     MODEL_READY_TOPIC: ModelReadyEvent,
     EXPERIMENT_DECIDED_TOPIC: ExperimentDecidedEvent,
+    INTERACTION_TOPIC: InteractionEvent,
 }
 
-
-def encode(event: Event) -> bytes:
-    return event.model_dump_json().encode()
-
-
-def decode(topic: str, payload: bytes) -> Event:
-    """Raises `pydantic.ValidationError` for messages that do not match the topic's schema."""
-    return TOPIC_EVENTS[topic].model_validate_json(payload)

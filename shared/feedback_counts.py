@@ -1,7 +1,7 @@
-"""The feedback counting rules: pure functions, unit-tested without a broker.
+"""The counting rules of feedback and interactions: pure functions, unit-tested without a broker.
 
 Both the aggregator (live, from events) and the collector (on demand, from the store) describe
-feedback with these functions, so that their statistics can be compared key for key.
+them with these functions, so that their statistics can be compared key for key.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from shared.events import Counts
-from shared.store import Feedback, TrainingRun
+from shared.evidence.outcomes import open_outcome
+from shared.records import Counts, Feedback, Interaction, TrainingRun
 
 LABELS = ("like", "dislike")
 CountsByVersion = dict[str, dict[str, int]]
@@ -54,6 +54,33 @@ def apply_fresh(counts: Counts, fresh: Fresh | None, label: str, at: float) -> t
     return c, (label, at)
 
 
+def apply_interaction(counts: Counts, opened: bool, dwell_s: float | None,
+                      previous_dwell_s: float | None) -> Counts:
+    """An open adds one; a dwell report moves the open from its last outcome to its new one (only
+    satisfied opens and quick returns are counted by outcome). Plain sums, in any order."""
+    c = counts.model_copy()
+    if opened:
+        c.opens += 1
+    for dwell, step in ((previous_dwell_s, -1), (dwell_s, 1)):
+        if step < 0 and opened:
+            continue
+        outcome = open_outcome(dwell)
+        if outcome in ("satisfied", "quick"):
+            setattr(c, outcome, getattr(c, outcome) + step)
+    return c
+
+
+def apply_fresh_interaction(counts: Counts, fresh: Fresh | None, at: float) -> tuple[Counts, Fresh | None]:
+    """An interaction opened or reported since the last training counts once toward new evidence;
+    returns the counts and its new `Fresh` entry (None: nothing changes)."""
+    c = counts.model_copy()
+    if fresh is None:
+        c.new_interactions += 1
+    elif at <= fresh[1]:
+        return c, None
+    return c, ("open", at)
+
+
 def apply_to_versions(versions: CountsByVersion, version: str, label: str,
                       previous_label: str | None) -> CountsByVersion:
     """Per model version: the version that ranked a result never changes, only its label."""
@@ -76,7 +103,8 @@ def last_training(runs: Iterable[TrainingRun]) -> tuple[datetime | None, datetim
     return latest.started_at, latest.finished_at
 
 
-def count_feedback(feedback: Iterable[Feedback], since: datetime | None
+def count_feedback(feedback: Iterable[Feedback], since: datetime | None,
+                   interactions: Iterable[Interaction] = ()
                    ) -> tuple[Counts, CountsByVersion, dict[str, Fresh]]:
     """What the events would have counted, from the records themselves (the store's view)."""
     counts = Counts()
@@ -87,6 +115,10 @@ def count_feedback(feedback: Iterable[Feedback], since: datetime | None
         if since is None or f.updated_at > since:
             counts, fresh[f.feedback_id] = apply_fresh(counts, None, f.label, f.updated_at.timestamp())
         versions = apply_to_versions(versions, f.model_version, f.label, None)
+    for i in interactions:
+        counts = apply_interaction(counts, True, i.dwell_s, None)
+        if since is None or i.updated_at > since:
+            counts, fresh[i.interaction_id] = apply_fresh_interaction(counts, None, i.updated_at.timestamp())
     return counts, versions, fresh
 
 
@@ -106,3 +138,9 @@ def describe(counts: Counts, versions: CountsByVersion,
                                 "dislike": counts.new_dislike},
         "last_training_at": last_training_at.isoformat() if last_training_at else None,
     }
+
+
+def describe_interactions(counts: Counts) -> dict[str, int]:
+    """The interactions' statistics both the collector and the aggregator show (`interactions`)."""
+    return {"opens": counts.opens, "satisfied": counts.satisfied, "quick": counts.quick,
+            "since_last_training": counts.new_interactions}

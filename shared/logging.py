@@ -24,7 +24,7 @@ class QuietConnectionRetries(logging.Filter):
     """Keeps the Kafka clients' per-attempt connection errors to debug.
 
     They log ERROR for every attempt while a broker is still starting, which reads like a
-    failure; `shared.kafka.BrokerOutage` logs the one error that matters, once the broker has
+    failure; `shared.messaging.broker.BrokerOutage` logs the one error that matters, once the broker has
     stayed unreachable, with what to do.
     """
 

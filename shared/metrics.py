@@ -58,6 +58,16 @@ INFERENCE_LOG_BACKLOG = Gauge("eduranker_inference_log_backlog", "Inferences wai
 
 # Collector
 FEEDBACK = Counter("eduranker_feedback_total", "Feedback received", ["label", "outcome"])
+EXPLORED_SEARCHES = Counter(
+    "eduranker_explored_searches_total",
+    "Searches outside experiments that swapped two neighbours (the click model's share)")
+CLICK_EXAMINATION = Gauge(
+    "eduranker_click_examination",
+    "Chance a result is examined at each rank, relative to rank 1, as the served version's run estimated "
+    "it (bound: estimate, or the 95 % interval's low and high)", ["rank", "bound"])
+INTERACTIONS = Counter("eduranker_interactions_total",
+                       "Opens of shown results (open) and their dwell reports (return) received",
+                       ["kind", "outcome"])
 OUTBOX_BACKLOG = Gauge("eduranker_outbox_backlog", "Feedback events not yet published")
 OUTBOX_OLDEST_AGE = Gauge(
     "eduranker_outbox_oldest_pending_age_seconds", "Age of the oldest unpublished event"

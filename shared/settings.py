@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
@@ -27,6 +27,17 @@ def _seconds(value: object) -> object:
 
 Seconds = Annotated[float, BeforeValidator(_seconds), Field(ge=0)]
 """A duration setting, in seconds."""
+
+
+def _names(value: object) -> object:
+    """Reads "subject, level,type" as ("subject", "level", "type")."""
+    if isinstance(value, str):
+        return tuple(name.strip() for name in value.split(",") if name.strip())
+    return value
+
+
+Names = Annotated[tuple[str, ...], NoDecode, BeforeValidator(_names)]
+"""A comma-separated list setting."""
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 """Training precision; auto: bf16/fp16 on a GPU, bf16 on CPUs with native bf16, fp32 elsewhere."""
@@ -72,7 +83,7 @@ class Settings(BaseSettings):
     onnx_cache_dir: Path | None = None  # exported graphs; unset: <model_dir>/.cache/onnx
     torch_threads: int = 0  # 0: every core this process may use
     # Resource texts embedded, then written to the store, per round: the progress step, and the most
-    # a replica stopped while embedding loses (vectors live in the store, shared/ml/vectors.py).
+    # a replica stopped while embedding loses (vectors live in the store, shared/ml/runtime/vectors.py).
     embedding_chunk: int = Field(default=128, ge=1)
     # The bi-encoder's runtime for resource and query vectors; auto on a CPU: torch in bf16 where it
     # is native (AMX, AVX512-BF16), else ONNX Runtime int8 (both their own vectors, stored apart;
@@ -82,6 +93,10 @@ class Settings(BaseSettings):
     # Catalogue updates: resources added or changed since the BM25 index was built are searched in a
     # delta at once; past this many, the index is rebuilt in the background with them merged.
     delta_merge_at: int = Field(default=2000, ge=1)
+    # The language of resources that do not name theirs: it picks their stemmer and stop words.
+    catalogue_language: str = Field(default="en", min_length=2)
+    # The fields a search may filter and count (facets): a resource's own, or keys of its `fields`.
+    filter_fields: Names = ("subject", "level", "type", "language")
 
     # Serving
     host: str = "127.0.0.1"
@@ -95,13 +110,15 @@ class Settings(BaseSettings):
     collector_url: str = "http://127.0.0.1:8001"
     # The search page's training progress; unset: http://127.0.0.1:<aggregator_port>
     aggregator_url: str | None = None
-    watch_interval_s: float = 2.0
+    watch_interval_s: float = 1.0
     # Search records waiting for the store (it is down); beyond this, searches answer 503.
     inference_log_max_backlog: int = Field(default=10_000, ge=1)
 
     # Training policy (aggregator)
     train_min_feedback: int = 10
     train_min_new_feedback: int = 100
+    # Opens (and their dwell reports) since the last training that ask for one, as new ratings do.
+    train_min_new_interactions: int = Field(default=500, ge=1)
     train_min_per_class: int = 1
     train_max_imbalance: float = 0.95
     # Durations take seconds or a unit: EDURANKER_TRAIN_SCHEDULE_S=60d retrains every two months.
@@ -124,8 +141,11 @@ class Settings(BaseSettings):
     warmup_ratio: float = 0.1
     seed: int = 42
     # The feedback memory's weight for a query's own ratings (+1 a like, -1 a dislike, added to
-    # the fused z-scores); its neighbours' votes are fitted per run (shared/ml/training_run.py).
+    # the fused z-scores); its neighbours' votes are fitted per run (shared/ml/training/run.py).
     memory_weight: float = Field(default=4.0, ge=0)
+    # The newest searches a run reads besides those acted on: where people looked and what they
+    # passed over (shared/evidence), and the click model's traffic.
+    evidence_searches: int = Field(default=20_000, ge=0)
     gate_metric: str = "ndcg@10"
     gate_margin: float = 0.0
     gate_min_prior_auc: float = 0.5
@@ -138,7 +158,7 @@ class Settings(BaseSettings):
     registry_keep_rejected: int = Field(default=5, ge=0)  # newest rejected versions kept on disk
 
     # Promotion. online: a candidate that passes the offline safety checks becomes the challenger and
-    # users decide by interleaving (services/aggregator, shared/sequential.py); offline: the gate alone
+    # users decide by interleaving (services/aggregator, shared/online/betting.py); offline: the gate alone
     # promotes a candidate not worse than the champion and BM25 on validation.
     promotion: Literal["online", "offline"] = "online"
     # Online: how far below BM25 on validation a candidate may be and still be tried on users (the
@@ -146,15 +166,20 @@ class Settings(BaseSettings):
     gate_safety_margin: float = Field(default=0.1, ge=0)
     # Share of reranked searches answered with an interleaved list while a challenger is tried.
     experiment_share: float = Field(default=0.5, ge=0, le=1)
+    # Outside experiments, the share of reranked searches that swap two neighbours, so that the click
+    # model sees results at several ranks (shared/evidence/clicks.py; docs/online.md measures its cost).
+    explore_share: float = Field(default=0.1, ge=0, le=1)
     # After a promotion, the previous champion stays as the comparison on this share (0: no watch).
-    experiment_watch_share: float = Field(default=0.1, ge=0, le=1)
+    experiment_watch_share: float = Field(default=0.5, ge=0, le=1)
     experiment_alpha: float = Field(default=0.05, gt=0, lt=0.5)  # error rate of the sequential test
     experiment_min_impressions: int = Field(default=200, ge=1)  # interleaved searches before any decision
+    # A challenge users have not decided gives way to a newer candidate only after this many.
+    experiment_supersede_impressions: int = Field(default=500, ge=1)
     experiment_max_impressions: int = Field(default=20_000, ge=1)  # no decision by then: champion kept
     experiment_max_s: Seconds = 14 * 86400.0
     experiment_watch_impressions: int = Field(default=5_000, ge=1)  # a watch ends there, champion kept
     experiment_watch_s: Seconds = 7 * 86400.0
-    # Access (shared/auth.py): keys sent in X-API-Key, comma-separated; a role with no key is open.
+    # Access (shared/web/auth.py): keys sent in X-API-Key, comma-separated; a role with no key is open.
     # Admin keys: the trainer's /admin routes and catalogue writes; they also pass every other check.
     admin_keys: SecretStr = SecretStr("")
     feedback_keys: SecretStr = SecretStr("")  # POST /api/feedback and /api/feedback/batch
@@ -165,6 +190,12 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     # The key the reranker's search page adds when it forwards feedback; never sent to browsers.
     page_feedback_key: SecretStr = SecretStr("")
+    # Off loopback, a service refuses to start with a writing role (admin, feedback) that has no key
+    # (shared/web/exposure.py); true opens it on purpose, where only trusted callers reach it.
+    allow_open_writes: bool = False
+    # Where callers reach the service, when not at `host`: a container listens on 0.0.0.0 behind a port
+    # published on this address (docker-compose: 127.0.0.1). The start check reads it instead of host.
+    published_host: str | None = None
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)  # request bodies, every HTTP service
 
     # Production credentials. Kafka: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
@@ -193,13 +224,14 @@ def get_settings() -> Settings:
 Config = TypeVar("Config")
 
 
-def setting(name: str) -> Any:
+def setting(name: str, **metadata: Any) -> Any:
     """A dataclass field that is the setting `name`: its default is the setting's, read once here.
 
     Configuration objects (the training policy, the training run, the gate) declare their fields
     with it; `from_settings` fills them from a `Settings`, so no default is written twice.
+    `metadata`: more about the field, for whoever reads it (a training request's bounds).
     """
-    return field(default=Settings.model_fields[name].default, metadata={"setting": name})
+    return field(default=Settings.model_fields[name].default, metadata={"setting": name, **metadata})
 
 
 def from_settings(cls: type[Config], settings: Settings, **values: Any) -> Config:

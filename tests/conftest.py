@@ -1,7 +1,9 @@
-"""Shared fixtures: the real embedded broker, a tiny BERT built from a config, the sample data."""
+"""Shared fixtures: the real embedded broker, a MongoDB (SecantusDB), a tiny BERT built from a config
+(`tools.tiny_model`), the sample data."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,26 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from shared.broker import EmbeddedBroker
+from shared.messaging.broker import EmbeddedBroker
+from tests.mongodb import MONGODB_URL_ENV, SecantusDB
 from tools.localstack import SERVICES, LocalStack
+from tools.tiny_model import build_tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOGUE = ROOT / "data" / "sample_catalogue.jsonl"
 DATASETS = ROOT.parent / "shared" / "datasets"
-
-
-def build_tiny_bert(folder: Path) -> Path:
-    """A 2-layer, 32-wide BERT with the real MiniLM tokenizer: real model code, seconds to train."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from shared.ml.model import offline_weights
-
-    tokenizer = AutoTokenizer.from_pretrained(offline_weights())
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
-    BertModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +30,18 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def mongodb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a MongoDB server for the session (tests/mongodb.py): each user takes a database of
+    its own (`tests.mongodb.database_url`). SecantusDB on a free loopback port, unless
+    EDURANKER_TEST_MONGODB_URL names a MongoDB to run against instead."""
+    if url := os.environ.get(MONGODB_URL_ENV):
+        yield url
+        return
+    with SecantusDB(tmp_path_factory.mktemp("mongodb") / "data") as server:
+        yield server.url
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""Loading a catalogue of resources from JSONL or CSV into the store."""
+"""Loading a catalogue of resources from JSONL or CSV into the store, added to it or replacing it.
+
+Columns beyond a resource's own (`FIELDS`) are kept in its `fields` when they hold text or a
+number: the catalogue's own fields, filterable where EDURANKER_FILTER_FIELDS names them.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,17 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from shared.store import Resource, open_store
-from shared.store.base import DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS
+from shared.records import DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS, Resource
+from shared.store import open_store
 from tools.collection import json_object
 
 LIMITS = {"title": TITLE_MAX_CHARS, "description": DESCRIPTION_MAX_CHARS}
 FIELDS = ("id", "title", "description", "subject", "level", "type", "url", "language")
+REMOVE_BATCH = 1000
 
 
 log = logging.getLogger(__name__)
@@ -78,20 +83,48 @@ def _resource(path: Path, number: int, row: dict[str, Any], cut: Counter[str]) -
             cut[field] += 1
     if isinstance(row.get("id"), int) and not isinstance(row["id"], bool):
         row = {**row, "id": str(row["id"])}  # numbered catalogues: 7 and "7" are the same resource
+    own = {k: v for k, v in row.items() if k in FIELDS and v not in (None, "")}
+    extra = row.get("fields") if isinstance(row.get("fields"), dict) else {}
+    extra = {**extra, **{k: v for k, v in row.items() if k not in FIELDS and k != "fields"}}
+    kept = {str(k): _text(v) for k, v in extra.items() if _text(v)}
     try:
-        return Resource(**{k: v for k, v in row.items() if k in FIELDS and v not in (None, "")})
+        return Resource(**own, fields=kept)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "resource"
         raise CatalogueError(f"{path}:{number}: {field}: {error['msg']}") from exc
 
 
-async def load_catalogue(store_url: str, path: Path, batch: int = 500) -> int:
+def _text(value: Any) -> str:
+    """A further field's value as text; "" for what is not one value (a list, an object, nothing)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value).strip()
+    return ""
+
+
+class Loaded(NamedTuple):
+    loaded: int
+    removed: int
+
+
+async def load_catalogue(store_url: str, path: Path, batch: int = 500, replace: bool = False) -> Loaded:
+    """Adds or updates the file's resources; with `replace`, also removes every resource the file
+    does not have, so that the catalogue is exactly the file (hidden ones it has stay hidden)."""
+    resources = list(read_catalogue(path))
+    if replace and not resources:
+        raise CatalogueError(f"{path}: no resource in it: --replace would remove the whole catalogue")
     store = await open_store(store_url)
     try:
-        resources = list(read_catalogue(path))
         for start in range(0, len(resources), batch):
             await store.upsert_resources(resources[start:start + batch])
-        return len(resources)
+        removed = 0
+        if replace:
+            keep = {r.id for r in resources}
+            gone = [i for i in await store.resource_ids() if i not in keep]
+            for start in range(0, len(gone), REMOVE_BATCH):
+                removed += await store.remove_resources(gone[start:start + REMOVE_BATCH])
+        return Loaded(len(resources), removed)
     finally:
         await store.close()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import math
+import os
 import random
 import shutil
 import signal
@@ -19,7 +20,9 @@ import httpx
 
 from shared.logging import configure
 from tools.catalogue import CatalogueError
+from tools.client import Client, Refused
 from tools.collection import read_qrels, read_queries
+from tools.people import People, like_rule
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_CATALOGUE = ROOT / "data" / "sample_catalogue.jsonl"
@@ -36,7 +39,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               "Ubuntu: apt-get install prometheus; else https://prometheus.io/download/) or name the "
               "binary: make monitor PROMETHEUS=/path/to/prometheus", file=sys.stderr)
         return 2
-    env: dict[str, str] = {}
+    # Settings given in the environment win over the local defaults: EDURANKER_STORE_URL=mongodb://...
+    # runs the loop on that MongoDB, EDURANKER_KAFKA_BOOTSTRAP on that Kafka.
+    env = {name: value for name, value in os.environ.items() if name.startswith("EDURANKER_")}
     offline_defaults(env)
     stack = LocalStack(Path(args.workdir), env=env, fixed_ports=True)
     prometheus: LocalPrometheus | None = None
@@ -130,16 +135,10 @@ def cmd_load_catalogue(args: argparse.Namespace) -> int:
     from shared.settings import get_settings
     from tools.catalogue import load_catalogue
 
-    count = asyncio.run(load_catalogue(get_settings().store_url, Path(args.path)))
-    print(f"loaded {count} resources from {args.path}")
+    loaded = asyncio.run(load_catalogue(get_settings().store_url, Path(args.path), replace=args.replace))
+    removed = f", removed {loaded.removed} not in it" if args.replace else ""
+    print(f"loaded {loaded.loaded} resources from {args.path}{removed}")
     return 0
-
-
-def like_rule(query: str, result: dict) -> bool:
-    """A simple stand-in for a person: like results that share most of the query's words."""
-    words = {w for w in query.lower().split() if len(w) > 3}
-    text = f"{result['title']} {result.get('description', '')} {result.get('subject', '')}".lower()
-    return bool(words) and sum(w in text for w in words) / len(words) >= 0.5
 
 
 class TrafficStopped(Exception):
@@ -151,41 +150,41 @@ def play(args: argparse.Namespace, queries: list[tuple[str, str]],
     """Searches and rates until `args.count` feedback are accepted; returns the counts and the
     start time."""
     rng = random.Random(args.seed)
+    people = People.attentive(args.skip)
     sent: Counter[str] = Counter()
     started = time.monotonic()
     found_nothing = 0
-    with httpx.Client(timeout=30) as client:
+    with Client(args.reranker, args.collector, timeout=30) as client:
         while sent["feedback"] < args.count:
             qid, query = rng.choice(queries)
-            response = client.post(f"{args.reranker}/api/reranking/search-with-reranking",
-                                   json={"query_text": query, "use_reranker": True, "top_k": args.top_k})
-            if response.status_code != 200:
-                raise TrafficStopped(f"search refused ({response.status_code}): {response.text[:300]}")
-            body = response.json()
+            try:
+                body = client.search(query, top_k=args.top_k)
+            except Refused as exc:
+                raise TrafficStopped(str(exc)) from None
             sent["searches"] += 1
-            found_nothing = 0 if body["results"] else found_nothing + 1
+            results = body["results"]
+            found_nothing = 0 if results else found_nothing + 1
             if found_nothing >= max(100, 3 * len(queries)):
                 raise TrafficStopped(f"the last {found_nothing} searches found nothing: do the queries "
                                      f"({args.queries}) match the catalogue the reranker serves?")
-            for result in body["results"]:
-                if sent["feedback"] >= args.count or rng.random() < args.skip:
-                    continue
-                if qrels is not None:
-                    liked = qrels[qid].get(result["resource_id"], 0) >= args.min_relevance
-                else:
-                    liked = like_rule(query, result)
-                label = "like" if liked else "dislike"
+            if qrels is not None:
+                liked = {r["resource_id"] for r in results
+                         if qrels[qid].get(r["resource_id"], 0) >= args.min_relevance}
+            else:
+                liked = {r["resource_id"] for r in results if like_rule(query, r)}
+            for position, label in people.rate([r["resource_id"] for r in results], liked, rng):
+                if sent["feedback"] >= args.count:
+                    break
                 if args.rate > 0:  # paced from the start, so slow requests do not lower the rate
                     time.sleep(max(0.0, started + sent["feedback"] / args.rate - time.monotonic()))
-                answer = client.post(f"{args.collector}/api/feedback", json={
-                    "inference_id": body["inference_id"], "resource_id": result["resource_id"],
-                    "feedback": label, "session_id": f"traffic-{args.seed}", "is_test": args.mark_test,
-                })
-                if answer.status_code != 200:
+                try:
+                    client.feedback(body["inference_id"], results[position]["resource_id"], label,
+                                    session_id=f"traffic-{args.seed}", is_test=args.mark_test)
+                except Refused as exc:
                     sent["refused"] += 1
-                    print(f"feedback refused ({answer.status_code}): {answer.text[:300]}")
+                    print(exc)
                     if sent["refused"] >= 10:
-                        raise TrafficStopped("10 feedback refused: stopping")
+                        raise TrafficStopped("10 feedback refused: stopping") from None
                     continue
                 sent["feedback"] += 1
                 sent[label] += 1
@@ -195,7 +194,8 @@ def play(args: argparse.Namespace, queries: list[tuple[str, str]],
 def cmd_traffic(args: argparse.Namespace) -> int:
     """Plays searches and likes/dislikes through the real HTTP API (the guide's test flow).
 
-    Labels come from `like_rule`, or with `--qrels` from relevance judgments: a shown resource
+    The people are `People.attentive` (every result read, `--skip` of them left unrated); what
+    they like comes from `like_rule`, or with `--qrels` from relevance judgments: a shown resource
     judged at least `--min-relevance` for the query is liked, any other one disliked (BEIR
     counts unjudged documents as not relevant). `--rate` paces the feedback, `--count` ends it.
     """
@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=cmd_run)
     load = sub.add_parser("load-catalogue", help="load resources from a JSONL or CSV file into the store")
     load.add_argument("path")
+    load.add_argument("--replace", action="store_true",
+                      help="make the catalogue exactly the file: remove every resource it does not have")
     load.set_defaults(func=cmd_load_catalogue)
     traffic = sub.add_parser("traffic", help="play searches and feedback through the HTTP API")
     traffic.add_argument("--reranker", default="http://127.0.0.1:8000")

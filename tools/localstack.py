@@ -21,8 +21,8 @@ from typing import TypeVar
 
 import httpx
 
-from shared.broker import EmbeddedBroker, free_port
-from shared.kafka import ensure_topics
+from shared.messaging.admin import ensure_topics
+from shared.messaging.broker import EmbeddedBroker, free_port
 from shared.settings import OFFLINE_BASE_MODEL, Settings
 from tools.catalogue import load_catalogue
 
@@ -58,7 +58,18 @@ class StackError(RuntimeError):
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on `port` and a server may bind it as uvicorn does.
+
+    Whether something listens is asked with a connection. The bind that follows sets SO_REUSEADDR,
+    like uvicorn: connections a stopped server closed (a browser's keep-alive ones) linger in
+    FIN-WAIT or TIME_WAIT for up to a minute, and a bind without it would call the port taken.
+    """
     with socket.socket() as sock:
+        sock.settimeout(1.0)
+        if sock.connect_ex((host, port)) == 0:
+            return False
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -107,7 +118,7 @@ class LocalStack:
         ensure_topics(self.settings)
 
     def load_catalogue(self, path: Path) -> int:
-        return asyncio.run(load_catalogue(self.settings.store_url, path))
+        return asyncio.run(load_catalogue(self.settings.store_url, path)).loaded
 
     def start_service(self, name: str) -> None:
         env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}

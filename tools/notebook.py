@@ -1,8 +1,9 @@
 """What the fine-tuning notebook shows beyond a training run: data checks, tables, figures.
 
-The notebook's cells call this module and the trainer's own steps (`shared.ml`: `dataset`,
-`training_run`, `train`, `evaluate`, `registry`, `report`), so what a person explores there is
-exactly what the trainer does; nothing here trains or scores in a way of its own.
+The notebook's cells call this module and the trainer's own steps (`shared.ml.training`: `dataset`,
+`run`, `train`, `evaluate`, `report`; `shared.ml.registry`), so what a person explores there is
+exactly what the trainer does; nothing here trains or scores in a way of its own, and the
+champion moves only through the trainer's lifecycle (`services/trainer/lifecycle.py`).
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ import torch
 from matplotlib.figure import Figure
 from sentence_transformers import CrossEncoder
 
-from shared.ml.dataset import Pair, group_by_query, normalise_query
-from shared.ml.evaluate import Evaluation
-from shared.ml.gate import Decision, Gate, promotes_online
-from shared.ml.model import cross_scores
-from shared.ml.pipeline import PipelineSpec, RankingModel
+from services.trainer.lifecycle import move_champion
+from shared.ml.ranking.pipeline import PipelineSpec, RankingModel
+from shared.ml.ranking.retrieval import CatalogueIndex
 from shared.ml.registry import Registry
-from shared.ml.report import COMPARED, gains
-from shared.ml.retrieval import CatalogueIndex
-from shared.ml.train import TrainConfig
-from shared.ml.training_run import CandidateResult, TrainingData, read_training_data, summarise
+from shared.ml.runtime.loading import cross_scores
+from shared.ml.training.dataset import Pair, group_by_query
+from shared.ml.training.evaluate import Evaluation
+from shared.ml.training.gate import Gate, promotes_online
+from shared.ml.training.hyperparameters import TrainConfig
+from shared.ml.training.report import COMPARED, gains
+from shared.ml.training.run import CandidateResult, TrainingData, read_training_data, summarise
+from shared.records import Feedback, ModelVersion, normalise_query
 from shared.settings import Settings, from_settings
-from shared.store import Feedback, ModelVersion, Store
+from shared.store import Store
+from shared.vocab import GateDecision
 
 GENERATE_HINT = "python -m tools.sample_feedback --count 200"
 
@@ -64,7 +68,7 @@ class NotebookGate(Gate):
     `promote` made of it."""
 
     promote: bool = False
-    verdict: tuple[Decision, str] | None = field(default=None, init=False)
+    verdict: tuple[GateDecision, str] | None = field(default=None, init=False)
 
     @classmethod
     def for_notebook(cls, settings: Settings, promote: bool) -> NotebookGate:
@@ -72,7 +76,7 @@ class NotebookGate(Gate):
         return from_settings(cls, settings, online=promotes_online(settings), promote=promote)
 
     def review(self, candidate: dict[str, float], champion: dict[str, float],
-               bm25: dict[str, float], prior_auc: float | None = None) -> tuple[Decision, str]:
+               bm25: dict[str, float], prior_auc: float | None = None) -> tuple[GateDecision, str]:
         decision, reason = super().review(candidate, champion, bm25, prior_auc)
         self.verdict = (decision, reason)
         if decision != "rejected" and not self.promote:
@@ -94,7 +98,8 @@ async def load_store_data(store: Store, include_test: bool = False) -> StoreData
     """What the trainer reads from the store, plus the counts the guide's section 2 shows."""
     data = await read_training_data(store, include_test)
     return StoreData(feedback=data.feedback, inferences=data.inferences, resources=data.resources,
-                     test_feedback=data.test_feedback, inference_counts=await store.count_inferences())
+                     test_feedback=data.test_feedback, interactions=data.interactions,
+                     inference_counts=await store.count_inferences())
 
 
 def inference_stats(data: StoreData) -> pd.DataFrame:
@@ -353,8 +358,10 @@ def try_query(cross: CrossEncoder, index: CatalogueIndex, query: str, top_k: int
 
 
 # Save
-async def record_version(store: Store, result: CandidateResult, base_model: str) -> ModelVersion:
-    """The store's index of registry versions, as the trainer keeps it.
+async def record_version(store: Store, registry: Registry, result: CandidateResult,
+                         base_model: str) -> ModelVersion:
+    """The store's index of registry versions, as the trainer keeps it; then, when the gate promoted
+    the version, the champion pointer (index first, as the trainer's lifecycle does).
 
     No training run is recorded: runs drive the aggregator's "since last training" counts, and a
     notebook experiment should not reset the automatic policy.
@@ -363,6 +370,8 @@ async def record_version(store: Store, result: CandidateResult, base_model: str)
                            status="promoted" if result.promoted else "rejected", base_model=base_model,
                            metrics=summarise(result.metadata["metrics"]))
     await store.save_model_version(version)
+    if result.promoted:
+        move_champion(registry, result.version)
     return version
 
 

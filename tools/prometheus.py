@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import yaml
 
-from shared.broker import die_with_parent, free_port, terminate
+from shared.messaging.broker import die_with_parent, free_port, terminate
 
 log = logging.getLogger(__name__)
 

@@ -2,9 +2,11 @@
 
 For trying the notebook or the trainer without running the services. Each sample query is
 searched with first-stage BM25 over the catalogue, the search is logged as an inference, and
-the shown results get a like or a dislike from the same stand-in for a person that the
-`traffic` command uses through the HTTP API (`tools.cli.like_rule`). Feedback goes through
-`Store.record_feedback`, so its events are queued in the outbox like the collector's.
+the shown results get a like or a dislike from the same simulated people that the `traffic`
+command plays through the HTTP API (`tools.people`: `People.attentive` with `like_rule`), a
+different session for each search, as different people would (the evidence counts each person
+once). Feedback goes through `Store.record_feedback`, so its events are queued in the outbox like
+the collector's.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from shared.events import new_id
-from shared.ml.retrieval import CatalogueIndex
-from shared.store import Feedback, Inference, ShownResult, Store, open_store
+from shared.ml.ranking.retrieval import CatalogueIndex
+from shared.records import Feedback, Inference, ShownResult, new_id
+from shared.store import Store, open_store
 from tools.catalogue import read_catalogue
-from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES, like_rule
+from tools.cli import SAMPLE_CATALOGUE, SAMPLE_QUERIES
 from tools.collection import read_queries
 from tools.local_settings import local_settings
+from tools.people import People, like_rule
 
 SAMPLE_MODEL_VERSION = "sample-bm25"
 """What produced the sample rankings: BM25 alone, never a served model version."""
@@ -52,6 +55,7 @@ async def generate(store: Store, count: int, queries: list[str], seed: int = 0, 
         raise ValueError("the store has no resources: load a catalogue first (ensure_catalogue)")
     index = CatalogueIndex(resources)
     rng = random.Random(seed)
+    people = People.attentive(skip)
     sent: Counter[str] = Counter()
     order: list[str] = []
     found_nothing = 0
@@ -61,7 +65,6 @@ async def generate(store: Store, count: int, queries: list[str], seed: int = 0, 
         query = order.pop()
         positions, scores = index.bm25_top(query, top_k)
         if positions.size == 0:
-            sent["empty_searches"] += 1
             found_nothing += 1
             if found_nothing >= 2 * len(queries):  # holds a whole shuffled round: none can match
                 raise ValueError("no query matches the catalogue: nothing to rate")
@@ -73,14 +76,16 @@ async def generate(store: Store, count: int, queries: list[str], seed: int = 0, 
                               use_reranker=False, results=shown, latency_ms=0.0)
         await store.add_inferences([inference])
         sent["searches"] += 1
-        for result, position in zip(shown, positions, strict=True):
-            if sent["feedback"] >= count or rng.random() < skip:
-                continue
-            label = "like" if like_rule(query, index.resources[position].model_dump()) else "dislike"
+        liked = {r.resource_id for r, p in zip(shown, positions, strict=True)
+                 if like_rule(query, index.resources[p].model_dump())}
+        for i, label in people.rate([r.resource_id for r in shown], liked, rng):
+            if sent["feedback"] >= count:
+                break
+            result = shown[i]
             await store.record_feedback(Feedback(
                 feedback_id=new_id(), inference_id=inference.inference_id, resource_id=result.resource_id,
                 label=label, rank=result.rank, model_version=SAMPLE_MODEL_VERSION,
-                session_id=f"sample-{seed}", is_test=is_test,
+                session_id=f"sample-{seed}-{sent['searches']}", is_test=is_test,
             ))
             sent["feedback"] += 1
             sent[label] += 1

@@ -4,10 +4,10 @@ import logging
 import sys
 from typing import TYPE_CHECKING
 
-from shared.events import ALL_TOPICS
-from shared.kafka import DEADLETTER_TOPIC, delete_topic, ensure_topics, unreadable_partitions
 from shared.logging import configure
+from shared.messaging.admin import delete_topic, ensure_topics, unreadable_partitions
 from shared.settings import Settings, get_settings
+from shared.web.exposure import refuse_unsafe_start
 
 if TYPE_CHECKING:
     from faust.types import TopicT
@@ -37,7 +37,8 @@ def drop_unreadable_changelog(settings: Settings, changelog: "TopicT") -> None:
 if __name__ == "__main__":
     settings = get_settings()
     configure("aggregator", settings)
-    ensure_topics(settings, (*ALL_TOPICS, DEADLETTER_TOPIC))
+    refuse_unsafe_start(settings, "aggregator")  # its web pages only read: no writing role to check
+    ensure_topics(settings)
     from services.aggregator.app import TABLE, create_app
 
     app = create_app(settings)

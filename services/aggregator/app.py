@@ -6,7 +6,6 @@ one screen; what they do is `worker.Aggregator`'s.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -15,14 +14,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.aggregator.table import OnePartitionTable, State
 from services.aggregator.worker import Aggregator
-from shared.broker import BrokerOutage
 from shared.events import (
     EXPERIMENT_DECIDED_TOPIC,
     FEEDBACK_TOPIC,
+    INTERACTION_TOPIC,
     MODEL_READY_TOPIC,
     TRAINING_REQUESTED_TOPIC,
 )
-from shared.kafka import DEADLETTER_TOPIC, faust_credentials
+from shared.messaging.broker import BrokerOutage
+from shared.messaging.config import kafka_connection
+from shared.messaging.deadletters import DEADLETTER_TOPIC
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ def create_app(settings: Settings) -> faust.App:
     shorten_fetch_wait()
     app = faust.App(
         "eduranker-aggregator",
-        broker=[f"kafka://{b}" for b in settings.kafka_bootstrap.split(",")],
-        broker_credentials=faust_credentials(settings),  # SASL/SSL: the same settings as every client
+        # Brokers, SASL/TLS and group timeouts: the same settings as every client.
+        **kafka_connection(settings).faust(),
         store="memory://",
         topic_partitions=settings.kafka_topic_partitions,
         topic_replication_factor=1,
@@ -76,11 +77,6 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.aggregator_port,
         web_bind=settings.host,
         datadir=str(settings.faust_datadir),
-        # Short group timeouts: the embedded broker holds a first join for the rebalance timeout.
-        broker_session_timeout=6.0,
-        broker_heartbeat_interval=1.0,
-        broker_rebalance_timeout=10.0,
-        broker_max_poll_interval=10.0,
         broker_commit_every=500,  # each commit flushes the changelog first: about one per batch
         broker_commit_interval=1.0,
         # A broker that restarted empty has a changelog shorter than what this worker already
@@ -89,7 +85,7 @@ def create_app(settings: Settings) -> faust.App:
         recovery_consistency_check=False,
     )
     raw = {"value_serializer": "raw", "key_serializer": "raw"}
-    names = (FEEDBACK_TOPIC, MODEL_READY_TOPIC, TRAINING_REQUESTED_TOPIC, DEADLETTER_TOPIC,
+    names = (FEEDBACK_TOPIC, INTERACTION_TOPIC, MODEL_READY_TOPIC, TRAINING_REQUESTED_TOPIC, DEADLETTER_TOPIC,
              EXPERIMENT_DECIDED_TOPIC)
     topics = {name: app.topic(name, **raw) for name in names}
     state = State(app.tables.add(OnePartitionTable(app, name=TABLE, default=None, partitions=1,
@@ -117,6 +113,12 @@ def create_app(settings: Settings) -> faust.App:
                                                within=settings.aggregator_batch_wait_s):
             await aggregator.on_messages(FEEDBACK_TOPIC, [(e.value, e.message) for e in events])
 
+    @app.agent(topics[INTERACTION_TOPIC])
+    async def count_interaction_events(stream: Any) -> None:
+        async for events in stream.take_events(settings.aggregator_batch_max,
+                                               within=settings.aggregator_batch_wait_s):
+            await aggregator.on_messages(INTERACTION_TOPIC, [(e.value, e.message) for e in events])
+
     @app.agent(topics[MODEL_READY_TOPIC])
     async def training_done(stream: Any) -> None:
         async for event in stream.events():
@@ -128,7 +130,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=outage.probe_every_s)
     async def watch_broker() -> None:
-        await asyncio.to_thread(outage.check)
+        await outage.acheck()
 
     @app.page("/stats")
     async def stats_view(web: Any, request: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The aggregator's part in online experiments: credit each interleaved feedback once, ask the test.
+"""The aggregator's part in online experiments: credit each interleaved action once, ask the test.
 
 The running experiment comes from the store (the trainer records it). Its tally lives in the
 aggregator's table with the other counts and is written in the same commit record, so the
@@ -16,23 +16,34 @@ from typing import Any
 
 from services.aggregator.table import ExperimentCredit, Recount, State
 from shared import metrics
-from shared.events import ExperimentDecidedEvent, FeedbackEvent
-from shared.interleaving import Live, rated, recount, share_of
-from shared.sequential import Limits, Verdict, describe, judge
-from shared.store import Experiment, Feedback, Store
+from shared.events import ExperimentDecidedEvent, FeedbackEvent, InteractionEvent
+from shared.evidence.outcomes import open_value, rating_value
+from shared.online.credit import Live, rated, recount, share_of, unit_key
+from shared.online.decision import Limits, Verdict, describe, judge
+from shared.records import Experiment, Feedback, Interaction
+from shared.store import Store
 
 log = logging.getLogger(__name__)
 
 
-def impression_key(experiment_id: str, inference_id: str) -> str:
-    return f"imp:{experiment_id}:{inference_id}"
+def impression_key(experiment_id: str, unit: str) -> str:
+    """The table key of a unit's credit (one voice on one query: `shared.online.credit.unit_key`)."""
+    return f"imp:{experiment_id}:{unit}"
 
 
 def query_entry(experiment_id: str, query_key: str) -> str:
     return f"q:{experiment_id}:{query_key}"
 
 
-def credit(state: State, event: FeedbackEvent,
+def value_change(event: FeedbackEvent | InteractionEvent) -> float:
+    """How much the event changes its result's value (a label replaced, an open's dwell reported)."""
+    if isinstance(event, FeedbackEvent):
+        return rating_value(event.label) - rating_value(event.previous_label)
+    before = 0.0 if event.opened else open_value(event.previous_dwell_s)
+    return open_value(event.dwell_s) - before
+
+
+def credit(state: State, event: FeedbackEvent | InteractionEvent,
            running: Experiment | None) -> tuple[str, Live, ExperimentCredit] | None:
     """What counting `event` does to the running experiment (None: not one of its results)."""
     tagged = event.interleaved
@@ -42,21 +53,26 @@ def credit(state: State, event: FeedbackEvent,
     if counting != running.experiment_id:
         state.adopt(running.experiment_id)
         live = Live()
-    impression = impression_key(running.experiment_id, event.inference_id)
+    unit = unit_key(event.user_id, event.session_id, event.inference_id, tagged.query_key)
+    impression = impression_key(running.experiment_id, unit)
     query = query_entry(running.experiment_id, tagged.query_key)
     live, credit_after, query_after = live.credited(state.credit(impression), state.credit(query),
-                                                    share_of(tagged.team, tagged.share), event.label,
-                                                    event.previous_label)
+                                                    share_of(tagged.team, tagged.share), value_change(event))
     return running.experiment_id, live, (impression, credit_after, query, query_after)
 
 
-def recounted(experiment: Experiment | None, feedback: Iterable[Feedback]) -> Recount | None:
-    """The experiment's tally and credit entries from stored feedback (a rebuild's read)."""
+def recounted(experiment: Experiment | None, feedback: Iterable[Feedback],
+              interactions: Iterable[Interaction] = ()) -> Recount | None:
+    """The experiment's tally and credit entries from stored actions (a rebuild's read)."""
     if experiment is None:
         return None
     experiment_id = experiment.experiment_id
-    mine = [f for f in feedback if f.interleaved is not None and f.interleaved.experiment_id == experiment_id]
-    tally, credits = recount(rated(mine))
+
+    def mine(actions: Iterable[Feedback | Interaction]) -> list:
+        return [a for a in actions
+                if a.interleaved is not None and a.interleaved.experiment_id == experiment_id]
+
+    tally, credits = recount(rated(mine(feedback), mine(interactions)))
     entries: dict[str, tuple[int, ...]] = {impression_key(experiment_id, i): c for i, c in credits.items()}
     entries |= {query_entry(experiment_id, q): c for q, c in tally.queries.items()}
     return experiment_id, Live.of(tally), entries
@@ -107,7 +123,7 @@ class Tracker:
         self.running = await db.running_experiment()
         self.impressions = await db.count_impressions(self.running.experiment_id) if self.running else 0
 
-    async def running_for(self, db: Store, event: FeedbackEvent) -> Experiment | None:
+    async def running_for(self, db: Store, event: FeedbackEvent | InteractionEvent) -> Experiment | None:
         """The running experiment, read again when an event names one not known yet (it just started)."""
         tagged = event.interleaved
         known = self.running.experiment_id if self.running else None

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.events import Counts
+from shared.records import Counts, Experiment
 from shared.settings import Settings, from_settings, setting
-from shared.store import Experiment
 
 
 @dataclass(frozen=True)
@@ -16,6 +15,8 @@ class Policy:
 
     min_total: int = setting("train_min_feedback")
     min_new: int = setting("train_min_new_feedback")
+    min_new_interactions: int = setting("train_min_new_interactions")
+    supersede_impressions: int = setting("experiment_supersede_impressions")
     min_per_class: int = setting("train_min_per_class")
     max_imbalance: float = setting("train_max_imbalance")
     cooldown_s: float = setting("train_cooldown_s")
@@ -52,17 +53,24 @@ def evaluate(counts: Counts, timing: Timing, policy: Policy, now: float,
     """Checks the conditions in a fixed order; the first that fails is the one reported.
 
     A running experiment gets its minimum of `impressions` before the next training: the new
-    candidate would end it (`superseded`) before users could decide anything. Past the minimum,
-    an experiment users have not decided yet gives way to a candidate trained on more feedback
-    (an undecided challenger is close to the champion; the fresher one carries what users
-    taught since), and a watch has had its chance to catch a clear regression.
+    candidate would end it (`superseded`) before users could decide anything. A challenge gets
+    at least `supersede_impressions` (opens give each search less evidence than a rating, and
+    come on every search: without it a challenger was superseded by the next run before users
+    could tell it apart); past that, a challenge users have not decided gives way to a candidate
+    trained on more evidence (an undecided challenger is close to the champion; the fresher one
+    carries what users taught since). A watch has its chance to catch a clear regression at its
+    minimum.
     """
-    if experiment is not None and impressions < experiment.min_impressions:
+    needed = 0
+    if experiment is not None:
+        needed = experiment.min_impressions
+        if experiment.kind == "challenge":
+            needed = max(needed, policy.supersede_impressions)
+    if experiment is not None and impressions < needed:
         what = (f"users are comparing {experiment.challenger} with {experiment.champion} online"
                 if experiment.kind == "challenge" else
                 f"watching {experiment.champion} against {experiment.challenger}, the champion it replaced")
-        return Verdict(blocked_by=f"{what}: {impressions} of {experiment.min_impressions} impressions "
-                                  "before the next training")
+        return Verdict(blocked_by=f"{what}: {impressions} of {needed} impressions before the next training")
     if timing.pending_since and now - timing.pending_since < policy.pending_timeout_s:
         return Verdict(blocked_by="a training request is waiting for the trainer")
     if timing.retry_at and now < timing.retry_at:
@@ -71,23 +79,36 @@ def evaluate(counts: Counts, timing: Timing, policy: Policy, now: float,
     if timing.last_request_at and now - timing.last_request_at < policy.cooldown_s:
         left = policy.cooldown_s - (now - timing.last_request_at)
         return Verdict(blocked_by=f"cooldown: {left:.0f}s left")
-    if counts.total < policy.min_total:
-        return Verdict(blocked_by=f"{counts.total} feedback, fewer than the minimum {policy.min_total}")
-    if min(counts.like, counts.dislike) < policy.min_per_class:
-        return Verdict(blocked_by=f"{counts.like} likes and {counts.dislike} dislikes: "
-                                  f"each label needs {policy.min_per_class}")
-    majority = max(counts.like, counts.dislike) / counts.total
+    # Evidence: ratings and opens alike (shared/evidence); for and against a result, the likes and
+    # satisfied opens against the dislikes and quick returns. Said in ratings' words where there
+    # are no opens (the original guide's feedback alone).
+    opens = counts.opens > 0
+    evidence = counts.total + counts.opens
+    if evidence < policy.min_total:
+        what = "feedback and opens" if opens else "feedback"
+        return Verdict(blocked_by=f"{evidence} {what}, fewer than the minimum {policy.min_total}")
+    if min(counts.positive, counts.negative) < policy.min_per_class:
+        sides = (f"{counts.positive} likes or satisfied opens and {counts.negative} dislikes or quick "
+                 "returns: each side" if opens else f"{counts.like} likes and {counts.dislike} dislikes: "
+                 "each label")
+        return Verdict(blocked_by=f"{sides} needs {policy.min_per_class}")
+    majority = max(counts.positive, counts.negative) / max(1, counts.positive + counts.negative)
     if majority > policy.max_imbalance:
-        return Verdict(blocked_by=f"one label is {majority:.0%} of the feedback, "
+        what = "side is" if opens else "label is"
+        return Verdict(blocked_by=f"one {what} {majority:.0%} of the {'evidence' if opens else 'feedback'}, "
                                   f"above the maximum {policy.max_imbalance:.0%}")
-    if counts.new_since_training >= policy.min_new:
+    if counts.new_since_training >= policy.min_new or counts.new_interactions >= policy.min_new_interactions:
         return Verdict(reason="threshold")
     reference = timing.last_training_at or timing.last_request_at or timing.counting_since
     due = bool(policy.schedule_s and reference and now - reference >= policy.schedule_s)
-    if due and counts.new_since_training > 0:
+    if due and (counts.new_since_training > 0 or counts.new_interactions > 0):
         return Verdict(reason="schedule")
-    return Verdict(blocked_by=f"{counts.new_since_training} new feedback since the last training, "
-                              f"fewer than {policy.min_new}")
+    if not opens:
+        return Verdict(blocked_by=f"{counts.new_since_training} new feedback since the last training, "
+                                  f"fewer than {policy.min_new}")
+    return Verdict(blocked_by=f"{counts.new_since_training} new feedback and {counts.new_interactions} new "
+                              f"opens since the last training, fewer than {policy.min_new} and "
+                              f"{policy.min_new_interactions}")
 
 
 def decide(counts: Counts, timing: Timing, policy: Policy, now: float,

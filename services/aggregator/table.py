@@ -32,10 +32,10 @@ import faust
 from faust.stores import memory
 
 from services.aggregator.policy import Timing
-from shared.events import Counts
 from shared.feedback_counts import CountsByVersion, Fresh
-from shared.interleaving import Credit, Live, QueryCredit, net
-from shared.sequential import NO_STAKES, moved
+from shared.online.betting import NO_STAKES, moved
+from shared.online.credit import Credit, Live, QueryCredit, net
+from shared.records import Counts
 
 ExperimentCredit = tuple[str, Credit, str, QueryCredit]
 """One count's experiment entries: impression key, its credit, query key, the query's credit."""

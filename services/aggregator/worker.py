@@ -37,22 +37,26 @@ from shared import metrics
 from shared.events import (
     EXPERIMENT_DECIDED_TOPIC,
     TRAINING_REQUESTED_TOPIC,
-    Counts,
     ExperimentDecidedEvent,
     FeedbackEvent,
+    InteractionEvent,
     ModelReadyEvent,
     TrainingRequestedEvent,
-    encode,
 )
 from shared.feedback_counts import (
     apply_feedback,
     apply_fresh,
+    apply_fresh_interaction,
+    apply_interaction,
     apply_to_versions,
     count_feedback,
     describe,
+    describe_interactions,
     last_training,
 )
-from shared.kafka import DEADLETTER_TOPIC, decode_or_reason, set_aside
+from shared.messaging.codec import decode_or_reason, encode
+from shared.messaging.deadletters import DEADLETTER_TOPIC, set_aside
+from shared.records import Counts
 from shared.settings import Settings
 from shared.store import Store, StoreUnavailableError, store_from
 
@@ -65,7 +69,8 @@ Publish = Callable[[str, bytes | None, bytes], Awaitable[None]]
 
 
 class Aggregator:
-    """Counts feedback once, tracks the running experiment, asks for training when the policy says."""
+    """Counts feedback and interactions once, tracks the running experiment, asks for training when
+    the policy says."""
 
     def __init__(self, settings: Settings, state: State, publish: Publish,
                  settled: Callable[[], bool]) -> None:
@@ -112,10 +117,10 @@ class Aggregator:
         await self.tracker.refresh(db)  # before the snapshot: feedback on an experiment follows its start
         snapshot = await db.feedback_snapshot(datetime.now(UTC) - timedelta(seconds=self.dedup_window_s))
         since, finished = last_training(runs)
-        counts, versions, fresh = count_feedback(snapshot.feedback, since)
+        counts, versions, fresh = count_feedback(snapshot.feedback, since, snapshot.interactions)
         now = time.time()
         state.replace(counts, versions, fresh, snapshot.event_ids, now,
-                      recounted(self.tracker.running, snapshot.feedback))
+                      recounted(self.tracker.running, snapshot.feedback, snapshot.interactions))
         timing = state.timing()
         first = min((f.created_at for f in snapshot.feedback), default=None)
         timing = replace(timing, last_training_at=finished.timestamp() if finished else 0.0,
@@ -142,8 +147,9 @@ class Aggregator:
             return False
         return True
 
-    async def count(self, events: list[FeedbackEvent], source: str) -> int:
-        """Counts each feedback event once (returns how many were new); the caller holds `lock`.
+    async def count(self, events: list[FeedbackEvent | InteractionEvent], source: str) -> int:
+        """Counts each feedback or interaction event once (returns how many were new); the caller
+        holds `lock`.
 
         One at a time in memory, with the policy and the experiment's test asked after each, as if
         counted alone; the table gets one commit for them all (`State.batch`), or one before a
@@ -160,20 +166,25 @@ class Aggregator:
             self.export(*state.tally()[:2])
         return counted
 
-    async def _count_one(self, event: FeedbackEvent, source: str) -> int:
+    async def _count_one(self, event: FeedbackEvent | InteractionEvent, source: str) -> int:
         state = self.state
         if state.seen(event.event_id):
             metrics.AGG_DUPLICATES.inc()
             return 0
         counts, versions, _ = state.tally()
-        counts = apply_feedback(counts, event.label, event.previous_label)
-        versions = apply_to_versions(versions, event.model_version, event.label, event.previous_label)
-        counts, fresh = apply_fresh(counts, state.fresh(event.feedback_id), event.label,
-                                    event.occurred_at.timestamp())
+        at = event.occurred_at.timestamp()
+        if isinstance(event, FeedbackEvent):
+            record_id = event.feedback_id
+            counts = apply_feedback(counts, event.label, event.previous_label)
+            versions = apply_to_versions(versions, event.model_version, event.label, event.previous_label)
+            counts, fresh = apply_fresh(counts, state.fresh(record_id), event.label, at)
+        else:
+            record_id = event.interaction_id
+            counts = apply_interaction(counts, event.opened, event.dwell_s, event.previous_dwell_s)
+            counts, fresh = apply_fresh_interaction(counts, state.fresh(record_id), at)
         credited = credit(state, event, await self.tracker.running_for(await self.store(), event))
         now = time.time()
-        state.record(counts, versions, event.event_id, (event.feedback_id, fresh) if fresh else None, now,
-                     credited)
+        state.record(counts, versions, event.event_id, (record_id, fresh) if fresh else None, now, credited)
         timing = state.timing()
         if not timing.counting_since:
             state.set_timing(replace(timing, counting_since=now))
@@ -238,14 +249,14 @@ class Aggregator:
             message.topic, message.value, reason, message.partition, message.offset))
 
     async def on_messages(self, topic: str, messages: list[tuple[bytes, Any]]) -> None:
-        """Messages of the feedback or model-ready topic, (value, message) in order: decoded, then
-        counted (together) or reported; malformed ones are set aside."""
-        feedback: list[FeedbackEvent] = []
+        """Messages of the feedback, interaction or model-ready topic, (value, message) in order:
+        decoded, then counted (together) or reported; malformed ones are set aside."""
+        feedback: list[FeedbackEvent | InteractionEvent] = []
         for value, message in messages:
             decoded = decode_or_reason(topic, value)
             if isinstance(decoded, str):
                 await self.set_aside(message, decoded)
-            elif isinstance(decoded, FeedbackEvent):
+            elif isinstance(decoded, FeedbackEvent | InteractionEvent):
                 feedback.append(decoded)
             elif isinstance(decoded, ModelReadyEvent):
                 async with self.lock:
@@ -304,7 +315,7 @@ class Aggregator:
             if unseen:
                 entries = await db.outbox_events(unseen)
                 decoded = (decode_or_reason(e.topic, e.payload.encode()) for e in entries)
-                events = [event for event in decoded if isinstance(event, FeedbackEvent)]
+                events = [event for event in decoded if isinstance(event, FeedbackEvent | InteractionEvent)]
                 async with self.lock:
                     recovered += await self.count(events, "store")
             if len(ids) < page:
@@ -329,6 +340,7 @@ class Aggregator:
         last = datetime.fromtimestamp(timing.last_training_at, UTC) if timing.last_training_at else None
         return {
             "feedback": describe(counts, versions, last),
+            "interactions": describe_interactions(counts),
             "counts": counts.model_dump(),
             "policy": {**asdict(self.policy), "decision": verdict.reason, "blocked_by": verdict.blocked_by},
             "timing": asdict(timing),

@@ -2,12 +2,14 @@
 
 import uvicorn
 
-from services.collector.app import create_app
 from shared.logging import configure
 from shared.settings import get_settings
+from shared.web.exposure import refuse_unsafe_start
 
 if __name__ == "__main__":
     configure("collector")
     settings = get_settings()
+    refuse_unsafe_start(settings, "collector", writes=("feedback",))
+    from services.collector.app import create_app  # after the check: a refused start loads nothing
     uvicorn.run(create_app(settings), host=settings.host, port=settings.collector_port, log_level="warning",
                 timeout_graceful_shutdown=10)

@@ -1,4 +1,5 @@
-"""Collector service: validates feedback against the logged inference, stores it, relays it."""
+"""Collector service: validates feedback and interactions against the logged inference, stores them,
+relays their events."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from services.collector.intake import FeedbackWriter, InferenceCache, Intake
+from services.collector.intake import ActionWriter, InferenceCache, Intake
 from services.collector.outbox import OutboxRelay
 from services.collector.routes import router
-from shared.http import add_common, store_answers
+from shared import metrics
 from shared.settings import Settings, get_settings
 from shared.store import store_from
+from shared.web.http import add_common, store_answers
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -22,15 +24,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = await store_from(settings)
         relay = OutboxRelay(store, settings)
-        writer = FeedbackWriter(store)
-        app.state.store, app.state.relay = store, relay
-        app.state.intake = Intake(InferenceCache(store), writer, relay)
-        writer.start()
+        for kind in ("open", "return"):  # every series exists from the start (the dashboard reads rates)
+            for outcome in ("accepted", "duplicate", "rejected"):
+                metrics.INTERACTIONS.labels(kind, outcome)
+        intake = Intake(store, InferenceCache(store),
+                        ActionWriter("feedback-writer", store.record_feedback_many),
+                        ActionWriter("interaction-writer", store.record_interactions), relay)
+        app.state.store, app.state.relay, app.state.intake = store, relay, intake
+        for writer in intake.writers:
+            writer.start()
         relay.start()
         try:
             yield
         finally:
-            await writer.close()
+            for writer in intake.writers:
+                await writer.close()
             await relay.close()
             await store.close()
 

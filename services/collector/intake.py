@@ -1,6 +1,7 @@
-"""Feedback intake: validation against the logged inference, then a group-committed write.
+"""Intake of actions on shown results (feedback, and opens with their dwell): validation against
+the logged inference, then a group-committed write.
 
-Each accepted feedback is answered only once its store transaction has committed (with its
+Each accepted action is answered only once its store transaction has committed (with its
 outbox event), so an HTTP 200 always means "stored". Three things keep that cheap:
 - inferences never change once logged, so lookups are cached (bounded, least recent out);
 - a request's items are looked up together and written in one transaction (all or none);
@@ -12,16 +13,30 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.collector.outbox import OutboxRelay
 from shared import metrics
-from shared.batch_writer import BatchWriter
-from shared.events import Interleaved, new_id
-from shared.interleaving import query_key
-from shared.store import Feedback, FeedbackOutcome, Inference, Store, StoreUnavailableError
+from shared.online.interleaving import query_key
+from shared.records import (
+    ActionBase,
+    Feedback,
+    FeedbackOutcome,
+    Identifier,
+    Inference,
+    Interaction,
+    InteractionOutcome,
+    Interleaved,
+    ShownResult,
+    StoredAction,
+    new_id,
+)
+from shared.store import Store, StoreUnavailableError
+from shared.store.batch_writer import BatchWriter
+from shared.vocab import Label, ResourceState, WriteStatus
 
 log = logging.getLogger(__name__)
 
@@ -30,28 +45,45 @@ log = logging.getLogger(__name__)
 INFERENCE_GRACE_S = (0.05, 0.2, 0.5, 1.0)
 
 
-class FeedbackRequest(BaseModel):
+MAX_DWELL_S = 86_400.0
+"""A day: a dwell longer than that is a tab left open, not reading (and a typo's bound)."""
+
+
+class ActionRequest(ActionBase):
     model_config = ConfigDict(extra="forbid")
 
-    inference_id: str = Field(min_length=1, max_length=64)
-    resource_id: str = Field(min_length=1, max_length=200)
-    feedback: Literal["like", "dislike"]
-    user_id: str | None = Field(default=None, max_length=200)
-    session_id: str | None = Field(default=None, max_length=200)
-    request_id: str | None = Field(default=None, max_length=200,
-                                   description="Client retry key: the same id twice is one feedback.")
-    is_test: bool = Field(default=False, description="Generated feedback, excluded from training.")
+    request_id: Identifier | None = Field(default=None,
+                                          description="Client retry key: the same id twice is one action.")
+    is_test: bool = Field(default=False, description="Generated traffic, excluded from training.")
+
+
+class FeedbackRequest(ActionRequest):
+    feedback: Label
+
+
+class InteractionRequest(ActionRequest):
+    dwell_s: float | None = Field(
+        default=None, ge=0, le=MAX_DWELL_S,
+        description="Seconds from opening the result to coming back to the list; leave it out when "
+                    "reporting the open itself, and send it (same ids) once the person is back.")
 
 
 class FeedbackResponse(BaseModel):
     feedback_id: str
-    status: Literal["created", "updated", "duplicate"]
-    label: Literal["like", "dislike"]
-    previous_label: Literal["like", "dislike"] | None = None
+    status: WriteStatus
+    label: Label
+    previous_label: Label | None = None
+
+
+class InteractionResponse(BaseModel):
+    interaction_id: str
+    status: WriteStatus
+    dwell_s: float | None = None
+    previous_dwell_s: float | None = None
 
 
 class FeedbackError(Exception):
-    """Feedback refused: `status` is the HTTP status, `message` says what to change."""
+    """An action refused: `status` is the HTTP status, `message` says what to change."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -103,16 +135,22 @@ class InferenceCache:
             self._loading.pop(inference_id, None)
 
 
-Request = tuple[list[Feedback], asyncio.Future[list[FeedbackOutcome]]]
-"""One request's feedback, written all or none, and where its outcomes go."""
+A = TypeVar("A", bound=StoredAction)
+R = TypeVar("R", bound="ActionRequest")
+Out = TypeVar("Out", FeedbackOutcome, InteractionOutcome)
+Request = tuple[list[A], asyncio.Future[list[Out]]]
+"""One request's actions, written all or none, and where their outcomes go."""
 
 
-class FeedbackWriter(BatchWriter[Request]):
-    """Group commit: the requests queued when a transaction starts are written in it, in order."""
+class ActionWriter(BatchWriter[Request], Generic[A, Out]):
+    """Group commit: the requests queued when a transaction starts are written in it, in order.
 
-    def __init__(self, store: Store, max_batch: int = 256) -> None:
-        super().__init__("feedback-writer", max_batch)  # items per transaction
-        self.store = store
+    One per kind of action, each with the store's method that writes a batch of it."""
+
+    def __init__(self, name: str, write_many: Callable[[list[A]], Awaitable[list[Out]]],
+                 max_batch: int = 256) -> None:
+        super().__init__(name, max_batch)  # items per transaction
+        self.write_many = write_many
 
     def size(self, request: Request) -> int:
         return len(request[0])
@@ -122,14 +160,14 @@ class FeedbackWriter(BatchWriter[Request]):
         await self.flushed()
         await self.stop()
 
-    async def record(self, feedback: Feedback) -> FeedbackOutcome:
-        return (await self.record_many([feedback]))[0]
+    async def record(self, item: A) -> Out:
+        return (await self.record_many([item]))[0]
 
-    async def record_many(self, items: list[Feedback]) -> list[FeedbackOutcome]:
+    async def record_many(self, items: list[A]) -> list[Out]:
         """All or none, in order: changes to the same result apply in the order given."""
         if not items:
             return []
-        future: asyncio.Future[list[FeedbackOutcome]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[Out]] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait((items, future))
         return await future
 
@@ -137,21 +175,23 @@ class FeedbackWriter(BatchWriter[Request]):
         try:
             await self._commit(batch)
         except Exception as exc:  # noqa: BLE001 - the callers get it; the writer goes on
-            log.warning("event=feedback_write_failed size=%d error=%r", sum(map(self.size, batch)), exc)
+            log.warning("event=action_write_failed writer=%s size=%d error=%r", self.name,
+                        sum(map(self.size, batch)), exc)
             for _, future in batch:
                 _settle(future, exc=exc)
 
     async def _commit(self, requests: list[Request]) -> None:
         try:
-            outcomes = await self.store.record_feedback_many([f for items, _ in requests for f in items])
+            outcomes = await self.write_many([f for items, _ in requests for f in items])
         except Exception as exc:
             if len(requests) == 1 or isinstance(exc, StoreUnavailableError):
                 raise
             # The transaction rolled back: each request again on its own, so only the faulty one fails.
-            log.warning("event=feedback_batch_failed requests=%d retrying=one_by_one", len(requests))
+            log.warning("event=action_batch_failed writer=%s requests=%d retrying=one_by_one", self.name,
+                        len(requests))
             for items, future in requests:
                 try:
-                    _settle(future, await self.store.record_feedback_many(items))
+                    _settle(future, await self.write_many(items))
                 except Exception as exc:  # noqa: BLE001 - handed to that request's caller
                     _settle(future, exc=exc)
             return
@@ -161,9 +201,9 @@ class FeedbackWriter(BatchWriter[Request]):
             start += len(items)
 
 
-def _settle(future: asyncio.Future[list[FeedbackOutcome]], outcomes: list[FeedbackOutcome] | None = None,
+def _settle(future: asyncio.Future[list[Out]], outcomes: list[Out] | None = None,
             exc: BaseException | None = None) -> None:
-    if future.done():  # the caller went away; its feedback is stored all the same
+    if future.done():  # the caller went away; its actions are stored all the same
         return
     if exc is not None:
         future.set_exception(exc)
@@ -171,9 +211,31 @@ def _settle(future: asyncio.Future[list[FeedbackOutcome]], outcomes: list[Feedba
         future.set_result(outcomes)  # type: ignore[arg-type]
 
 
-async def validate(bodies: list[FeedbackRequest],
-                   inferences: InferenceCache) -> list[Feedback | FeedbackError]:
-    """For each request, the feedback to store or a `FeedbackError` saying why it cannot be."""
+WITHDRAWN_STATUS = 410
+"""A hidden or removed resource's answer: "Gone". Not 404, which says "send an id that exists": the
+resource was shown, the search is right, and no retry helps while it is withdrawn (hidden ones may
+come back: the message says which)."""
+
+
+def withdrawn_message(resource_id: str, state: ResourceState) -> str:
+    if state == "removed":
+        return f"resource {resource_id!r} was removed from the catalogue: it takes no more feedback or opens"
+    return (f"resource {resource_id!r} is hidden from the catalogue: it takes no feedback or opens while "
+            "hidden")
+
+
+async def refused_resources(store: Store, resource_ids: list[str]) -> dict[str, str]:
+    """Which of these resources can no longer receive actions (feedback, opens), each with the
+    message to answer with `WITHDRAWN_STATUS`: the hidden and the removed ones. Read from the store
+    at each call, so that a removal takes effect at once on every collector."""
+    states = await store.resource_states(list(dict.fromkeys(resource_ids)))
+    return {resource_id: withdrawn_message(resource_id, state) for resource_id, state in states.items()
+            if state != "live"}
+
+
+async def validate(bodies: list[R], inferences: InferenceCache, store: Store,
+                   build: Callable[[R, Inference, ShownResult], A]) -> list[A | FeedbackError]:
+    """For each request, the record to store or a `FeedbackError` saying why it cannot be."""
     ids = [body.inference_id for body in bodies]
     found = await inferences.get_many(ids)
     for delay in INFERENCE_GRACE_S:
@@ -182,58 +244,122 @@ async def validate(bodies: list[FeedbackRequest],
             break
         await asyncio.sleep(delay)
         found |= await inferences.get_many(unknown)
-    return [check(body, found.get(body.inference_id)) for body in bodies]
+    out: list[A | FeedbackError] = []
+    for body in bodies:
+        inference = found.get(body.inference_id)
+        shown = shown_result(body, inference)
+        out.append(shown if isinstance(shown, FeedbackError) else build(body, inference, shown))
+    records = [r.resource_id for r in out if not isinstance(r, FeedbackError)]
+    refused = await refused_resources(store, records) if records else {}
+    return [FeedbackError(WITHDRAWN_STATUS, refused[r.resource_id])
+            if not isinstance(r, FeedbackError) and r.resource_id in refused else r for r in out]
 
 
-def check(body: FeedbackRequest, inference: Inference | None) -> Feedback | FeedbackError:
+def shown_result(body: ActionBase, inference: Inference | None) -> ShownResult | FeedbackError:
+    """The shown result an action names, or why it names none."""
     if inference is None:
-        metrics.FEEDBACK.labels(body.feedback, "rejected").inc()
         return FeedbackError(404, f"inference {body.inference_id!r} not found: "
                                   "send the inference_id returned by a search")
     shown = inference.shown(body.resource_id)
     if shown is None:
-        metrics.FEEDBACK.labels(body.feedback, "rejected").inc()
         return FeedbackError(422, f"resource {body.resource_id!r} was not among the results "
                                   f"shown for inference {body.inference_id!r}")
-    interleaved = None
-    if inference.interleaving is not None and shown.team is not None:
-        interleaved = Interleaved(experiment_id=inference.interleaving.experiment_id, team=shown.team,
-                                  query_key=query_key(inference.query), share=shown.share)
+    return shown
+
+
+def interleaved(inference: Inference, shown: ShownResult) -> Interleaved | None:
+    """Where the result came from, when its list interleaved two rankers."""
+    if inference.interleaving is None or shown.team is None:
+        return None
+    return Interleaved(experiment_id=inference.interleaving.experiment_id, team=shown.team,
+                       query_key=query_key(inference.query), share=shown.share)
+
+
+def feedback_record(body: FeedbackRequest, inference: Inference, shown: ShownResult) -> Feedback:
     return Feedback(
         feedback_id=new_id(), inference_id=body.inference_id, resource_id=body.resource_id,
         label=body.feedback, rank=shown.rank, model_version=inference.model_version,
         user_id=body.user_id, session_id=body.session_id, request_id=body.request_id,
-        is_test=body.is_test, interleaved=interleaved,
+        is_test=body.is_test, interleaved=interleaved(inference, shown),
     )
 
 
-def answer(outcome: FeedbackOutcome) -> FeedbackResponse:
+def interaction_record(body: InteractionRequest, inference: Inference, shown: ShownResult) -> Interaction:
+    return Interaction(
+        interaction_id=new_id(), inference_id=body.inference_id, resource_id=body.resource_id,
+        dwell_s=body.dwell_s, rank=shown.rank, model_version=inference.model_version,
+        user_id=body.user_id, session_id=body.session_id, request_id=body.request_id,
+        is_test=body.is_test, interleaved=interleaved(inference, shown),
+    )
+
+
+def feedback_answer(outcome: FeedbackOutcome) -> FeedbackResponse:
     status = "duplicate" if outcome.status == "duplicate" else "accepted"
     metrics.FEEDBACK.labels(outcome.feedback.label, status).inc()
     return FeedbackResponse(feedback_id=outcome.feedback.feedback_id, status=outcome.status,
                             label=outcome.feedback.label, previous_label=outcome.previous_label)
 
 
+def interaction_answer(outcome: InteractionOutcome) -> InteractionResponse:
+    record = outcome.interaction
+    status = "duplicate" if outcome.status == "duplicate" else "accepted"
+    metrics.INTERACTIONS.labels(interaction_kind(record.dwell_s), status).inc()
+    return InteractionResponse(interaction_id=record.interaction_id, status=outcome.status,
+                               dwell_s=record.dwell_s, previous_dwell_s=outcome.previous_dwell_s)
+
+
+def interaction_kind(dwell_s: float | None) -> str:
+    """An open reported alone, or the return that gives its dwell (the metrics' label)."""
+    return "open" if dwell_s is None else "return"
+
+
+Response = TypeVar("Response", FeedbackResponse, InteractionResponse)
+
+
+class Kind(Generic[R, A, Out, Response]):
+    """One kind of action the collector takes: how a request becomes a record, how it is written,
+    how it is answered, and which metric counts refusals."""
+
+    def __init__(self, name: str, build: Callable[[R, Inference, ShownResult], A],
+                 writer: ActionWriter[A, Out], answer: Callable[[Out], Response],
+                 refused: Callable[[R], None]) -> None:
+        self.name, self.build, self.writer, self.answer, self.refused = name, build, writer, answer, refused
+
+
 class Intake:
-    """What a feedback request needs: lookups, the writer, and the relay to wake."""
+    """What an action request needs: lookups (inferences, the catalogue's states), the writers, and
+    the relay to wake."""
 
-    def __init__(self, inferences: InferenceCache, writer: FeedbackWriter, relay: OutboxRelay) -> None:
-        self.inferences, self.writer, self.relay = inferences, writer, relay
+    def __init__(self, store: Store, inferences: InferenceCache,
+                 feedback: ActionWriter[Feedback, FeedbackOutcome],
+                 interactions: ActionWriter[Interaction, InteractionOutcome], relay: OutboxRelay) -> None:
+        self.store, self.inferences, self.relay = store, inferences, relay
+        self.feedback = Kind("feedback", feedback_record, feedback, feedback_answer,
+                             lambda body: metrics.FEEDBACK.labels(body.feedback, "rejected").inc())
+        self.interactions = Kind("interaction", interaction_record, interactions, interaction_answer,
+                                 lambda body: metrics.INTERACTIONS.labels(interaction_kind(body.dwell_s),
+                                                                          "rejected").inc())
 
-    async def accept(self, body: FeedbackRequest) -> FeedbackResponse:
-        checked = (await validate([body], self.inferences))[0]
-        if isinstance(checked, FeedbackError):
-            raise checked
-        outcome = await self.writer.record(checked)
-        if outcome.status != "duplicate":
-            self.relay.wake.set()
-        return answer(outcome)
+    @property
+    def writers(self) -> tuple[ActionWriter, ActionWriter]:
+        return self.feedback.writer, self.interactions.writer
 
-    async def accept_many(self, bodies: list[FeedbackRequest]) -> list[FeedbackResponse | FeedbackError]:
+    async def accept(self, kind: Kind, body: ActionRequest) -> FeedbackResponse | InteractionResponse:
+        answer = (await self.accept_many(kind, [body]))[0]
+        if isinstance(answer, FeedbackError):
+            raise answer
+        return answer
+
+    async def accept_many(self, kind: Kind, bodies: list[ActionRequest]
+                          ) -> list[FeedbackResponse | InteractionResponse | FeedbackError]:
         """Validates the items together (one lookup), then writes the valid ones in one transaction."""
-        checked = await validate(bodies, self.inferences)
-        valid = [f for f in checked if isinstance(f, Feedback)]
-        outcomes = iter(await self.writer.record_many(valid))
-        if valid:
+        checked = await validate(bodies, self.inferences, self.store, kind.build)
+        for body, result in zip(bodies, checked, strict=True):
+            if isinstance(result, FeedbackError):
+                kind.refused(body)
+        valid = [f for f in checked if not isinstance(f, FeedbackError)]
+        outcomes = await kind.writer.record_many(valid)
+        if any(o.status != "duplicate" for o in outcomes):
             self.relay.wake.set()
-        return [c if isinstance(c, FeedbackError) else answer(next(outcomes)) for c in checked]
+        answers = iter(outcomes)
+        return [c if isinstance(c, FeedbackError) else kind.answer(next(answers)) for c in checked]

@@ -13,16 +13,16 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError as AsyncKafkaError
 from kafka.errors import KafkaError
 
 from shared import metrics
-from shared.broker import BrokerOutage
-from shared.events import utcnow
-from shared.kafka import ensure_topics, make_batch_producer, publish_batch
+from shared.messaging.admin import ensure_topics
+from shared.messaging.broker import BrokerOutage
+from shared.messaging.producer import Producer
+from shared.records import OutboxEntry, utcnow
 from shared.settings import Settings
-from shared.store import OutboxEntry, Store, StoreUnavailableError
+from shared.store import Store, StoreUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class OutboxRelay:
         self.batch = batch
         self.wake = asyncio.Event()
         self.connected = False
-        self._producer: AIOKafkaProducer | None = None
+        self.producer = Producer(settings)
         self.outage = BrokerOutage(settings, "outbox-relay")
         self._task: asyncio.Task[None] | None = None
 
@@ -45,30 +45,14 @@ class OutboxRelay:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._drop_producer()
-
-    async def _drop_producer(self) -> None:
-        """Stops the producer; with the broker gone its pending sends fail after the Kafka timeout."""
-        producer, self._producer = self._producer, None
-        if producer is not None:
-            with contextlib.suppress(AsyncKafkaError, OSError):
-                await asyncio.wait_for(producer.stop(), self.settings.kafka_timeout_s)
+        await self.producer.close()
 
     async def _send_all(self, entries: list[OutboxEntry]) -> None:
-        if self._producer is None:
+        if not self.producer.started:
             # A broker that restarted empty (memory storage) has no topics: create them again.
             topics = tuple(sorted({e.topic for e in entries}))
             await asyncio.to_thread(ensure_topics, self.settings, topics)
-            producer = make_batch_producer(self.settings)
-            try:
-                await producer.start()
-            except BaseException:
-                with contextlib.suppress(AsyncKafkaError, OSError):
-                    await producer.stop()
-                raise
-            self._producer = producer
-        await publish_batch(self._producer, [(e.topic, e.key.encode(), e.payload.encode()) for e in entries],
-                            self.settings.kafka_timeout_s)
+        await self.producer.send_batch([(e.topic, e.key.encode(), e.payload.encode()) for e in entries])
 
     async def publish_pending(self) -> int:
         entries = await self.store.pending_outbox(self.batch)
@@ -105,7 +89,7 @@ class OutboxRelay:
                 # The outbox alerts watch these gauges most while Kafka is down.
                 with contextlib.suppress(StoreUnavailableError):
                     await self._update_backlog()
-                await self._drop_producer()
+                await self.producer.close()  # the next round connects again
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             except StoreUnavailableError as exc:

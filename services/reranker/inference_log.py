@@ -13,8 +13,9 @@ import asyncio
 import logging
 
 from shared import metrics
-from shared.batch_writer import BatchWriter
-from shared.store import Inference, Store, StoreUnavailableError
+from shared.records import Inference
+from shared.store import Store, StoreUnavailableError
+from shared.store.batch_writer import BatchWriter
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Trainer service: the Kafka worker plus its admin API (manual run, versions, promote, rollback, runs)."""
+"""Trainer service: the Kafka worker plus its admin API (manual run, versions, promote, rollback, runs,
+the click model)."""
 
 from __future__ import annotations
 
@@ -10,25 +11,26 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 
-from services.trainer.experiments import ExperimentError
-from services.trainer.version_actions import VersionActionError, VersionActions, request_training
+from services.trainer.lifecycle import Lifecycle, LifecycleError, request_training
 from services.trainer.worker import Trainer, request_consumer
-from shared.auth import require_admin
-from shared.deps import SettingsDep, StoreDep
-from shared.http import add_common, store_answers
-from shared.kafka import ensure_topics
-from shared.ml.hyperparameters import Hyperparameters
-from shared.ml.model import configure_torch_threads
+from shared.messaging.admin import ensure_topics
+from shared.messaging.producer import Producer
 from shared.ml.registry import VERSION_RE
+from shared.ml.runtime.device import configure_torch_threads
+from shared.ml.training.dataset import estimate_examination, impressions_and_actions
+from shared.ml.training.hyperparameters import Hyperparameters
 from shared.settings import Settings, get_settings
 from shared.store import store_from
+from shared.web.auth import require_admin
+from shared.web.deps import SettingsDep, StoreDep
+from shared.web.http import add_common, store_answers
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)])
-async def app_version_actions(request: Request) -> VersionActions:
-    return request.app.state.version_actions
+async def app_lifecycle(request: Request) -> Lifecycle:
+    return request.app.state.trainer.lifecycle
 
 
-ActionsDep = Annotated[VersionActions, Depends(app_version_actions)]
+LifecycleDep = Annotated[Lifecycle, Depends(app_lifecycle)]
 VersionName = Path(pattern=VERSION_RE.pattern, description="A registry version, like v0003.")
 
 
@@ -39,10 +41,10 @@ class TrainBody(Hyperparameters):
 
 
 @router.post("/train", status_code=202)
-async def train(settings: SettingsDep, body: TrainBody | None = None) -> dict:
+async def train(lifecycle: LifecycleDep, body: TrainBody | None = None) -> dict:
     """Ask for a training run now (reason `manual`), without waiting for the threshold."""
     body = body or TrainBody()
-    event = await request_training(settings,
+    event = await request_training(lifecycle.producer,
                                    Hyperparameters(**body.model_dump(exclude={"include_test"})),
                                    body.include_test)
     return {"requested": True, "event_id": event.event_id, "hyperparameters": event.hyperparameters,
@@ -50,22 +52,22 @@ async def train(settings: SettingsDep, body: TrainBody | None = None) -> dict:
 
 
 @router.get("/versions")
-async def versions(actions: ActionsDep) -> dict:
+async def versions(lifecycle: LifecycleDep) -> dict:
     """Every indexed version: status, metrics, the run's reason, champion and previous champion."""
-    return await actions.listing()
+    return await lifecycle.versions.listing()
 
 
 @router.post("/versions/{version}/promote")
-async def promote(actions: ActionsDep, version: str = VersionName) -> dict:
+async def promote(lifecycle: LifecycleDep, version: str = VersionName) -> dict:
     """Make this version the champion, whatever its gate said; `model.ready` tells the rerankers."""
-    event = await actions.promote(version)
+    event = await lifecycle.promote(version)
     return {"champion": event.version, "model_ready": event.model_dump(mode="json")}
 
 
 @router.post("/rollback")
-async def rollback(actions: ActionsDep) -> dict:
+async def rollback(lifecycle: LifecycleDep) -> dict:
     """Back to the previous champion (or version 0); the current one becomes `retired`."""
-    event = await actions.rollback()
+    event = await lifecycle.rollback()
     return {"champion": event.version, "model_ready": event.model_dump(mode="json")}
 
 
@@ -74,9 +76,9 @@ ChallengerName = Path(pattern=f"{VERSION_RE.pattern}|^v0$",
 
 
 @router.post("/versions/{version}/challenge")
-async def challenge(actions: ActionsDep, version: str = ChallengerName) -> dict:
+async def challenge(lifecycle: LifecycleDep, version: str = ChallengerName) -> dict:
     """Let users compare this version with the champion by interleaving; a running experiment ends."""
-    event = await actions.challenge(version)
+    event = await lifecycle.challenge(version)
     return {"experiment_id": event.experiment_id, "model_ready": event.model_dump(mode="json")}
 
 
@@ -88,9 +90,9 @@ async def experiments(store: StoreDep, limit: int = 20) -> dict:
 
 
 @router.post("/experiments/stop")
-async def stop_experiment(actions: ActionsDep) -> dict:
+async def stop_experiment(lifecycle: LifecycleDep) -> dict:
     """End the running experiment; the champion serves alone."""
-    event = await actions.stop_experiment()
+    event = await lifecycle.stop_experiment()
     return {"stopped": event.experiment_id, "model_ready": event.model_dump(mode="json")}
 
 
@@ -98,6 +100,16 @@ async def stop_experiment(actions: ActionsDep) -> dict:
 async def runs(store: StoreDep, limit: int = 20) -> dict:
     items = await store.list_training_runs(limit=max(1, min(limit, 200)))
     return {"runs": [r.model_dump(mode="json") for r in items]}
+
+
+@router.get("/click-model")
+async def click_model(store: StoreDep, settings: SettingsDep) -> dict:
+    """Where people look, estimated now from the newest searches and their opens (what the next
+    run would estimate; the served version's own is in the reranker's info-modele)."""
+    inferences = [i for i in await store.recent_inferences(settings.evidence_searches) if not i.is_test]
+    interactions = await store.list_interactions(include_test=settings.train_include_test)
+    impressions, _ = impressions_and_actions(inferences, [], interactions)
+    return (await asyncio.to_thread(estimate_examination, impressions, interactions)).as_dict()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -108,24 +120,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         configure_torch_threads(settings.torch_threads)
         await asyncio.to_thread(ensure_topics, settings)
         store = await store_from(settings)
-        trainer = Trainer(settings, store)
+        producer = Producer(settings)
+        trainer = Trainer(settings, store, producer)
         await trainer.recover()
         app.state.store, app.state.trainer = store, trainer
-        app.state.version_actions = VersionActions(settings, store, trainer.registry)
-        app.state.consumer = request_consumer(trainer, settings, asyncio.get_running_loop()).start()
+        app.state.consumer = request_consumer(trainer, settings).start()
         try:
             yield
         finally:
-            await asyncio.to_thread(app.state.consumer.stop, 30)
+            await app.state.consumer.stop(30)
+            await producer.close()
             await store.close()
 
     app = FastAPI(title="EduRanker trainer", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings
     app.include_router(router)
 
-    @app.exception_handler(VersionActionError)
-    @app.exception_handler(ExperimentError)
-    async def refused(request: Request, exc: VersionActionError | ExperimentError) -> JSONResponse:
+    @app.exception_handler(LifecycleError)
+    async def refused(request: Request, exc: LifecycleError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status_code)
 
     async def readiness() -> dict[str, bool]:

@@ -20,41 +20,63 @@ import json
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, get_args, get_origin
+from typing import Literal, get_args, get_origin
 
+from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
-from services.trainer.experiments import ExperimentError
-from services.trainer.version_actions import VersionActionError, VersionActions, request_training
+from services.trainer.lifecycle import Lifecycle, LifecycleError, request_training
 from shared.events import MODEL_READY_TOPIC, ModelReadyEvent
-from shared.kafka import make_broadcast_consumer, parse
 from shared.logging import configure
-from shared.ml.hyperparameters import Hyperparameters
+from shared.messaging.codec import decode_or_reason
+from shared.messaging.config import kafka_connection
+from shared.messaging.consumer import broadcast_consumer, close_consumer
+from shared.messaging.producer import Producer
 from shared.ml.registry import Registry
+from shared.ml.training.hyperparameters import Hyperparameters
 from shared.settings import Settings, get_settings
 from shared.store import Store, store_from
 
 SHOWN_METRICS = ("candidate_ndcg@10", "candidate_mrr@10", "candidate_f1", "candidate_auc")
 
 
-async def with_versions(settings: Settings,
-                        action: Callable[[VersionActions, Store], Awaitable[int]]) -> int:
+async def with_lifecycle(settings: Settings, action: Callable[[Lifecycle, Store], Awaitable[int]]) -> int:
     store = await store_from(settings)
+    producer = Producer(settings)
     try:
-        return await action(VersionActions(settings, store, Registry(settings.model_dir).ensure()), store)
+        registry = Registry(settings.model_dir).ensure()
+        return await action(Lifecycle(settings, store, registry, producer), store)
     finally:
+        await producer.close()
         await store.close()
 
 
-def wait_for_ready(consumer: Any, request_id: str, timeout_s: float) -> ModelReadyEvent | None:
+async def wait_for_ready(consumer: AIOKafkaConsumer, request_id: str,
+                         timeout_s: float) -> ModelReadyEvent | None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for records in consumer.poll(timeout_ms=500).values():
+        for records in (await consumer.getmany(timeout_ms=500)).values():
             for record in records:
-                event = parse(MODEL_READY_TOPIC, record.value)
+                event = decode_or_reason(MODEL_READY_TOPIC, record.value)
                 if isinstance(event, ModelReadyEvent) and event.request_event_id == request_id:
                     return event
     return None
+
+
+async def train_and_wait(settings: Settings, hyperparameters: Hyperparameters, include_test: bool | None,
+                         wait_s: float) -> ModelReadyEvent | None:
+    """Sends the request; with `wait_s`, reads `model.ready` from before the request was sent."""
+    connection = kafka_connection(settings)
+    consumer = await broadcast_consumer(connection, (MODEL_READY_TOPIC,)) if wait_s else None
+    producer = Producer(settings)
+    try:
+        event = await request_training(producer, hyperparameters, include_test)
+        print(f"training requested: event_id={event.event_id} hyperparameters={event.hyperparameters}")
+        return await wait_for_ready(consumer, event.event_id, wait_s) if consumer is not None else None
+    finally:
+        await producer.close()
+        if consumer is not None:
+            await close_consumer(consumer, connection.timeout_s)
 
 
 def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
@@ -66,16 +88,9 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
         error = exc.errors()[0]
         print(f"error: --{str(error['loc'][0]).replace('_', '-')}: {error['msg']}", file=sys.stderr)
         return 2
-    consumer = make_broadcast_consumer(settings, MODEL_READY_TOPIC) if args.wait else None
-    try:
-        event = asyncio.run(request_training(settings, hyperparameters, args.include_test))
-        print(f"training requested: event_id={event.event_id} hyperparameters={event.hyperparameters}")
-        if consumer is None:
-            return 0
-        ready = wait_for_ready(consumer, event.event_id, args.wait)
-    finally:
-        if consumer is not None:
-            consumer.close()
+    ready = asyncio.run(train_and_wait(settings, hyperparameters, args.include_test, args.wait))
+    if not args.wait:
+        return 0
     if ready is None:
         print(f"no result within {args.wait:.0f} s; see `versions` and `runs` later", file=sys.stderr)
         return 3
@@ -84,8 +99,8 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
-    async def show(versions: VersionActions, store: Store) -> int:
-        listing = await versions.listing()
+    async def show(lifecycle: Lifecycle, store: Store) -> int:
+        listing = await lifecycle.versions.listing()
         if args.json:
             print(json.dumps(listing, indent=2))
             return 0
@@ -101,46 +116,46 @@ def cmd_versions(args: argparse.Namespace, settings: Settings) -> int:
                   f"{v['reason']}")
         return 0
 
-    return asyncio.run(with_versions(settings, show))
+    return asyncio.run(with_lifecycle(settings, show))
 
 
 def cmd_runs(args: argparse.Namespace, settings: Settings) -> int:
-    async def show(versions: VersionActions, store: Store) -> int:
+    async def show(lifecycle: Lifecycle, store: Store) -> int:
         for run in await store.list_training_runs(limit=args.limit):
             print(f"{run.started_at.isoformat()[:19]}  {run.status:<9} {run.version or '-':<7} "
                   f"pairs={run.pairs:<5} reason={run.reason:<9} {run.detail}")
         return 0
 
-    return asyncio.run(with_versions(settings, show))
+    return asyncio.run(with_lifecycle(settings, show))
 
 
 def cmd_move_champion(args: argparse.Namespace, settings: Settings) -> int:
     """`promote VERSION` and `rollback`: move the champion pointer, then tell the rerankers."""
-    async def act(versions: VersionActions, store: Store) -> int:
-        moved = versions.promote(args.version) if args.command == "promote" else versions.rollback()
+    async def act(lifecycle: Lifecycle, store: Store) -> int:
+        moved = lifecycle.promote(args.version) if args.command == "promote" else lifecycle.rollback()
         event = await moved
         print(f"champion: {event.version} (model.ready sent: {event.reason})")
         return 0
 
-    return asyncio.run(with_versions(settings, act))
+    return asyncio.run(with_lifecycle(settings, act))
 
 
 def cmd_experiment(args: argparse.Namespace, settings: Settings) -> int:
     """`challenge VERSION` and `stop-experiment`: start or end an online experiment."""
-    async def act(versions: VersionActions, store: Store) -> int:
+    async def act(lifecycle: Lifecycle, store: Store) -> int:
         if args.command == "challenge":
-            event = await versions.challenge(args.version)
+            event = await lifecycle.challenge(args.version)
             print(f"experiment {event.experiment_id}: {event.reason}")
         else:
-            event = await versions.stop_experiment()
+            event = await lifecycle.stop_experiment()
             print(f"experiment {event.experiment_id} stopped; the champion serves alone")
         return 0
 
-    return asyncio.run(with_versions(settings, act))
+    return asyncio.run(with_lifecycle(settings, act))
 
 
 def cmd_experiments(args: argparse.Namespace, settings: Settings) -> int:
-    async def show(versions: VersionActions, store: Store) -> int:
+    async def show(lifecycle: Lifecycle, store: Store) -> int:
         for e in await store.list_experiments(limit=args.limit):
             facts = e.evidence
             score = (f"won {facts.get('challenger_wins', 0)}:{facts.get('champion_wins', 0)} "
@@ -150,11 +165,11 @@ def cmd_experiments(args: argparse.Namespace, settings: Settings) -> int:
                   f"{e.status:<7} {e.decision or '-':<10} {score}  {e.reason}")
         return 0
 
-    return asyncio.run(with_versions(settings, show))
+    return asyncio.run(with_lifecycle(settings, show))
 
 
 def hyperparameter_flags(train: argparse.ArgumentParser) -> None:
-    """One flag per field of `Hyperparameters`: what a run may set is declared there once."""
+    """One flag per field of `Hyperparameters`: what a run may set is declared once (`TrainConfig`)."""
     for name, info in Hyperparameters.model_fields.items():
         kind = next(a for a in get_args(info.annotation) if a is not type(None))
         flag = f"--{name.replace('_', '-')}"
@@ -205,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     configure("trainer-cli", quiet=True)
     try:
         return args.func(args, get_settings())
-    except (VersionActionError, ExperimentError) as exc:
+    except LifecycleError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

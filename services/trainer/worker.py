@@ -1,4 +1,5 @@
-"""Trainer: consumes training requests, trains a candidate, records it, announces `model.ready`.
+"""Trainer: consumes training requests and users' decisions; a run trains a candidate, the
+lifecycle (`lifecycle.py`) records what its gate decided, and its `model.ready` is announced.
 
 The Kafka consumer pauses its partitions while a run trains and keeps polling, so the group
 membership stays alive; the offset is committed only when the run is recorded. A request
@@ -13,13 +14,11 @@ import importlib.metadata
 import logging
 import threading
 import time
-from collections.abc import Awaitable
-from concurrent.futures import Future
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from services.trainer.version_actions import VersionActions, announce
+from services.trainer.lifecycle import Lifecycle, announce
 from shared import metrics
 from shared.events import (
     EXPERIMENT_DECIDED_TOPIC,
@@ -28,23 +27,23 @@ from shared.events import (
     ExperimentDecidedEvent,
     ModelReadyEvent,
     TrainingRequestedEvent,
-    new_id,
-    utcnow,
 )
-from shared.kafka import ConsumerLoop, DeadLetters, make_group_consumer
-from shared.ml.dataset import not_enough_reason
+from shared.messaging.consumer import ConsumerLoop
+from shared.messaging.producer import Producer
 from shared.ml.registry import Registry
-from shared.ml.train import TrainConfig
-from shared.ml.training_run import (
+from shared.ml.runtime.vectors import StoredVectors
+from shared.ml.training.dataset import not_enough_reason
+from shared.ml.training.hyperparameters import TrainConfig
+from shared.ml.training.run import (
     CandidateResult,
     champion_and_index,
     read_training_data,
     summarise,
     train_candidate,
 )
-from shared.ml.vectors import StoredVectors
+from shared.records import TrainingRun, new_id, utcnow
 from shared.settings import Settings
-from shared.store import ModelVersion, Store, TrainingRun
+from shared.store import Store
 
 log = logging.getLogger(__name__)
 GROUP_ID = "eduranker-trainer"
@@ -72,17 +71,17 @@ def code_version() -> dict[str, str]:
 
 
 class Trainer:
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, producer: Producer) -> None:
         self.settings = settings
         self.store = store
         self.registry = Registry(settings.model_dir).ensure()
-        self.version_actions = VersionActions(settings, store, self.registry)
+        self.lifecycle = Lifecycle(settings, store, self.registry, producer)
         self.busy = threading.Event()
 
     async def recover(self) -> None:
         """After a crash: no half-written version, runs left 'running' failed, index and folders agree."""
-        await self.version_actions.reconcile()
-        await self.version_actions.prune()
+        await self.lifecycle.versions.reconcile()
+        await self.lifecycle.versions.prune()
 
     async def handle(self, request: TrainingRequestedEvent) -> ModelReadyEvent | None:
         runs = await self.store.list_training_runs(limit=500)
@@ -103,10 +102,10 @@ class Trainer:
             run.status, run.detail = "failed", f"{type(exc).__name__}: {exc}"[:500]
             run.version = None
             try:
-                await self.version_actions.discard_run(run.run_id)
+                await self.lifecycle.versions.discard_run(run.run_id)
             except Exception:
                 log.exception("event=discard_failed run=%s", run.run_id)
-            ready = self._event(request, run, "failed")
+            ready = self.lifecycle.run_ended(run, "failed", request.event_id)
         finally:
             self.busy.clear()
         run.finished_at = utcnow()
@@ -125,47 +124,44 @@ class Trainer:
             return None
         log.info("event=duplicate_request_answered request=%s run=%s status=%s", request.event_id,
                  run.run_id, run.status)
-        return self._event(request, run, run.status)
-
-    def _event(self, request: TrainingRequestedEvent, run: TrainingRun, decision: str,
-               experiment_id: str | None = None) -> ModelReadyEvent:
-        return ModelReadyEvent(
-            version=run.version or "", location=run.version or "", base_model=self.settings.base_model,
-            metrics={k: v for k, v in run.metrics.items() if isinstance(v, int | float)},
-            decision=decision, reason=run.detail, request_event_id=request.event_id,  # type: ignore[arg-type]
-            experiment_id=experiment_id,
-        )
+        return self.lifecycle.run_ended(run, run.status, request.event_id)  # type: ignore[arg-type]
 
     async def decided(self, event: ExperimentDecidedEvent) -> ModelReadyEvent | None:
         """Users decided an experiment: promote, retire or roll back (None: already done)."""
-        ready = await self.version_actions.experiments.act(event)
+        ready = await self.lifecycle.decide(event)
         if ready is not None:
-            await self.version_actions.prune()
+            await self.lifecycle.versions.prune()
         return ready
 
     async def _train(self, request: TrainingRequestedEvent, run: TrainingRun) -> ModelReadyEvent:
         """One run: its hyperparameters, the feedback it reads, the candidate (trained off the event
-        loop by `shared.ml.training_run`), then what the decision changes."""
+        loop by `shared.ml.training.run`), then what the decision changes."""
         try:
             config = TrainConfig.from_settings(self.settings).with_overrides(request.hyperparameters)
         except ValidationError as exc:
             run.status, run.detail = "failed", f"bad hyperparameters in the request: {exc.errors()[0]['msg']}"
-            return self._event(request, run, "failed")
+            return self.lifecycle.run_ended(run, "failed", request.event_id)
         include_test = (self.settings.train_include_test if request.include_test is None
                         else request.include_test)
-        data = await read_training_data(self.store, include_test)
-        run.pairs = len(data.pairs)
-        reason = not_enough_reason(data.pairs, self.settings.train_min_feedback)
+        data = await read_training_data(self.store, include_test, self.settings.evidence_searches)
+        pairs = await asyncio.to_thread(lambda: data.pairs)  # the click model and the judgments: CPU
+        run.pairs = len(pairs)
+        reason = not_enough_reason(pairs, self.settings.train_min_feedback)
         if reason:
             run.status, run.detail = "skipped", reason
             log.info("event=training_skipped run=%s reason=%r", run.run_id, reason)
-            return self._event(request, run, "skipped")
-        metrics.TRAINING_PAIRS.set(len(data.pairs))
+            return self.lifecycle.run_ended(run, "skipped", request.event_id)
+        metrics.TRAINING_PAIRS.set(len(pairs))
+        evidence = data.evidence
         extra = {
             "run_id": run.run_id, "request_event_id": request.event_id, "request_reason": request.reason,
             "requested_hyperparameters": {k: getattr(config, k) for k in sorted(config.pinned)},
             "feedback": {"used": len(data.feedback), "test_feedback": data.test_feedback,
                          "test_feedback_included": include_test},
+            "evidence": {"searches": len(data.inferences), "interactions": len(data.interactions),
+                         "judged": len(evidence.judgments),
+                         "remembered": len(data.memory)},
+            "click_model": evidence.examination.as_dict(),
             "code": code_version(),
         }
         stored = StoredVectors(self.store, asyncio.get_running_loop())
@@ -173,60 +169,44 @@ class Trainer:
         def work() -> CandidateResult:  # on a worker thread: CPU-bound
             champion, index = champion_and_index(self.settings, self.registry, data, stored)
             return train_candidate(
-                self.settings, data.pairs, index, champion, self.registry, config=config,
+                self.settings, pairs, index, champion, self.registry, config=config,
                 progress=lambda line: log.info("event=training_progress run=%s %s", run.run_id, line),
-                extra_metadata=extra, switch_champion=False,
+                extra_metadata=extra, remembered=data.memory,
             )
 
         result = await asyncio.to_thread(work)
         experiment_id = await self._record(run, result)
-        return self._event(request, run, result.decision, experiment_id)
+        return self.lifecycle.run_ended(run, result.decision, request.event_id, experiment_id)
 
     async def _record(self, run: TrainingRun, result: CandidateResult) -> str | None:
-        """The version in the store's index, then the champion pointer or the experiment users decide
-        in (returns its id); the run's outcome and metrics; old rejected versions pruned."""
-        decision = result.decision
+        """What the gate decided, through the lifecycle (returns the id of the experiment users decide
+        in, if any); the run's outcome and metrics; old rejected versions pruned."""
         summary = summarise(result.metadata["metrics"])
-        # Index first, champion pointer (or experiment) second: a crash in between leaves an indexed,
-        # unserved version that `VersionActions.reconcile` removes with its unfinished run.
-        await self.store.save_model_version(ModelVersion(
-            version=result.version, location=result.version, status=decision,
-            base_model=self.settings.base_model, metrics=summary,
-        ))
-        experiment_id = None
-        if decision == "promoted":
-            self.registry.set_champion(result.version)
-        elif decision == "challenger":
-            experiment = await self.version_actions.experiments.challenge(
-                result.version, f"training run {run.run_id}", run_id=run.run_id)
-            experiment_id = experiment.experiment_id
-        run.status, run.detail, run.version, run.metrics = decision, result.reason, result.version, summary
+        experiment_id = await self.lifecycle.enter(result.version, result.decision, summary, run.run_id)
+        run.status, run.detail, run.version, run.metrics = (result.decision, result.reason, result.version,
+                                                            summary)
         for model, values in result.metadata["metrics"].items():
             for name in ("ndcg@10", "mrr@10", "f1", "auc"):
                 if name in values:
                     metrics.TRAINING_METRIC.labels(model, name).set(values[name])
-        await self.version_actions.prune()
+        await self.lifecycle.versions.prune()
         return experiment_id
 
 
-def request_consumer(trainer: Trainer, settings: Settings, loop: asyncio.AbstractEventLoop) -> ConsumerLoop:
-    """One training request or users' decision at a time, worked on `loop`; its `model.ready` is
-    sent before the request is committed."""
+def request_consumer(trainer: Trainer, settings: Settings) -> ConsumerLoop:
+    """One training request or users' decision at a time, in the trainer's consumer group; its
+    `model.ready` is sent (with the lifecycle's producer) before the request is committed."""
+    producer = trainer.lifecycle.producer
 
-    async def answer(work: Awaitable[ModelReadyEvent | None]) -> None:
-        ready = await work
-        if ready is not None:
-            await announce(settings, ready)
-
-    def handle(event: Event) -> Future[None] | None:
+    async def handle(event: Event) -> None:
         if isinstance(event, TrainingRequestedEvent):
-            return asyncio.run_coroutine_threadsafe(answer(trainer.handle(event)), loop)
-        if isinstance(event, ExperimentDecidedEvent):
-            return asyncio.run_coroutine_threadsafe(answer(trainer.decided(event)), loop)
-        return None
+            ready = await trainer.handle(event)
+        elif isinstance(event, ExperimentDecidedEvent):
+            ready = await trainer.decided(event)
+        else:
+            return
+        if ready is not None:
+            await announce(producer, ready)
 
-    return ConsumerLoop(
-        lambda: make_group_consumer(settings, (TRAINING_REQUESTED_TOPIC, EXPERIMENT_DECIDED_TOPIC), GROUP_ID),
-        TRAINING_REQUESTED_TOPIC, handle, settings, name="trainer-consumer",
-        dead_letters=DeadLetters(settings), max_records=1, retry_s=5.0,
-    )
+    return ConsumerLoop(settings, (TRAINING_REQUESTED_TOPIC, EXPERIMENT_DECIDED_TOPIC), handle, producer,
+                        group_id=GROUP_ID, name="trainer-consumer", max_records=1, retry_s=5.0)

@@ -6,29 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shared.store.base import (
-    Experiment,
-    Feedback,
-    FeedbackOutcome,
-    Inference,
-    InterleavingRecord,
-    ModelVersion,
-    OutboxEntry,
-    Resource,
-    ShownResult,
-    Store,
-    StoreUnavailableError,
-    TrainingRun,
-)
+from shared.store.interface import Store, StoreUnavailableError
 
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-__all__ = [
-    "Experiment", "Feedback", "FeedbackOutcome", "Inference", "InterleavingRecord", "ModelVersion",
-    "OutboxEntry", "Resource", "ShownResult", "Store", "StoreUnavailableError", "TrainingRun", "make_store",
-    "open_store", "store_from",
-]
+__all__ = ["Store", "StoreUnavailableError", "make_store", "open_store", "store_from"]
 
 
 def make_store(url: str, tls_ca_file: Path | None = None) -> Store:

@@ -7,27 +7,32 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import aiosqlite
 import numpy as np
 
-from shared.events import utcnow
-from shared.store.base import (
+from shared.records import (
     Experiment,
     Feedback,
     FeedbackOutcome,
     FeedbackSnapshot,
     Inference,
+    Interaction,
+    InteractionOutcome,
     ModelVersion,
     OutboxEntry,
     Resource,
-    Store,
-    StoreUnavailableError,
+    StoredAction,
     TrainingRun,
-    plan_feedback,
+    text_hash,
+    utcnow,
 )
+from shared.store.action_plan import FEEDBACK, INTERACTIONS, A, ActionKind, Out, plan_actions
+from shared.store.interface import Store, StoreUnavailableError
+from shared.vocab import ResourceState
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -49,6 +54,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS feedback_request ON feedback(request_id)
 -- must stay a no-op instead of flipping the label back.
 CREATE TABLE IF NOT EXISTS feedback_requests (
     request_id TEXT PRIMARY KEY, feedback_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS interactions (
+    interaction_id TEXT PRIMARY KEY, inference_id TEXT NOT NULL, resource_id TEXT NOT NULL,
+    user_key TEXT NOT NULL, request_id TEXT, doc TEXT NOT NULL, experiment_id TEXT,
+    UNIQUE (inference_id, resource_id, user_key)
+);
+CREATE TABLE IF NOT EXISTS interaction_requests (
+    request_id TEXT PRIMARY KEY, interaction_id TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
     event_id TEXT PRIMARY KEY, topic TEXT NOT NULL, key TEXT NOT NULL, payload TEXT NOT NULL,
@@ -79,15 +92,36 @@ version still in use."""
 FEEDBACK_PER_QUERY = 200
 """Feedback looked up per query: four parameters each (request id and identity), under that limit too."""
 # Columns added after a file may have been created: (table, column, declaration), then their indexes.
-COLUMNS = (("inferences", "experiment_id", "TEXT"), ("feedback", "experiment_id", "TEXT"))
+COLUMNS = (("inferences", "experiment_id", "TEXT"), ("feedback", "experiment_id", "TEXT"),
+           ("resources", "state", "TEXT NOT NULL DEFAULT 'live'"))
 INDEXES = """
 CREATE INDEX IF NOT EXISTS inferences_experiment ON inferences(experiment_id)
     WHERE experiment_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS feedback_experiment ON feedback(experiment_id)
     WHERE experiment_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS interactions_experiment ON interactions(experiment_id)
+    WHERE experiment_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS inferences_created ON inferences(created_at);
 CREATE INDEX IF NOT EXISTS resources_updated ON resources(updated_at);
 CREATE INDEX IF NOT EXISTS resources_seq ON resources(seq);
+CREATE INDEX IF NOT EXISTS vectors_text ON vectors(text_hash);
 """
+
+
+@dataclass(frozen=True)
+class ActionTable:
+    """Where one kind of action lives: its table, its id column, its request ids' table."""
+
+    name: str
+    id_column: str
+    requests: str
+    model: type[StoredAction]
+    kind: ActionKind
+
+
+ACTIONS = {"feedback": ActionTable("feedback", "feedback_id", "feedback_requests", Feedback, FEEDBACK),
+           "interactions": ActionTable("interactions", "interaction_id", "interaction_requests", Interaction,
+                                       INTERACTIONS)}
 
 
 class SQLiteStore(Store):
@@ -180,39 +214,92 @@ class SQLiteStore(Store):
                              (utcnow().isoformat(),))
 
     # Resources
+    @staticmethod
+    async def _next_seq(db: aiosqlite.Connection) -> int:
+        rows = await (await db.execute("SELECT COALESCE(MAX(seq), 0) FROM resources")).fetchone()
+        return rows[0] + 1
+
     async def upsert_resources(self, resources: list[Resource]) -> int:
         now = _iso(utcnow())
         async with self._tx() as db:
-            rows = await (await db.execute("SELECT COALESCE(MAX(seq), 0) FROM resources")).fetchone()
-            seq = rows[0] + 1
+            seq = await self._next_seq(db)
             await db.executemany(
-                "INSERT INTO resources (id, doc, updated_at, seq) VALUES (?, ?, ?, ?) "
+                "INSERT INTO resources (id, doc, updated_at, seq, state) VALUES (?, ?, ?, ?, 'live') "
                 "ON CONFLICT(id) DO UPDATE SET doc=excluded.doc, updated_at=excluded.updated_at, "
-                "seq=excluded.seq",
+                "seq=excluded.seq, state=CASE resources.state WHEN 'hidden' THEN 'hidden' ELSE 'live' END",
                 [(r.id, r.model_dump_json(), now, seq) for r in resources],
             )
         return len(resources)
 
     async def get_resources(self, ids: list[str]) -> dict[str, Resource]:
-        if not ids:
-            return {}
-        marks = ",".join("?" * len(ids))
-        rows = await self._all(f"SELECT doc FROM resources WHERE id IN ({marks})", tuple(ids))
-        found = (Resource.model_validate_json(r[0]) for r in rows)
-        return {r.id: r for r in found}
+        found: dict[str, Resource] = {}
+        for chunk in _chunks(ids):
+            rows = await self._all(f"SELECT doc FROM resources WHERE id IN ({','.join('?' * len(chunk))}) "
+                                   "AND state = 'live'", tuple(chunk))
+            found.update((r.id, r) for r in (Resource.model_validate_json(row[0]) for row in rows))
+        return found
 
     async def list_resources(self) -> list[Resource]:
-        rows = await self._all("SELECT doc FROM resources ORDER BY id")
+        rows = await self._all("SELECT doc FROM resources WHERE state = 'live' ORDER BY id")
         return [Resource.model_validate_json(r[0]) for r in rows]
+
+    async def resource_ids(self) -> list[str]:
+        rows = await self._all("SELECT id FROM resources WHERE state != 'removed' ORDER BY id")
+        return [r[0] for r in rows]
+
+    async def resource_states(self, ids: list[str]) -> dict[str, ResourceState]:
+        found: dict[str, ResourceState] = {}
+        for chunk in _chunks(ids):
+            marks = ",".join("?" * len(chunk))
+            rows = await self._all(f"SELECT id, state FROM resources WHERE id IN ({marks})", tuple(chunk))
+            found.update((r[0], r[1]) for r in rows)
+        return found
+
+    async def set_hidden(self, ids: list[str], hidden: bool) -> int:
+        before, after = ("live", "hidden") if hidden else ("hidden", "live")
+        changed = 0
+        async with self._tx() as db:
+            seq, now = await self._next_seq(db), _iso(utcnow())
+            for chunk in _chunks(ids):
+                cursor = await db.execute(
+                    f"UPDATE resources SET state = ?, updated_at = ?, seq = ? WHERE state = ? "
+                    f"AND id IN ({','.join('?' * len(chunk))})", (after, now, seq, before, *chunk))
+                changed += cursor.rowcount
+        return changed
+
+    async def remove_resources(self, ids: list[str]) -> int:
+        removed = 0
+        async with self._tx() as db:
+            seq, now = await self._next_seq(db), _iso(utcnow())
+            for chunk in _chunks(ids):
+                marks = ",".join("?" * len(chunk))
+                docs = await db.execute_fetchall(
+                    f"SELECT doc FROM resources WHERE state != 'removed' AND id IN ({marks})", tuple(chunk))
+                hashes = sorted({text_hash(Resource.model_validate_json(d[0]).text) for d in docs})
+                # The tombstone keeps the id alone: the resource's content is deleted.
+                cursor = await db.execute(
+                    f"UPDATE resources SET state = 'removed', doc = json_object('id', id), updated_at = ?, "
+                    f"seq = ? WHERE state != 'removed' AND id IN ({marks})", (now, seq, *chunk))
+                removed += cursor.rowcount
+                if hashes:
+                    keys = ",".join("?" * len(hashes))
+                    await db.execute(f"DELETE FROM vectors WHERE text_hash IN ({keys})", tuple(hashes))
+        return removed
 
     async def resources_since(self, after: datetime) -> list[Resource]:
-        rows = await self._all("SELECT doc FROM resources WHERE updated_at >= ? ORDER BY seq, id",
-                               (_iso(after),))
+        rows = await self._all("SELECT doc FROM resources WHERE updated_at >= ? AND state = 'live' "
+                               "ORDER BY seq, id", (_iso(after),))
         return [Resource.model_validate_json(r[0]) for r in rows]
 
+    async def withdrawn_since(self, after: datetime) -> list[str]:
+        rows = await self._all("SELECT id FROM resources WHERE updated_at >= ? AND state != 'live' "
+                               "ORDER BY seq, id", (_iso(after),))
+        return [r[0] for r in rows]
+
     async def resources_version(self) -> str:
-        rows = await self._all("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM resources")
-        return f"{rows[0][0]}:{rows[0][1]}"
+        # Every write takes a new sequence number (a removal keeps its row): the highest says it all.
+        rows = await self._all("SELECT COALESCE(MAX(seq), 0) FROM resources")
+        return str(rows[0][0])
 
     # Inferences
     async def add_inferences(self, inferences: list[Inference]) -> None:
@@ -244,52 +331,65 @@ class SQLiteStore(Store):
         rows = await self._all("SELECT model_version, COUNT(*) FROM inferences GROUP BY model_version")
         return {r[0]: r[1] for r in rows}
 
-    # Feedback
+    async def recent_inferences(self, limit: int) -> list[Inference]:
+        rows = await self._all("SELECT doc FROM inferences ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                               (limit,))
+        return [Inference.model_validate_json(r[0]) for r in rows]
+
+    # Feedback and interactions
     async def record_feedback(self, feedback: Feedback) -> FeedbackOutcome:
         return (await self.record_feedback_many([feedback]))[0]
 
     async def record_feedback_many(self, items: list[Feedback]) -> list[FeedbackOutcome]:
+        return await self._record(ACTIONS["feedback"], items)
+
+    async def record_interactions(self, items: list[Interaction]) -> list[InteractionOutcome]:
+        return await self._record(ACTIONS["interactions"], items)
+
+    async def _record(self, table: ActionTable, items: list[A]) -> list[Out]:
         """One transaction: one read of the rows the items can touch, then one write per table
         (per item, three statements cost the collector more than the rest of a request)."""
         async with self._tx() as db:
-            plan = plan_feedback(items, *await self._stored_for(db, items))
+            plan = plan_actions(table.kind, items, *await self._stored_for(db, table, items))
             if plan.created:
                 await db.executemany(
-                    "INSERT INTO feedback (feedback_id, inference_id, resource_id, user_key, request_id, "
-                    "doc, experiment_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [(f.feedback_id, f.inference_id, f.resource_id, f.identity[2], f.request_id,
+                    f"INSERT INTO {table.name} ({table.id_column}, inference_id, resource_id, user_key, "
+                    "request_id, doc, experiment_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [(f.record_id, f.inference_id, f.resource_id, f.identity[2], f.request_id,
                       f.model_dump_json(), f.interleaved.experiment_id if f.interleaved else None)
                      for f in plan.created.values()])
             if plan.changed:
-                await db.executemany("UPDATE feedback SET doc=?, request_id=? WHERE feedback_id=?", [
-                    (f.model_dump_json(), f.request_id, f.feedback_id) for f in plan.changed.values()])
+                await db.executemany(
+                    f"UPDATE {table.name} SET doc=?, request_id=? WHERE {table.id_column}=?",
+                    [(f.model_dump_json(), f.request_id, f.record_id) for f in plan.changed.values()])
             if plan.requests:
-                await db.executemany("INSERT INTO feedback_requests (request_id, feedback_id) VALUES (?, ?)",
-                                     plan.requests)
+                await db.executemany(
+                    f"INSERT INTO {table.requests} (request_id, {table.id_column}) VALUES (?, ?)",
+                    plan.requests)
             if plan.events:
                 await db.executemany(
                     "INSERT INTO outbox (event_id, topic, key, payload, created_at) VALUES (?, ?, ?, ?, ?)",
                     [(e.event_id, e.topic, e.key, e.payload, e.created_at.isoformat()) for e in plan.events])
         return plan.outcomes
 
-    async def _stored_for(self, db: aiosqlite.Connection, items: list[Feedback]) -> tuple[
-            dict[str, Feedback], dict[tuple[str, str, str], Feedback]]:
-        """The stored feedback the items name: by request id, and by identity."""
-        by_request: dict[str, Feedback] = {}
-        by_identity: dict[tuple[str, str, str], Feedback] = {}
+    async def _stored_for(self, db: aiosqlite.Connection, table: ActionTable, items: list[A]) -> tuple[
+            dict[str, A], dict[tuple[str, str, str], A]]:
+        """The stored records the items name: by request id, and by identity."""
+        by_request: dict[str, A] = {}
+        by_identity: dict[tuple[str, str, str], A] = {}
         for start in range(0, len(items), FEEDBACK_PER_QUERY):
             chunk = items[start:start + FEEDBACK_PER_QUERY]
             requests = [f.request_id for f in chunk if f.request_id]
             # A join from the keys, not `(a, b, c) IN (VALUES ...)`, which SQLite answers by a scan.
             sql = (f"SELECT NULL, f.doc FROM (VALUES {','.join(['(?, ?, ?)'] * len(chunk))}) AS k "
-                   "CROSS JOIN feedback f ON f.inference_id = k.column1 AND f.resource_id = k.column2 "
+                   f"CROSS JOIN {table.name} f ON f.inference_id = k.column1 AND f.resource_id = k.column2 "
                    "AND f.user_key = k.column3")
             if requests:
-                sql += (" UNION ALL SELECT r.request_id, f.doc FROM feedback_requests r JOIN feedback f "
-                        f"USING (feedback_id) WHERE r.request_id IN ({','.join('?' * len(requests))})")
+                sql += (f" UNION ALL SELECT r.request_id, f.doc FROM {table.requests} r JOIN {table.name} f "
+                        f"USING ({table.id_column}) WHERE r.request_id IN ({','.join('?' * len(requests))})")
             rows = await db.execute_fetchall(sql, (*(part for f in chunk for part in f.identity), *requests))
             for request_id, doc in rows:
-                stored = Feedback.model_validate_json(doc)
+                stored = table.model.model_validate_json(doc)
                 if request_id is None:
                     by_identity[stored.identity] = stored
                 else:
@@ -301,11 +401,17 @@ class SQLiteStore(Store):
         items = [Feedback.model_validate_json(r[0]) for r in rows]
         return [f for f in items if include_test or not f.is_test]
 
+    async def list_interactions(self, include_test: bool = False) -> list[Interaction]:
+        rows = await self._all("SELECT doc FROM interactions ORDER BY rowid")
+        items = [Interaction.model_validate_json(r[0]) for r in rows]
+        return [f for f in items if include_test or not f.is_test]
+
     async def feedback_snapshot(self, events_since: datetime) -> FeedbackSnapshot:
-        # A read transaction: both reads see one moment, and in WAL mode writers go on meanwhile.
+        # A read transaction: the reads see one moment, and in WAL mode writers go on meanwhile.
         async with self._tx("BEGIN") as db:
             try:
                 docs = await db.execute_fetchall("SELECT doc FROM feedback ORDER BY rowid")
+                opens = await db.execute_fetchall("SELECT doc FROM interactions ORDER BY rowid")
                 ids = await db.execute_fetchall(
                     "SELECT event_id FROM outbox WHERE published_at IS NULL OR created_at >= ?",
                     (_iso(events_since),),
@@ -313,7 +419,8 @@ class SQLiteStore(Store):
             except sqlite3.OperationalError as exc:
                 raise StoreUnavailableError(str(exc)) from exc
         return FeedbackSnapshot(feedback=[Feedback.model_validate_json(r[0]) for r in docs],
-                                event_ids=[r[0] for r in ids])
+                                event_ids=[r[0] for r in ids],
+                                interactions=[Interaction.model_validate_json(r[0]) for r in opens])
 
     async def published_events(self, after: datetime, until: datetime, limit: int = 1000,
                                after_id: str = "") -> list[OutboxEntry]:
@@ -426,6 +533,11 @@ class SQLiteStore(Store):
         rows = await self._all("SELECT COUNT(*) FROM inferences WHERE experiment_id = ?", (experiment_id,))
         return int(rows[0][0])
 
+    async def experiment_interactions(self, experiment_id: str) -> list[Interaction]:
+        rows = await self._all("SELECT doc FROM interactions WHERE experiment_id = ? ORDER BY rowid",
+                               (experiment_id,))
+        return [Interaction.model_validate_json(r[0]) for r in rows]
+
     async def experiment_feedback(self, experiment_id: str) -> list[Feedback]:
         rows = await self._all("SELECT doc FROM feedback WHERE experiment_id = ? ORDER BY rowid",
                                (experiment_id,))
@@ -454,6 +566,12 @@ class SQLiteStore(Store):
     async def count_vectors(self, model_id: str) -> int:
         rows = await self._all("SELECT COUNT(*) FROM vectors WHERE model_id = ?", (model_id,))
         return int(rows[0][0])
+
+
+def _chunks(ids: list[str]) -> list[list[str]]:
+    """Ids a query at a time, under SQLite's bound-parameter limit."""
+    unique = list(dict.fromkeys(ids))
+    return [unique[start:start + VECTORS_PER_QUERY] for start in range(0, len(unique), VECTORS_PER_QUERY)]
 
 
 def _iso(moment: datetime) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,12 +18,13 @@ import pytest
 
 from services.collector.app import create_app as collector_app
 from services.reranker.app import create_app as reranker_app
-from shared.broker import EmbeddedBroker, free_port
-from shared.kafka import ensure_topics
+from shared.messaging.admin import ensure_topics
+from shared.messaging.broker import EmbeddedBroker, free_port
 from shared.settings import Settings
-from tests.conftest import SAMPLE_CATALOGUE
+from tests.conftest import ROOT, SAMPLE_CATALOGUE
 from tests.integration.served import Served
 from tools.catalogue import load_catalogue
+from tools.localstack import wait_for
 
 ADMIN_KEYS = ("admin-key-one", "admin-key-two")
 FEEDBACK_KEY = "feedback-key-from-env"
@@ -107,6 +110,14 @@ def test_catalogue_writes_need_an_admin_key(stack: Stack) -> None:
     accepted = httpx.post(url, json=body, headers={"X-API-Key": ADMIN_KEYS[0]}, timeout=60)
     assert accepted.status_code == 200 and accepted.json() == {"upserted": 1}
     assert httpx.get(f"{url}/access-res-1", timeout=10).json()["title"] == "Key rotation for beginners"
+    for method, path in (("POST", "/hide"), ("POST", "/unhide"), ("DELETE", "")):
+        assert httpx.request(method, f"{url}/access-res-1{path}", timeout=30).status_code == 401, path
+        refused = httpx.request(method, f"{url}/access-res-1{path}", headers={"X-API-Key": FEEDBACK_KEY},
+                                timeout=30)
+        assert refused.status_code == 403, path
+    assert httpx.get(f"{url}/access-res-1", timeout=10).status_code == 200  # neither hidden nor removed
+    removed = httpx.delete(f"{url}/access-res-1", headers={"X-API-Key": ADMIN_KEYS[1]}, timeout=60)
+    assert removed.status_code == 200 and removed.json()["state"] == "removed"
 
 
 def test_keys_in_the_file_rotate_without_a_restart(stack: Stack) -> None:
@@ -180,3 +191,51 @@ def test_bodies_over_the_limit_are_refused_before_parsing(stack: Stack) -> None:
                       timeout=30)
     assert fits.status_code == 200 and fits.json()["accepted"] == 1, fits.text
     assert stats() == before + 1
+
+
+def start_command(service: str, tmp_path: Path, **env: str) -> subprocess.Popen[str]:
+    """`python -m services.<service>` as compose and Kubernetes run it, with `env` on top."""
+    return subprocess.Popen(
+        [sys.executable, "-m", f"services.{service}"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, env={**os.environ, "EDURANKER_STORE_URL": f"sqlite:///{tmp_path / 'db'}",
+                                     "EDURANKER_FAUST_DATADIR": str(tmp_path / "faust"), **env})
+
+
+def test_a_service_others_can_reach_refuses_to_start_with_writes_open_or_a_placeholder_key(
+        tmp_path: Path) -> None:
+    public = {"EDURANKER_HOST": "0.0.0.0"}
+    cases = {  # service: (environment, what the refusal must name)
+        "collector": (public, "give EDURANKER_FEEDBACK_KEYS"),
+        "reranker": (public, "give EDURANKER_ADMIN_KEYS"),
+        "trainer": ({**public, "EDURANKER_ADMIN_KEYS": "change-me-admin"}, "EDURANKER_ADMIN_KEYS holds a "
+                    "placeholder"),
+        "aggregator": ({"EDURANKER_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "EDURANKER_KAFKA_SASL_USERNAME": "u",
+                        "EDURANKER_KAFKA_SASL_PASSWORD": "change-me"}, "EDURANKER_KAFKA_SASL_PASSWORD holds"),
+    }
+    started = {service: start_command(service, tmp_path / service, **env)
+               for service, (env, _) in cases.items()}
+    for service, process in started.items():
+        _, err = process.communicate(timeout=180)
+        assert process.returncode == 2, (service, err[-2000:])
+        assert err.startswith(f"error: the {service} refuses to start"), (service, err[-2000:])
+        assert cases[service][1] in err and "Traceback" not in err, (service, err[-2000:])
+
+
+def test_opened_on_purpose_the_service_starts_on_every_interface(tmp_path: Path,
+                                                                 broker: EmbeddedBroker) -> None:
+    port = free_port()
+    collector = start_command("collector", tmp_path, EDURANKER_HOST="0.0.0.0",
+                              EDURANKER_ALLOW_OPEN_WRITES="true", EDURANKER_COLLECTOR_PORT=str(port),
+                              EDURANKER_KAFKA_BOOTSTRAP=broker.bootstrap)
+    try:
+        def health() -> bool:
+            assert collector.poll() is None, collector.communicate()[1][-2000:]
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(health, 120, 0.3, "the collector opened on purpose to answer")
+    finally:
+        collector.terminate()
+        collector.communicate(timeout=60)

@@ -21,18 +21,18 @@ import httpx
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from shared.broker import free_port
 from shared.events import (
     FEEDBACK_TOPIC,
     MODEL_READY_TOPIC,
     TRAINING_REQUESTED_TOPIC,
     ModelReadyEvent,
     TrainingRequestedEvent,
-    encode,
-    utcnow,
 )
-from shared.kafka import DEADLETTER_TOPIC
-from shared.store import TrainingRun, open_store
+from shared.messaging.broker import free_port
+from shared.messaging.codec import encode
+from shared.messaging.deadletters import DEADLETTER_TOPIC
+from shared.records import TrainingRun, utcnow
+from shared.store import open_store
 from tests.conftest import ROOT, tiny_stack
 from tests.integration.test_loop import search
 from tools.localstack import LocalStack, wait_for
@@ -247,7 +247,7 @@ def test_a_readable_changelog_is_kept(stack: LocalStack) -> None:
     aggregator's own changelog has records, an empty topic has nothing to read, a missing one
     is not there. (The unreadable case is the broker-restart test in test_faults.py.)"""
     from services.aggregator.app import TABLE, create_app
-    from shared.kafka import ensure_topics, unreadable_partitions
+    from shared.messaging.admin import ensure_topics, unreadable_partitions
 
     changelog = create_app(stack.settings).tables[TABLE].changelog_topic.get_topic_name()
     ensure_topics(stack.settings, ("eduranker.test.empty.v1",))

@@ -18,15 +18,16 @@ import numpy as np
 import pytest
 
 from services.reranker.app import create_app
-from shared.broker import EmbeddedBroker, free_port
-from shared.kafka import ensure_topics
-from shared.ml.pipeline import RankingModel, version_zero
+from shared.messaging.admin import ensure_topics
+from shared.messaging.broker import EmbeddedBroker, free_port
+from shared.ml.ranking.pipeline import RankingModel, version_zero
 from shared.ml.registry import Registry
 from shared.settings import Settings
-from tests.conftest import SAMPLE_CATALOGUE, build_tiny_bert
+from tests.conftest import SAMPLE_CATALOGUE
 from tests.integration.served import Served
 from tools.catalogue import load_catalogue
 from tools.localstack import wait_for
+from tools.tiny_model import build_tiny_bert
 
 SEARCH = "/api/reranking/search-with-reranking"
 INFO = "/api/reranking/info-modele"

@@ -1,24 +1,28 @@
 """Waiting for a broker: quiet while it starts, one error with what to do once it stays away.
 
-Real Kafka clients (kafka-python) against a loopback port where nothing listens yet, then the
-real embedded broker started on that port.
+Real Kafka clients (kafka-python's admin, the services' aiokafka consumer) against a loopback port
+where nothing listens yet, then the real embedded broker started on that port.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
-from shared.broker import EmbeddedBroker, broker_answers, free_port
-from shared.events import MODEL_READY_TOPIC
-from shared.kafka import ConsumerLoop, ensure_topics, make_broadcast_consumer
+from shared.events import MODEL_READY_TOPIC, Event
 from shared.logging import QuietConnectionRetries
+from shared.messaging.admin import ensure_topics
+from shared.messaging.broker import EmbeddedBroker, broker_answers, free_port
+from shared.messaging.consumer import ConsumerLoop
+from shared.messaging.producer import Producer
 from shared.settings import Settings
 from tests.conftest import ROOT
 from tools.localstack import wait_for
@@ -27,7 +31,7 @@ CLIENT = """
 import sys
 from shared.logging import configure
 configure("early-client")
-from shared.kafka import ensure_topics
+from shared.messaging.admin import ensure_topics
 from shared.settings import Settings
 ensure_topics(Settings(kafka_bootstrap=sys.argv[1]))
 print("topics ready", flush=True)
@@ -68,36 +72,49 @@ def test_the_launchers_probe_is_quick_and_silent_while_nothing_listens(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
 
 
-def test_a_consumer_whose_broker_stays_away_says_so_once_then_resumes(
+async def until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    """`wait_for` for a test on the event loop the consumer runs on: it waits without blocking it."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s}s waiting for {what}"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_consumer_whose_broker_stays_away_says_so_once_then_resumes(
         caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
     settings = Settings(kafka_bootstrap=f"127.0.0.1:{port}", kafka_unreachable_after_s=1.0)
-    loop = ConsumerLoop(lambda: make_broadcast_consumer(settings, MODEL_READY_TOPIC), MODEL_READY_TOPIC,
-                        lambda event: None, settings, name="test-model-ready")
+
+    async def ignore(event: Event) -> None:
+        return None
+
+    producer = Producer(settings)
+    loop = ConsumerLoop(settings, MODEL_READY_TOPIC, ignore, producer, name="test-model-ready")
 
     def messages(event: str, level: int) -> list[str]:
         return [r.getMessage() for r in list(caplog.records)
                 if r.levelno == level and event in r.getMessage()]
 
-    with caplog.at_level(logging.DEBUG, logger="shared.broker"):
+    with caplog.at_level(logging.DEBUG, logger="shared.messaging.broker"):
         loop.start()
         try:
-            wait_for(lambda: messages("event=broker_unreachable", logging.ERROR), 30, 0.1, "the outage error")
+            await until(lambda: messages("event=broker_unreachable", logging.ERROR), 30, "the outage error")
             waits = len(messages("event=broker_wait", logging.DEBUG))
-            wait_for(lambda: len(messages("event=broker_wait", logging.DEBUG)) >= waits + 3, 30, 0.1,
-                     "three more attempts")
+            await until(lambda: len(messages("event=broker_wait", logging.DEBUG)) >= waits + 3, 30,
+                        "three more attempts")
             errors = messages("event=broker_unreachable", logging.ERROR)
             assert len(errors) == 1 and "what=test-model-ready" in errors[0]
             assert "EDURANKER_KAFKA_BOOTSTRAP" in errors[0]
             with EmbeddedBroker(port=port):
-                ensure_topics(settings, (MODEL_READY_TOPIC,))
-                wait_for(loop.ready.is_set, 60, 0.1, "the consumer once the broker answers")
-                wait_for(lambda: messages("event=broker_reachable_again", logging.WARNING), 30, 0.1,
-                         "the all-clear")
-                loop.stop()
+                await asyncio.to_thread(ensure_topics, settings, (MODEL_READY_TOPIC,))
+                await until(loop.ready.is_set, 60, "the consumer once the broker answers")
+                await until(lambda: messages("event=broker_reachable_again", logging.WARNING), 30,
+                            "the all-clear")
+                await loop.stop()
         finally:
-            loop.stop()
+            await loop.stop()
+            await producer.close()
     quiet = QuietConnectionRetries()  # what every service's logging (shared.logging.configure) applies
-    loud = [r for r in caplog.records if r.name.startswith("kafka") and quiet.filter(r)
+    loud = [r for r in caplog.records if r.name.startswith(("kafka", "aiokafka")) and quiet.filter(r)
             and r.levelno >= logging.WARNING]
     assert not loud, [r.getMessage() for r in loud]

@@ -12,27 +12,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from kafka import KafkaConsumer
 
 from services.reranker.app import create_app as reranker_app
 from services.trainer.app import create_app as trainer_app
-from shared.broker import EmbeddedBroker, free_port
-from shared.events import (
-    MODEL_READY_TOPIC,
-    TRAINING_REQUESTED_TOPIC,
-    ModelReadyEvent,
-    TrainingRequestedEvent,
-    new_id,
-)
-from shared.kafka import (
-    DEADLETTER_TOPIC,
-    decode_or_reason,
-    ensure_topics,
-    make_broadcast_consumer,
-    make_producer,
-    publish,
-)
+from shared.events import MODEL_READY_TOPIC, TRAINING_REQUESTED_TOPIC, ModelReadyEvent, TrainingRequestedEvent
+from shared.messaging.admin import ensure_topics
+from shared.messaging.broker import EmbeddedBroker, free_port
+from shared.messaging.deadletters import DEADLETTER_TOPIC
+from shared.records import new_id
 from shared.settings import Settings
+from tests.integration.bus import TopicReader, send
 from tests.integration.served import Served
 from tools.localstack import wait_for
 
@@ -63,11 +52,9 @@ def bad_messages(marker: str, valid: dict) -> dict[str, bytes]:
     }
 
 
-def read_until(consumer: KafkaConsumer, found: dict, wanted: int, what: str) -> dict:
+def read_until(reader: TopicReader, found: dict, wanted: int, what: str) -> dict:
     def poll() -> bool:
-        for records in consumer.poll(timeout_ms=500).values():
-            for record in records:
-                found[record.offset] = record.value
+        found.update(reader.poll())
         return len(found) >= wanted
 
     wait_for(poll, 60, 0.0, what)
@@ -79,24 +66,23 @@ def test_bad_messages_are_dead_lettered_and_both_consumers_go_on(
     caplog.set_level(logging.INFO)
     trainer, reranker = services
     marker = new_id()
-    dead = make_broadcast_consumer(settings, DEADLETTER_TOPIC)
-    answers = make_broadcast_consumer(settings, MODEL_READY_TOPIC)
-    producer = make_producer(settings)
+    dead = TopicReader(settings, DEADLETTER_TOPIC)
+    answers = TopicReader(settings, MODEL_READY_TOPIC)
     try:
         sent: dict[str, str] = {}
         request = TrainingRequestedEvent(reason="manual").model_dump(mode="json")
         ready = ModelReadyEvent(version="v0001", location="v0001", base_model="m",
                                 decision="rejected").model_dump(mode="json")
         for topic, valid in ((TRAINING_REQUESTED_TOPIC, request), (MODEL_READY_TOPIC, ready)):
-            for kind, payload in bad_messages(marker, valid).items():
-                producer.send(topic, value=payload).get(timeout=10)
-                sent[f"{topic} {kind}"] = payload.decode()
+            bad = bad_messages(marker, valid)
+            send(settings, topic, *bad.values())
+            sent |= {f"{topic} {kind}": payload.decode() for kind, payload in bad.items()}
         # Then good messages: handled only if the consumers survived what came before.
         good_request = TrainingRequestedEvent(reason="manual")
-        publish(producer, TRAINING_REQUESTED_TOPIC, good_request, key="training")
+        send(settings, TRAINING_REQUESTED_TOPIC, good_request, key="training")
         good_ready = ModelReadyEvent(version=f"v-{marker}", location="v9999", base_model="m",
                                      decision="rejected")
-        publish(producer, MODEL_READY_TOPIC, good_ready, key="model")
+        send(settings, MODEL_READY_TOPIC, good_ready, key="model")
 
         letters = [json.loads(v) for v in read_until(dead, {}, 6, "six dead letters").values()]
         ours = {name: d for d in letters for name, payload in sent.items()
@@ -108,11 +94,9 @@ def test_bad_messages_are_dead_lettered_and_both_consumers_go_on(
         assert "schema_version" in ours[f"{MODEL_READY_TOPIC} unknown schema"]["reason"]
 
         def answered() -> ModelReadyEvent | None:
-            for records in answers.poll(timeout_ms=500).values():
-                for record in records:
-                    event = decode_or_reason(MODEL_READY_TOPIC, record.value)  # ours are bad too
-                    if getattr(event, "request_event_id", None) == good_request.event_id:
-                        return event  # type: ignore[return-value]
+            for event in answers.events():  # a reason for our bad ones
+                if getattr(event, "request_event_id", None) == good_request.event_id:
+                    return event  # type: ignore[return-value]
             return None
 
         reply = wait_for(answered, 60, 0.0, "the trainer to answer the good request")
@@ -120,7 +104,6 @@ def test_bad_messages_are_dead_lettered_and_both_consumers_go_on(
         wait_for(lambda: f"event=model_ready_received version=v-{marker}" in caplog.text, 30, 0.2,
                  "the reranker to read the good model.ready")
     finally:
-        producer.close(5)
         dead.close()
         answers.close()
     for service in (trainer, reranker):

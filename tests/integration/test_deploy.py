@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import threading
+import tomllib
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +26,7 @@ import pytest
 import yaml
 
 from shared.settings import Settings
+from shared.web.exposure import is_loopback, start_problems
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -404,6 +406,114 @@ def test_compose_shares_the_model_registry_and_offers_a_gpu_trainer() -> None:
     assert device["capabilities"] == ["gpu"]
 
 
+class ComposeError(ValueError):
+    """What `docker compose config` refuses: a required variable not given, a bad `$` expression."""
+
+
+# Compose's interpolation (the Compose Specification, "Interpolation"): $$, $VAR, ${VAR}, ${VAR:-default},
+# ${VAR-default}, ${VAR:?error}, ${VAR?error}, ${VAR:+replacement}, ${VAR+replacement}.
+INTERPOLATION = re.compile(r"\$(?:(?P<escaped>\$)|(?P<named>[_a-zA-Z][_a-zA-Z0-9]*)|"
+                           r"\{(?P<braced>[_a-zA-Z][_a-zA-Z0-9]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}|(?P<bad>))")
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    def value(match: re.Match[str]) -> str:
+        if match["escaped"]:
+            return "$"
+        if match["bad"] is not None:
+            raise ComposeError(f"invalid interpolation at {text[match.start():match.start() + 20]!r}")
+        name, op, arg = match["named"] or match["braced"], match["op"] or "", match["arg"] or ""
+        given = env.get(name)
+        present = given is not None and (given != "" or not op.startswith(":"))
+        if op.endswith("-"):
+            return given if present else arg  # type: ignore[return-value]
+        if op.endswith("?"):
+            if not present:
+                raise ComposeError(f"required variable {name} is missing a value: {arg}")
+            return given  # type: ignore[return-value]
+        if op.endswith("+"):
+            return arg if present else ""
+        return given or ""
+
+    return INTERPOLATION.sub(value, text)
+
+
+def render_compose(env: dict[str, str]) -> dict[str, Any]:
+    """The compose file as `docker compose config` reads it with `env` as the environment (no
+    Docker here): every string interpolated, then YAML."""
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(value) for value in node]
+        return interpolate(node, env) if isinstance(node, str) else node
+
+    return walk(load_yaml(COMPOSE_FILE))
+
+
+def published(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(host address, port) of each port a service publishes; "" is every interface."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, dict):
+            found.append((port.get("host_ip", ""), str(port.get("published", ""))))
+            continue
+        parts = str(port).rsplit(":", 2)
+        found.append((parts[0] if len(parts) == 3 else "", parts[-2] if len(parts) > 1 else parts[0]))
+    return found
+
+
+def service_settings(service: dict[str, Any]) -> Settings:
+    env = service["environment"]
+    return Settings(**{key.removeprefix("EDURANKER_").lower(): value for key, value in env.items()
+                       if key.startswith("EDURANKER_")})
+
+
+def test_compose_interpolation_follows_the_specification() -> None:
+    env = {"SET": "x", "EMPTY": ""}
+    assert interpolate("$SET ${SET} $$SET ${UNSET:-d} ${EMPTY:-d} ${EMPTY-d} ${SET:+r} ${UNSET+r}", env) == \
+        "x x $SET d d  r "
+    for text in ("${UNSET:?say why}", "${EMPTY:?say why}", "${UNSET?say why}"):
+        with pytest.raises(ComposeError, match="say why"):
+            interpolate(text, env)
+    with pytest.raises(ComposeError, match="invalid interpolation"):
+        interpolate("$(command)", env)
+
+
+def test_compose_needs_a_grafana_password_and_publishes_on_loopback_by_default() -> None:
+    with pytest.raises(ComposeError, match="GRAFANA_ADMIN_PASSWORD is missing a value"):
+        render_compose({})
+    services = render_compose({"GRAFANA_ADMIN_PASSWORD": "a-real-password"})["services"]
+    ports = {name: published(service) for name, service in services.items() if published(service)}
+    assert {*SERVICES, "prometheus", "grafana", "mongo", "kafka"} <= set(ports)
+    exposed = {name: p for name, p in ports.items() if not all(is_loopback(host) for host, _ in p)}
+    assert exposed == {}, f"published beyond this machine by default: {exposed}"
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "a-real-password"
+    # No key by default, which the services accept only because they are published on loopback.
+    for name, writes in (("reranker", ("admin",)), ("collector", ("feedback",)), ("trainer", ("admin",))):
+        configured = service_settings(services[name])
+        assert configured.host == "0.0.0.0" and configured.published_host == "127.0.0.1", name
+        assert start_problems(configured, writes) == [], name
+
+
+def test_compose_published_elsewhere_needs_the_keys() -> None:
+    env = {"GRAFANA_ADMIN_PASSWORD": "pw", "PUBLISH_ADDRESS": "0.0.0.0"}
+    services = render_compose(env)["services"]
+    assert ("0.0.0.0", "8000") in published(services["reranker"])
+    assert published(services["mongo"]) == [("127.0.0.1", "27017")]  # no authentication: never
+    assert start_problems(service_settings(services["reranker"]), ("admin",))
+    assert start_problems(service_settings(services["collector"]), ("feedback",))
+    keyed = render_compose({**env, "EDURANKER_ADMIN_KEYS": "k1", "EDURANKER_FEEDBACK_KEYS": "k2"})["services"]
+    assert start_problems(service_settings(keyed["reranker"]), ("admin",)) == []
+    assert start_problems(service_settings(keyed["collector"]), ("feedback",)) == []
+
+
+def test_compose_runs_mongodb_as_a_replica_set_for_transactions() -> None:
+    mongo = load_yaml(COMPOSE_FILE)["services"]["mongo"]
+    assert mongo["command"][-2:] == ["--replSet", "rs0"]
+    assert "rs.initiate" in mongo["healthcheck"]["test"][-1]
+
+
 def test_compose_bind_mounts_exist() -> None:
     for name, service in load_yaml(COMPOSE_FILE)["services"].items():
         for volume in service.get("volumes", []):
@@ -486,6 +596,12 @@ def test_dockerfile_builds_a_non_root_multi_stage_image() -> None:
     assert re.search(r"^USER 10001", dockerfile, re.MULTILINE)
     assert re.search(r"^HEALTHCHECK ", dockerfile, re.MULTILINE)
     assert 'ENTRYPOINT ["eduranker-entrypoint"]' in dockerfile
+    # The image installs [project].dependencies only: the tests' MongoDB (GPL-2.0) never ships in it.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "tomllib" in dockerfile and '["project"]["dependencies"]' in dockerfile
+    assert not [d for d in project["dependencies"] if "secantus" in d.lower()]
+    assert [d for d in project["optional-dependencies"]["dev"] if d.startswith("SecantusDB==")]
+    assert re.search(r"^ARG PYTHON_IMAGE=", dockerfile, re.MULTILINE)  # make image picks the base
 
 
 # --- Prometheus and Grafana ----------------------------------------------------------------

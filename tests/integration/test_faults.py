@@ -27,9 +27,9 @@ import httpx
 import pytest
 
 from shared.events import MODEL_READY_TOPIC, ModelReadyEvent
-from shared.kafka import make_broadcast_consumer, parse
 from shared.store import open_store
 from tests.conftest import ROOT, tiny_stack
+from tests.integration.bus import TopicReader
 from tests.integration.test_feedback import aggregator_stats, collector_feedback, metric, wait_until_equal
 from tests.integration.test_trainer import request
 from tools.localstack import LocalStack, wait_for
@@ -194,22 +194,20 @@ class ReadyEvents:
     """Every `model.ready` from now on, read from the end of the topic like a reranker replica."""
 
     def __init__(self, stack: LocalStack) -> None:
-        self.consumer = make_broadcast_consumer(stack.settings, MODEL_READY_TOPIC)
+        self.reader = TopicReader(stack.settings, MODEL_READY_TOPIC)
         self.seen: dict[str, ModelReadyEvent] = {}
 
     def wait(self, request_ids: set[str], timeout_s: float = 180) -> dict[str, ModelReadyEvent]:
         def poll() -> bool:
-            for records in self.consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    event = parse(MODEL_READY_TOPIC, record.value)
-                    if isinstance(event, ModelReadyEvent) and event.request_event_id in request_ids:
-                        self.seen[event.request_event_id] = event
+            for event in self.reader.events():
+                if isinstance(event, ModelReadyEvent) and event.request_event_id in request_ids:
+                    self.seen[event.request_event_id] = event
             return request_ids <= set(self.seen)
 
         try:
             wait_for(poll, timeout_s, 0.0, f"model.ready for {len(request_ids)} requests")
         finally:
-            self.consumer.close()
+            self.reader.close()
         return self.seen
 
 
@@ -424,7 +422,7 @@ def test_loadtest_reports_every_figure(stack: LocalStack, tmp_path: Path) -> Non
     """`make loadtest`'s script for a few seconds against this stack (its own start is `make run`'s)."""
     output = tmp_path / "loadtest.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "loadtest.py"), "--duration", "3", "--clients", "2",
+        [sys.executable, "-m", "bench.loadtest", "--duration", "3", "--clients", "2",
          "--reranker", stack.url("reranker"), "--collector", stack.url("collector"), "--output", str(output)],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from services.collector.intake import FeedbackWriter
-from shared.events import utcnow
-from shared.store import Inference, ShownResult, Store, open_store
+from services.collector.intake import ActionWriter
+from shared.records import Inference, ShownResult, utcnow
+from shared.store import Store, open_store
 from tests.integration.test_store_contract import make_feedback, store  # noqa: F401 - the backends
 from tools.localstack import LocalStack, wait_for
 
@@ -173,6 +173,14 @@ def test_refusals_say_what_to_change_and_store_nothing(stack: LocalStack) -> Non
         response = post(stack, payload)
         assert response.status_code == status, response.text
         assert message in response.text
+    # Every identifier, one rule (shared/records.py `Identifier`): said in the same words for each.
+    for field in ("inference_id", "resource_id", "user_id", "session_id", "request_id"):
+        response = post(stack, {**body((199, 1, None), "like"), field: "id\x00with\x1bcontrol"})
+        assert response.status_code == 422, response.text
+        (error,) = response.json()["detail"]
+        assert error["loc"] == ["body", field]
+        assert error["msg"] == ("Value error, an id must be printable text: U+0000 at position 2 is a "
+                                "control character; remove it")
     too_many = {"items": [body((199, 1, None), "like")] * 501}
     response = httpx.post(f"{stack.url('collector')}/api/feedback/batch", json=too_many, timeout=30)
     assert response.status_code == 422 and "500" in response.text
@@ -439,7 +447,7 @@ async def test_store_writes_many_in_order_and_reads_back_published_events(store:
 
 
 async def test_a_faulty_item_fails_alone_and_the_writer_goes_on(store: Store) -> None:  # noqa: F811
-    writer = FeedbackWriter(store)
+    writer = ActionWriter("feedback-writer", store.record_feedback_many)
     writer.start()
     try:
         await writer.record(make_feedback(0))
@@ -457,7 +465,7 @@ async def test_a_faulty_item_fails_alone_and_the_writer_goes_on(store: Store) ->
 async def test_a_request_is_stored_all_or_none(store: Store) -> None:  # noqa: F811
     """Requests sharing a transaction that fails are written again each on its own: the faulty one
     fails whole, the others are stored."""
-    writer = FeedbackWriter(store)
+    writer = ActionWriter("feedback-writer", store.record_feedback_many)
     writer.start()
     try:
         await writer.record(make_feedback(0))

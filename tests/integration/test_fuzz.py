@@ -28,8 +28,8 @@ from services.collector import intake
 from services.collector.app import create_app as collector_app
 from services.reranker.app import create_app as reranker_app
 from services.trainer.app import create_app as trainer_app
-from shared.broker import EmbeddedBroker, free_port
-from shared.kafka import ensure_topics
+from shared.messaging.admin import ensure_topics
+from shared.messaging.broker import EmbeddedBroker, free_port
 from shared.settings import Settings
 from tests.conftest import SAMPLE_CATALOGUE
 from tests.integration.served import Served

@@ -1,4 +1,5 @@
-"""`publish_batch` on the real broker: every message stored, each key on its usual partition, in order."""
+"""`Producer.send_batch` on the real broker: every message stored, each key on its usual partition,
+in order."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import uuid
 from kafka import KafkaConsumer, TopicPartition
 from kafka.partitioner.default import murmur2
 
-from shared.broker import EmbeddedBroker
-from shared.kafka import ensure_topics, make_batch_producer, publish_batch
+from shared.messaging.admin import ensure_topics
+from shared.messaging.broker import EmbeddedBroker
+from shared.messaging.producer import Producer
 from shared.settings import Settings
 
 
@@ -22,12 +24,11 @@ def test_each_key_lands_where_the_default_partitioner_puts_it_in_order(broker: E
     messages = [(topic, f"key-{n % 40}".encode(), f"{n:06d}".encode() + b"x" * 600) for n in range(3000)]
 
     async def send() -> None:
-        producer = make_batch_producer(settings)
-        await producer.start()
+        producer = Producer(settings)
         try:
-            await publish_batch(producer, messages, timeout_s=30)
+            await producer.send_batch(messages, timeout_s=30)
         finally:
-            await producer.stop()
+            await producer.close()
 
     asyncio.run(send())
     consumer = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False)

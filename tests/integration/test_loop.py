@@ -1,4 +1,5 @@
-"""The whole learning loop as real processes: broker, four services, HTTP, Kafka, retraining."""
+"""The whole learning loop as real processes: broker, four services, HTTP, Kafka, retraining; on each
+store backend (SQLite, and MongoDB: SecantusDB, tests/mongodb.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.integration.test_deploy import (
     grafana_to_promql,
     metric_names,
 )
+from tests.mongodb import database_url
 from tools.localstack import LocalStack, wait_for
 
 QUERIES = [
@@ -33,14 +35,18 @@ QUERIES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[LocalStack]:
+@pytest.fixture(scope="module", params=["sqlite", "mongodb"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          tiny_model: Path) -> Iterator[LocalStack]:
     # The gate is exercised by the trainer tests; here any candidate must get through (margin 1,
     # no check of the labels against BM25), promoted offline so the reranker reloads it at once;
     # a challenger users decide on is tests/integration/test_online.py.
-    with tiny_stack(tmp_path_factory.mktemp("loop"), tiny_model, promotion="offline",
-                    train_min_new_feedback=40,
-                    gate_margin=1.0, gate_min_prior_auc=0.0, num_epochs=2) as running:
+    store = {}
+    if request.param == "mongodb":
+        store["store_url"] = database_url(request.getfixturevalue("mongodb"))
+    with tiny_stack(tmp_path_factory.mktemp(f"loop-{request.param}"), tiny_model, promotion="offline",
+                    train_min_new_feedback=90,
+                    gate_margin=1.0, gate_min_prior_auc=0.0, num_epochs=2, **store) as running:
         yield running
 
 
@@ -52,10 +58,11 @@ def search(stack: LocalStack, query: str, **extra: object) -> dict:
 
 
 def rate_top_results(stack: LocalStack, given: dict[str, dict[str, float]] | None = None) -> int:
-    """Likes and dislikes the first 8 results of each query, both labels on every query: 48
-    feedback, past the threshold these tests train at (40). `given`: query → resource → 1 (like)."""
+    """Two people like and dislike the first 8 results of each query, both labels on every query:
+    96 feedback, past the threshold these tests train at (90), and each result judged by two voices
+    (what one person alone says is not remembered). `given`: query → resource → 1 (like)."""
     sent = 0
-    for query in QUERIES:
+    for person, query in ((p, q) for p in ("ana", "ben") for q in QUERIES):
         body = search(stack, query)
         for result in body["results"][:8]:
             label = "like" if query.split()[0].lower() in result["title"].lower() else "dislike"
@@ -63,6 +70,7 @@ def rate_top_results(stack: LocalStack, given: dict[str, dict[str, float]] | Non
                 label = "like" if result["rank"] == 1 else "dislike"
             response = httpx.post(f"{stack.url('collector')}/api/feedback", json={
                 "inference_id": body["inference_id"], "resource_id": result["resource_id"], "feedback": label,
+                "user_id": person,
             })
             assert response.status_code == 200, response.text
             assert response.json()["status"] == "created"
@@ -113,8 +121,8 @@ def test_feedback_retrains_and_the_reranker_reloads(stack: LocalStack) -> None:
 
     given: dict[str, dict[str, float]] = {}
     sent = rate_top_results(stack, given)
-    assert sent == 48
-    assert stats(stack)["feedback"]["total"] == 48
+    assert sent == 96
+    assert stats(stack)["feedback"]["total"] == 96
 
     info = wait_for(
         lambda: (i := httpx.get(f"{reranker}/api/reranking/info-modele").json())["version"] != "v0" and i,
@@ -145,8 +153,8 @@ def test_feedback_retrains_and_the_reranker_reloads(stack: LocalStack) -> None:
     runs = httpx.get(f"{stack.url('trainer')}/admin/runs").json()["runs"]
     assert any(r["status"] == "promoted" and r["version"] == "v0001" for r in runs)
     aggregator = httpx.get(f"{stack.url('aggregator')}/stats").json()
-    assert aggregator["counts"]["total"] == 48
-    assert aggregator["counts"]["like"] + aggregator["counts"]["dislike"] == 48
+    assert aggregator["counts"]["total"] == 96
+    assert aggregator["counts"]["like"] + aggregator["counts"]["dislike"] == 96
 
 
 def test_bad_input_is_refused_and_nothing_is_stored(stack: LocalStack) -> None:

@@ -1,4 +1,4 @@
-"""bench/memory_study.py on a small BEIR collection: the study runs, and what it reports holds.
+"""`python -m bench.studies.memory` on a small BEIR collection: the study runs, and what it reports holds.
 
 The tiny model's numbers mean nothing; the contract does: each variant's held-out and rated
 changes, and a version whose neighbours weigh 0 leaves every query nobody rated as version 0
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared.ml.training_run import NEIGHBOUR_WEIGHTS
+from shared.ml.training.run import NEIGHBOUR_WEIGHTS
 from tests.conftest import ROOT
 from tests.integration.test_quality import beir_collection
 
@@ -25,7 +25,7 @@ def test_memory_study_reports_each_variant_and_weight_zero_leaves_unrated_querie
     env = {**os.environ, "EDURANKER_BASE_MODEL": str(tiny_model),
            "EDURANKER_EMBEDDING_MODEL": str(tiny_model), "EDURANKER_MAX_LENGTH": "64",
            "EDURANKER_MODEL_DIR": str(tmp_path / "models")}
-    command = [sys.executable, str(ROOT / "bench" / "memory_study.py"), "--dataset", str(dataset),
+    command = [sys.executable, "-m", "bench.studies.memory", "--dataset", str(dataset),
                "--seeds", "1", "--searches", "300", "--memory-weights", "4", "--neighbours", "0", "2",
                "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,

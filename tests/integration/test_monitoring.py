@@ -90,7 +90,7 @@ def test_every_panel_has_data_and_no_alert_is_active(stack: LocalStack, promethe
     assert search(stack, "linear algebra for beginners")["model_version"] == "v0001"
     wait_for(lambda: scraped_after_training(prometheus), 30, 0.5, "the promoted run and v0001 scraped")
     searches = 'sum(eduranker_http_requests_total{service="reranker", route=~"/api/reranking/search.*"})'
-    wait_for(lambda: values(prometheus, searches) == [len(QUERIES) + 2], 30, 0.5, "every search scraped")
+    wait_for(lambda: values(prometheus, searches) == [2 * len(QUERIES) + 2], 30, 0.5, "every search scraped")
 
     # Grafana's intervals as if the dashboard showed the test's time range, its threshold the stack's.
     window = f"{math.ceil(time.monotonic() - began) + 5}s"

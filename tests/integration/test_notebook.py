@@ -24,7 +24,9 @@ from shared.ml.registry import Registry
 from shared.settings import OFFLINE_BASE_MODEL
 from shared.store import open_store
 from tests.conftest import ROOT, SAMPLE_CATALOGUE
-from tools.cli import like_rule
+from tools.cli import SAMPLE_QUERIES
+from tools.collection import read_queries
+from tools.people import like_rule
 from tools.sample_feedback import fill, main
 
 NOTEBOOK = ROOT / "notebooks" / "fine_tune_cross_encoder.ipynb"
@@ -212,7 +214,10 @@ def test_the_notebook_run_as_the_trainer_on_the_offline_weights_explains_why_no_
         tmp_path: Path, kernel_dir: Path) -> None:
     """`TRAIN_CROSS_ENCODER = "auto"`: no training result at all, and no cell may fail for it."""
     env = settings_env(tmp_path, OFFLINE_BASE_MODEL)
-    asyncio.run(fill(env["EDURANKER_STORE_URL"], 40, seed=5))
+    # A few popular queries, each searched by several people: the memory keeps what more than one
+    # voice agrees on (docs/evidence.md), so one rating per query would leave it empty.
+    popular = list(read_queries(SAMPLE_QUERIES).values())[:4]
+    asyncio.run(fill(env["EDURANKER_STORE_URL"], 40, seed=5, queries=popular))
 
     nb = run_notebook(kernel_dir, env, edits={'TRAIN_CROSS_ENCODER = "on"': 'TRAIN_CROSS_ENCODER = "auto"'})
 

@@ -17,10 +17,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.ml.model import load_embedder
-from shared.ml.pipeline import FeedbackMemory, PipelineSpec, version_zero
+from shared.ml.ranking.pipeline import FeedbackMemory, PipelineSpec, version_zero
 from shared.ml.registry import Registry
-from shared.store import ModelVersion, open_store
+from shared.ml.runtime.loading import load_embedder
+from shared.records import ModelVersion
+from shared.store import open_store
 from tests.conftest import tiny_stack
 from tests.integration.conftest import chromium_context
 from tools.localstack import LocalStack, wait_for
@@ -50,6 +51,7 @@ class Users:
     def __init__(self, stack: LocalStack, tiny_model: Path) -> None:
         self.stack = stack
         self.client = httpx.Client(timeout=60)
+        self.people = 0  # each search is a new person: the test counts one repeated search once
         self.relevant = {}
         for query in QUERIES:
             ranked = self.search(query, top_k=20)["results"]
@@ -70,6 +72,7 @@ class Users:
         sent = 0
         for n in range(searches):
             query = QUERIES[n % len(QUERIES)]
+            self.people += 1
             body = self.search(query)
             for result in body["results"]:
                 relevant = result["resource_id"] in self.relevant[query]
@@ -77,7 +80,7 @@ class Users:
                     continue
                 answer = self.client.post(f"{self.stack.url('collector')}/api/feedback", json={
                     "inference_id": body["inference_id"], "resource_id": result["resource_id"],
-                    "feedback": "like" if relevant else "dislike", "user_id": f"user-{n}"})
+                    "feedback": "like" if relevant else "dislike", "user_id": f"user-{self.people}"})
                 assert answer.status_code == 200, answer.text
                 sent += 1
         return sent

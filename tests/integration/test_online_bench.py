@@ -23,7 +23,7 @@ KEYS = {"sensitivity", "impressions_to_decide_interleaving", "impressions_to_dec
         "flipped_rejected_online", "rollback_happened",
         "rollback_impressions", "ndcg10_traffic_v0", "ndcg10_traffic_final", "traffic_gain_by_seed",
         "ndcg10_held_out_v0", "ndcg10_held_out_final", "held_out_gain_by_seed", "held_out_paired_by_seed",
-        "latency", "people",
+        "latency", "people", "traffic_gain", "propensity_max_rel_error", "ratings_only",
         "settings", "pairs", "loops"}
 
 
@@ -31,10 +31,11 @@ KEYS = {"sensitivity", "impressions_to_decide_interleaving", "impressions_to_dec
 def test_online_harness_decides_replays_and_measures_the_traffic(tmp_path: Path, tiny_model: Path) -> None:
     dataset = beir_collection(tmp_path / "collection")
     out = tmp_path / "online.json"
-    command = [sys.executable, str(ROOT / "bench" / "online.py"), "--dataset", str(dataset), "--seeds", "1",
+    command = [sys.executable, "-m", "bench.online", "--dataset", str(dataset), "--seeds", "1",
                "--searches", "200", "--pair-searches", "300", "--latency-searches", "20",
                "--flipped-searches", "60", "--min-impressions", "30", "--max-impressions", "240",
-               "--min-new", "40", "--resamples", "3", "--resample-cap", "2000",
+               "--min-new", "40", "--min-new-interactions", "100", "--resamples", "3",
+               "--resample-cap", "2000",
                "--base-model", str(tiny_model), "--embedding-model", str(tiny_model), "--max-length", "64",
                "--train-timeout", "300", "--workdir", str(tmp_path / "work"), "--out", str(out)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
@@ -63,7 +64,19 @@ def test_online_harness_decides_replays_and_measures_the_traffic(tmp_path: Path,
     assert pairs["safety"]["flipped_run"]["status"] in ("challenger", "rejected")
     latency = result["latency"]
     assert latency["plain_p95_ms"] > 0 and math.isfinite(latency["p95_ratio"])
-    (loop,) = result["loops"]
+    # Who produced the figures: every parameter, and what they did per search.
+    people = result["people"]
+    assert people["click_model"] == "informational, position-based" and people["rate_share"] == 0.03
+    assert people["clicks_per_search"] > 0.5 and 0 <= people["ratings_per_search"] < 0.2
+    assert result["ratings_only"]["traffic_gain"] == result["ratings_only"]["traffic_gain_by_seed"][0]
+    for pair in pairs["pairs"]:  # the same impressions replayed with ratings alone
+        assert pair["ratings_only"]["resampled_interleaving"]["with_floor"]["runs"] == 3
+    loop, rated = result["loops"]
+    assert (loop["evidence"], rated["evidence"]) == ("all", "ratings")
+    assert rated["clicks_per_search"] > 0.5  # the same people open results; the product is not told
+    # Where people looked, estimated from the loop's traffic as a run would, against the truth.
+    assert len(loop["click_model"]["propensity"]) == 10 and loop["click_model"]["searches"] > 0
+    assert loop["propensity_error"]["max_rel_error"] == result["propensity_max_rel_error"]
     assert set(loop["traffic_queries"]).isdisjoint(loop["held_out_queries"])
     assert loop["searches"] == 200
     # Training fired from the aggregator's policy alone; a candidate the safety checks pass goes to

@@ -1,26 +1,30 @@
 """The search page on the real stack: plain HTTP checks, then a real browser (Chromium + Playwright).
 
-The browser test plays a person: searches, likes and dislikes (mouse and keyboard), sees an
+The browser tests play a person: searches, likes and dislikes (mouse and keyboard), sees an
 error message from the API, watches the feedback counted in the panel, gives enough feedback
-for a training run, and sees the new version served. Screenshots go to `test-artifacts/`.
+for a training run, and sees the new version served; then narrows a search by a facet and reads
+the next page. Screenshots go to `test-artifacts/`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from shared.broker import free_port
+from shared.messaging.broker import free_port
+from shared.store import open_store
 from tests.conftest import ROOT, tiny_stack
 from tests.integration.served import Served
-from tools.localstack import LocalStack
+from tools.localstack import LocalStack, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
 THRESHOLD = 12
@@ -64,7 +68,9 @@ def test_the_page_is_served_with_its_config_and_no_secrets(stack: LocalStack) ->
     assert raw is not None
     config = json.loads(raw.group(1).replace("&quot;", '"'))
     assert config["feedbackUrl"] == "api/feedback"
-    assert set(config) == {"searchUrl", "feedbackUrl", "statusUrl", "reportsUrl", "pollMs", "topK"}
+    assert set(config) == {"searchUrl", "feedbackUrl", "interactionsUrl", "statusUrl", "reportsUrl", "pollMs",
+                           "topK", "facets", "languages"}
+    assert config["facets"] == ["subject", "level", "type", "language"] and config["languages"] == ["en"]
     assert "{{" not in page
     for asset, kind in (("static/page.js", "javascript"), ("static/page.css", "text/css")):
         served = httpx.get(f"{reranker}/{asset}", timeout=10)
@@ -137,6 +143,28 @@ def test_a_part_that_is_down_is_reported_and_the_rest_still_shown(stack: LocalSt
         assert "was not saved" in refused.json()["detail"]
 
 
+def test_the_redirect_goes_only_to_the_shown_resources_catalogue_address(stack: LocalStack) -> None:
+    reranker, collector = stack.url("reranker"), stack.url("collector")
+    search = httpx.post(f"{reranker}/api/reranking/search-with-reranking",
+                        json={"query_text": "calculus derivatives exercises", "top_k": 3}, timeout=30).json()
+    first = search["results"][0]
+    before = httpx.get(f"{collector}/api/feedback/stats", timeout=30).json()["interactions"]["opens"]
+    go = f"{reranker}/go/{search['inference_id']}"
+    hijack = httpx.get(f"{go}/{first['resource_id']}", params={"url": "https://evil.example/", "next": "/x"},
+                       timeout=30)
+    assert hijack.status_code == 303 and hijack.headers["location"] == first["url"]  # never the request's
+    opened = httpx.get(f"{collector}/api/feedback/stats", timeout=30).json()["interactions"]["opens"]
+    assert opened == before + 1
+    shown = {r["resource_id"] for r in search["results"]}
+    other = next(f"res-{n:04d}" for n in range(1, 400) if f"res-{n:04d}" not in shown)
+    unknown = f"{reranker}/go/no-such-inference/{first['resource_id']}"
+    for path, status, message in ((f"{go}/{other}", 422, "not among the results"),
+                                  (unknown, 404, "not found")):
+        refused = httpx.get(path, timeout=30)
+        assert refused.status_code == status and "location" not in refused.headers, refused.text
+        assert message in refused.json()["detail"]
+
+
 # The browser
 
 
@@ -150,6 +178,49 @@ def give_feedback(page: Any, expect: Any, rank: int, label: str, keyboard: bool 
         button.click()
     expect(result.locator(".feedback-status")).to_have_text(re.compile("Thanks"), timeout=15_000)
     expect(button).to_have_attribute("aria-pressed", "true")
+
+
+def test_a_person_opens_a_result_and_comes_back_and_both_are_recorded(stack: LocalStack,
+                                                                      browser: Any) -> None:
+    """The title is a plain link; its open goes as a beacon, and the stay is measured on return."""
+    from playwright.sync_api import expect
+
+    reranker, collector = stack.url("reranker"), stack.url("collector")
+    page = browser.new_page()
+    page.route("https://*.example.org/**", lambda route: route.fulfill(
+        status=200, content_type="text/html", body="<h1>The resource</h1>"))
+    page.goto(f"{reranker}/")
+    page.get_by_label("Search resources").fill("introduction to neural networks")
+    page.keyboard.press("Enter")
+    link = page.locator("#results > li").first.locator("a.result-link")
+    expect(link).to_have_count(1, timeout=15_000)
+    href = link.get_attribute("href")
+    assert href and href.startswith("https://")  # the resource's own address: the link is not rewritten
+    before = httpx.get(f"{collector}/api/feedback/stats", timeout=30).json()["interactions"]
+    link.click()
+    expect(page.locator("h1")).to_have_text("The resource", timeout=15_000)
+    page.go_back()
+    expect(page.locator("#search-form")).to_be_visible(timeout=15_000)
+
+    def recorded() -> dict | None:
+        now = httpx.get(f"{collector}/api/feedback/stats", timeout=30).json()["interactions"]
+        return now if now["opens"] == before["opens"] + 1 and now["since_last_training"] > 0 else None
+
+    wait_for(recorded, 30, 0.2, "the open recorded")
+
+    async def dwell() -> list:
+        db = await open_store(stack.settings.store_url)
+        try:
+            return [i.dwell_s for i in await db.list_interactions(include_test=True) if i.session_id]
+        finally:
+            await db.close()
+
+    def returned() -> bool:  # the store read on a thread of its own: Playwright's loop runs on this one
+        with ThreadPoolExecutor(1) as reader:
+            return any(d is not None for d in reader.submit(asyncio.run, dwell()).result())
+
+    wait_for(returned, 30, 0.2, "the return's dwell")
+    page.close()
 
 
 def test_a_person_searches_gives_feedback_and_sees_the_model_retrain(stack: LocalStack, browser: Any) -> None:
@@ -233,4 +304,43 @@ def test_a_person_searches_gives_feedback_and_sees_the_model_retrain(stack: Loca
     expect(page.locator("#model-summary-link")).to_contain_text("Model v0001")
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.screenshot(path=str(ARTIFACTS / "search-page-phone.png"), full_page=True)
+    assert crashes == []
+
+
+def test_a_person_narrows_by_a_facet_and_reads_the_next_page(stack: LocalStack, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page()
+    crashes: list[str] = []
+    page.on("pageerror", lambda exc: crashes.append(str(exc)))
+    page.goto(f"{stack.url('reranker')}/")
+    expect(page.locator("#language-choice")).to_be_hidden()  # one language in this catalogue
+    page.get_by_label("Search resources").fill("machine learning tutorial")
+    page.keyboard.press("Enter")
+    results, status = page.locator("#results > li"), page.locator("#search-status")
+    expect(results).to_have_count(10, timeout=15_000)
+    expect(status).to_contain_text(re.compile(r"^10 of \d+ results"))
+
+    beginner = page.get_by_role("checkbox", name=re.compile(r"^beginner \(\d+\)$"))
+    label = page.locator(f"label[for='{beginner.get_attribute('id')}']").text_content() or ""
+    count = int(re.search(r"\((\d+)\)", label).group(1))  # type: ignore[union-attr]
+    assert count > 10
+    beginner.check()
+    expect(status).to_contain_text(f"10 of {count} results", timeout=15_000)
+    expect(status).to_contain_text("(filtered)")
+    assert all("beginner" in (meta or "") for meta in results.locator(".meta").all_text_contents())
+    expect(page.get_by_role("checkbox", name=re.compile(r"^beginner"))).to_be_checked()
+
+    page.get_by_role("button", name="More results").click()
+    expect(results).to_have_count(min(20, count), timeout=15_000)
+    expect(status).to_contain_text(f"{min(20, count)} of {count} results")
+    ids = [item.get_attribute("data-resource-id") for item in results.all()]
+    assert len(set(ids)) == len(ids)
+    assert results.locator(".rank").all_text_contents() == [f"#{n}" for n in range(1, len(ids) + 1)]
+    assert all("beginner" in (meta or "") for meta in results.locator(".meta").all_text_contents())
+    page.screenshot(path=str(ARTIFACTS / "search-page-facets.png"), full_page=True)
+
+    # Liking a result of the second page goes to that page's own inference.
+    give_feedback(page, expect, 12, "like")
     assert crashes == []

@@ -56,7 +56,7 @@ def beir_collection(folder: Path) -> Path:
 def test_eval_harness_writes_every_key_the_split_and_the_plot(tmp_path: Path, tiny_model: Path) -> None:
     dataset = beir_collection(tmp_path / "collection")
     out = tmp_path / "quality.json"
-    command = [sys.executable, str(ROOT / "bench" / "quality.py"), "--dataset", str(dataset),
+    command = [sys.executable, "-m", "bench.quality", "--dataset", str(dataset),
                "--seeds", "1", "--flipped-seeds", "1", "--passes", "1", "--min-new", "15",
                "--base-model", str(tiny_model), "--embedding-model", str(tiny_model), "--max-length", "64",
                "--base-queries", "5", "--train-timeout", "300", "--workdir", str(tmp_path / "work"),

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from services.trainer.version_actions import VersionActions
+from services.trainer.lifecycle import Lifecycle
+from services.trainer.versions import VersionIndex
+from shared.messaging.producer import Producer
 from shared.ml.registry import (
     METADATA_FILE,
     Registry,
@@ -16,8 +18,9 @@ from shared.ml.registry import (
     previous_champion,
     rejected_to_prune,
 )
+from shared.records import ModelVersion, TrainingRun
 from shared.settings import Settings
-from shared.store import ModelVersion, TrainingRun, open_store
+from shared.store import open_store
 
 
 def write(registry: Registry, version: str, run_id: str = "", decision: str = "rejected") -> Path:
@@ -124,18 +127,19 @@ async def versions(tmp_path: Path):  # noqa: ANN201
                         registry_keep_rejected=2)
     store = await open_store(settings.store_url)
     try:
-        yield VersionActions(settings, store, Registry(settings.model_dir).ensure())
+        # Prune and reconcile announce nothing: the producer is never started.
+        yield Lifecycle(settings, store, Registry(settings.model_dir).ensure(), Producer(settings)).versions
     finally:
         await store.close()
 
 
-async def index(versions: VersionActions, name: str, status: str) -> None:
+async def index(versions: VersionIndex, name: str, status: str) -> None:
     await versions.store.save_model_version(ModelVersion(version=name, location=name, status=status,
                                                          base_model="tiny", metrics={"candidate_auc": 0.9}))
 
 
 async def test_prune_removes_old_rejected_folders_and_keeps_their_index_entries(
-        versions: VersionActions) -> None:
+        versions: VersionIndex) -> None:
     registry = versions.registry
     for i, status in enumerate(["promoted", "rejected", "rejected", "rejected", "promoted", "rejected"], 1):
         write(registry, f"v{i:04d}", decision=status)
@@ -153,7 +157,7 @@ async def test_prune_removes_old_rejected_folders_and_keeps_their_index_entries(
     assert await versions.prune() == []
 
 
-async def test_reconcile_undoes_a_killed_run_and_makes_the_index_agree(versions: VersionActions) -> None:
+async def test_reconcile_undoes_a_killed_run_and_makes_the_index_agree(versions: VersionIndex) -> None:
     registry, store = versions.registry, versions.store
     write(registry, "v0001", decision="promoted")
     await index(versions, "v0001", "promoted")

@@ -25,17 +25,20 @@ from sentence_transformers import CrossEncoder
 
 from services.reranker.app import create_app
 from services.reranker.inference_log import InferenceLog
-from services.reranker.routes import MAX_QUERY_CHARS, query_as_read
-from shared.broker import EmbeddedBroker, free_port
-from shared.events import MODEL_READY_TOPIC, ModelReadyEvent, new_id
-from shared.kafka import ensure_topics, make_producer, publish
-from shared.ml.model import cross_scores, load_cross_encoder, load_onnx_cross_encoder
-from shared.ml.pipeline import PipelineSpec
+from services.reranker.routes.search import MAX_QUERY_CHARS, query_as_read
+from shared.events import MODEL_READY_TOPIC, ModelReadyEvent
+from shared.messaging.admin import ensure_topics
+from shared.messaging.broker import EmbeddedBroker, free_port
+from shared.ml.ranking.pipeline import PipelineSpec
+from shared.ml.ranking.retrieval import CatalogueIndex
 from shared.ml.registry import Registry
-from shared.ml.retrieval import CatalogueIndex
+from shared.ml.runtime.loading import cross_scores, load_cross_encoder
+from shared.ml.runtime.onnx import load_onnx_cross_encoder
+from shared.records import Inference, ShownResult, new_id
 from shared.settings import Settings
-from shared.store import Inference, ShownResult, open_store
+from shared.store import open_store
 from tests.conftest import ROOT, SAMPLE_CATALOGUE
+from tests.integration.bus import send
 from tools.catalogue import load_catalogue, read_catalogue
 from tools.localstack import wait_for
 
@@ -104,13 +107,8 @@ def settings_for(workdir: Path, tiny_model: Path, broker: EmbeddedBroker, **extr
 
 def announce(settings: Settings, version: str, location: str | None = None) -> None:
     """What the trainer sends after promoting a version."""
-    producer = make_producer(settings)
-    try:
-        publish(producer, MODEL_READY_TOPIC, ModelReadyEvent(
-            version=version, location=location or version, base_model=settings.base_model,
-            decision="promoted"))
-    finally:
-        producer.close()
+    send(settings, MODEL_READY_TOPIC, ModelReadyEvent(
+        version=version, location=location or version, base_model=settings.base_model, decision="promoted"))
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +165,15 @@ def test_catalogue_changes_are_searchable_without_restart(server: Server) -> Non
     assert httpx.get(server.url + "/api/resources/res-missing").status_code == 404
     twice = httpx.post(server.url + "/api/resources", json={"resources": [resource, resource]})
     assert twice.status_code == 422 and "unique" in twice.text
+    # A control character in an id is refused, in the words every identifier is refused with.
+    for bad in ("res\x00nul", "res\u2028"):
+        refused = httpx.post(server.url + "/api/resources", json={"resources": [{**resource, "id": bad}]})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["detail"][0]["loc"] == ["body", "resources", 0, "id"]
+        assert "an id must be printable text: U+" in refused.json()["detail"][0]["msg"]
+    lookup = httpx.get(server.url + "/api/resources/res%00nul")
+    assert lookup.status_code == 422 and "an id must be printable text" in lookup.text
+    assert lookup.json()["detail"][0]["loc"] == ["path", "resource_id"]
 
 
 def test_both_search_modes(server: Server) -> None:
@@ -446,7 +453,7 @@ def test_onnx_backends_score_like_torch(tmp_path: Path, tiny_model: Path) -> Non
 @pytest.mark.slow
 def test_benchmark_writes_every_key(tmp_path: Path, tiny_model: Path) -> None:
     out = tmp_path / "rerank.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "rerank.py"), "--quick", "--base-model",
+    subprocess.run([sys.executable, "-m", "bench.rerank", "--quick", "--base-model",
                     str(tiny_model), "--backend", "torch", "--out", str(out)],
                    check=True, timeout=240, cwd=ROOT, capture_output=True)
     result = json.loads(out.read_text())

@@ -3,6 +3,7 @@ last; `--monitor` adds Prometheus."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -16,17 +17,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.broker import free_port
+from shared.messaging.broker import free_port
+from shared.store import open_store
 from tests.conftest import ROOT, tiny_env
 from tests.debian import debian_program
-from tools.localstack import PORT_FIELDS, SERVICES, wait_for
+from tests.mongodb import database_url
+from tools.localstack import PORT_FIELDS, SERVICES, LocalStack, wait_for
 
 
 @contextmanager
-def launched(workdir: Path, tiny_model: Path, *args: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """`python -m tools.cli run ARGS` on free ports, up; the test then stops it with Ctrl-C."""
+def launched(workdir: Path, tiny_model: Path, *args: str,
+             **settings: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`python -m tools.cli run ARGS` on free ports, up; the test then stops it with Ctrl-C.
+    `settings`: more EDURANKER_* variables in its environment, by field name."""
     ports = {service: free_port() for service in PORT_FIELDS}
-    env = {**os.environ, **tiny_env(tiny_model),
+    env = {**os.environ, **tiny_env(tiny_model, **settings),
            **{f"EDURANKER_{PORT_FIELDS[service].upper()}": str(port) for service, port in ports.items()}}
     log = workdir / "run.log"
     with log.open("wb") as out:
@@ -59,18 +64,34 @@ def ctrl_c(launcher: subprocess.Popen[bytes], log: Path) -> str:
     return log.read_text()
 
 
-def test_ctrl_c_stops_every_service_cleanly(workdir: Path, tiny_model: Path) -> None:
-    with launched(workdir, tiny_model) as (launcher, log):
+def stored_inference(store_url: str, inference_id: str) -> bool:
+    async def read() -> bool:
+        store = await open_store(store_url)
+        try:
+            return await store.get_inference(inference_id) is not None
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
+
+def test_ctrl_c_stops_every_service_cleanly(workdir: Path, tiny_model: Path, mongodb: str) -> None:
+    """On a MongoDB given in the environment, as `EDURANKER_STORE_URL=mongodb://... make run` is."""
+    store_url = database_url(mongodb)
+    with launched(workdir, tiny_model, store_url=store_url) as (launcher, log):
         reranker = re.search(r"reranker +(http://\S+)", log.read_text())
         assert reranker is not None
         search = httpx.post(f"{reranker.group(1)}/api/reranking/search-with-reranking",
                             json={"query_text": "algebra", "top_k": 3}, timeout=30)
         assert search.status_code == 200, search.text
+        wait_for(lambda: stored_inference(store_url, search.json()["inference_id"]), 30, 0.2,
+                 "the search logged in the MongoDB given")
+        assert not list((workdir / "var").glob("*.db")), "no SQLite store beside the MongoDB given"
         # The reranker answered before its vectors were all in; the launcher says when they are.
         wait_for(lambda: "vectors: all 350 in" in log.read_text(), 120, what="the vectors reported all in")
         broker_pid = int(log.read_text().split("event=broker_started")[1].split("pid=")[1].split()[0])
         # A normal start reads like one: no error line from the launcher or any service (the
-        # broker is waited for quietly while it starts; shared.broker.BrokerOutage).
+        # broker is waited for quietly while it starts; shared.messaging.broker.BrokerOutage).
         for path in [log, *sorted((workdir / "var" / "logs").glob("*.log"))]:
             errors = [line for line in path.read_text().splitlines() if "level=ERROR" in line]
             assert not errors, f"{path.name}: " + "\n".join(errors[:5])
@@ -118,3 +139,32 @@ def test_a_port_already_taken_stops_the_start_with_what_to_do(workdir: Path, tin
     assert "error: port in use: " in started.stderr and f"collector {taken}" in started.stderr
     assert "Is another `make run` up?" in started.stderr
     assert "Traceback" not in started.stderr and "event=broker_started" not in started.stdout + started.stderr
+
+
+def lingering(port: int) -> set[str]:
+    """States of the closed connections the kernel still keeps on loopback `port` (/proc/net/tcp)."""
+    names = {"04": "FIN_WAIT1", "05": "FIN_WAIT2", "06": "TIME_WAIT", "08": "CLOSE_WAIT", "09": "LAST_ACK"}
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return {names[state] for _, local, _, state, *_ in (line.split() for line in lines)
+            if int(local.split(":")[1], 16) == port and state in names}
+
+
+def test_a_second_start_right_after_a_stop_is_not_blocked_by_closed_connections(workdir: Path) -> None:
+    """`make run`, Ctrl-C, `make run` with the search page open: the browser's keep-alive connections,
+    closed by the stopped server, linger in FIN-WAIT or TIME_WAIT, and nothing listens any more."""
+    env = {"EDURANKER_COLLECTOR_PORT": str(free_port())}
+    with LocalStack(workdir / "first", env=dict(env), fixed_ports=True) as first:
+        first.start(services=("collector",))
+        port = first.ports["collector"]
+        browser = httpx.Client(timeout=10)  # keeps its connection open, as a browser tab does
+        assert browser.get(first.url("collector") + "/health").status_code == 200
+        first.stop()
+    try:
+        assert lingering(port), "the stopped server's connection should linger"
+        with socket.socket() as plain, pytest.raises(OSError):  # the check this replaces said "in use"
+            plain.bind(("127.0.0.1", port))
+        with LocalStack(workdir / "second", env=dict(env), fixed_ports=True) as second:
+            second.start(services=("collector",))
+            assert httpx.get(second.url("collector") + "/health", timeout=10).status_code == 200
+    finally:
+        browser.close()

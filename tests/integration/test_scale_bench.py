@@ -14,7 +14,7 @@ from tests.conftest import ROOT, tiny_env
 def test_scale_benchmark_runs_end_to_end_on_tiny_sizes(tiny_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     done = subprocess.run(
-        [sys.executable, "bench/scale.py", "--sizes", "150", "400", "--embed-up-to", "150",
+        [sys.executable, "-m", "bench.scale", "--sizes", "150", "400", "--embed-up-to", "150",
          "--searches", "10", "--updates", "1", "--launcher", "200", "--launcher-watch-s", "1",
          "--throughput-texts", "16",
          "--base-model", str(tiny_model), "--out", str(out)],
@@ -33,6 +33,13 @@ def test_scale_benchmark_runs_end_to_end_on_tiny_sizes(tiny_model: Path, tmp_pat
         update = size["update"]
         for key in ("api_added_s", "api_changed_s", "store_write_s"):
             assert 0 < update[key]["p50"] < 60, key  # found, not timed out
+        for share in ("1%", "50%"):
+            filtered = size["filtered_search"][share]
+            assert filtered["client_ms"]["p95"] > 0 and filtered["client_ms"]["n"] == 10, share
+            assert 0 <= filtered["kept"] < 1, share
+        assert size["filtered_search"]["1%"]["kept"] <= size["filtered_search"]["50%"]["kept"]
+        for key in ("api_s", "store_write_s"):
+            assert 0 < size["removal"][key]["p50"] < 60, key  # gone, not timed out
         assert size["after_updates"]["resources"] == size["resources"] + 2
     throughput = results["embedding_throughput"]["texts_per_s"]
     assert throughput["plain_encode"] > 0 and len(throughput) == 2

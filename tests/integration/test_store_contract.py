@@ -1,41 +1,45 @@
-"""One contract for every store backend: SQLite always, MongoDB when `EDURANKER_TEST_MONGODB_URL` is set.
+"""One contract for every store backend: SQLite, and MongoDB (SecantusDB started for the session, or
+the server `EDURANKER_TEST_MONGODB_URL` names; tests/mongodb.py).
 
+A new store method gets its test here, taking the `store` fixture: it then runs on both backends.
 Timestamps are whole milliseconds because BSON dates keep no finer precision.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
+import pymongo
 import pytest
 
-from shared.events import FEEDBACK_TOPIC, FeedbackEvent, Interleaved, decode, utcnow
-from shared.store.base import (
+from shared.events import FEEDBACK_TOPIC, INTERACTION_TOPIC, FeedbackEvent, InteractionEvent
+from shared.messaging.codec import decode
+from shared.records import (
     Experiment,
     Feedback,
     Inference,
+    Interaction,
+    Interleaved,
     InterleavingRecord,
     ModelVersion,
     Resource,
     ShownResult,
-    Store,
-    StoreUnavailableError,
     TrainingRun,
+    text_hash,
+    utcnow,
 )
+from shared.store import Store, StoreUnavailableError
 from shared.store.mongo import MongoStore
 from shared.store.sqlite import SQLiteStore
+from tests.mongodb import database_url
 
-MONGODB_URL_ENV = "EDURANKER_TEST_MONGODB_URL"
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
 
@@ -51,16 +55,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield sqlite
         await sqlite.close()
         return
-    url = os.environ.get(MONGODB_URL_ENV)
-    if not url:
-        pytest.skip(f"{MONGODB_URL_ENV} is not set: no MongoDB server to run the contract against")
-    name = f"eduranker_test_{uuid.uuid4().hex[:12]}"
-    mongo = MongoStore(urlsplit(url)._replace(path=f"/{name}").geturl())
+    mongo = MongoStore(database_url(request.getfixturevalue("mongodb")))
     await mongo.init()
     try:
         yield mongo
     finally:
-        await mongo.db.client.drop_database(name)
+        with pymongo.timeout(120):  # dropping is slow on a loaded machine, and no test waits for it
+            await mongo.db.client.drop_database(mongo.db.name)
         await mongo.close()
 
 
@@ -120,6 +121,56 @@ async def test_resources_since_returns_what_was_written_from_then_on(store: Stor
     assert await store.resources_since(later) == [a2]  # the update, not the unchanged one
     assert sorted(r.title for r in await store.resources_since(before)) == ["Algebra, revised",
                                                                            "Photosynthesis"]
+
+
+async def test_hidden_and_removed_resources_leave_the_catalogue_and_replicas_read_it(store: Store) -> None:
+    a, b, c = (Resource(id=i, title=f"Resource {i}") for i in "abc")
+    await store.upsert_resources([a, b, c])
+    before = utcnow() - timedelta(seconds=1)
+    version = await store.resources_version()
+
+    assert await store.set_hidden(["a", "unknown"], True) == 1
+    assert await store.set_hidden(["a"], True) == 0  # already hidden
+    assert await store.resources_version() != version
+    assert await store.list_resources() == [b, c]
+    assert await store.get_resources(["a", "b"]) == {"b": b}
+    assert await store.resource_states(["a", "b", "unknown"]) == {"a": "hidden", "b": "live"}
+    a2 = a.model_copy(update={"title": "Resource a, revised"})
+    await store.upsert_resources([a2])  # an update does not show a hidden resource again
+    assert await store.list_resources() == [b, c]
+
+    version = await store.resources_version()
+    assert await store.remove_resources(["b", "unknown"]) == 1
+    assert await store.remove_resources(["b"]) == 0
+    assert await store.resources_version() != version
+    assert await store.list_resources() == [c]
+    assert await store.resource_ids() == ["a", "c"]
+    assert await store.get_resources(["b"]) == {}
+    assert (await store.resource_states(["b"]))["b"] == "removed"
+    assert sorted(await store.withdrawn_since(before)) == ["a", "b"]
+    assert await store.resources_since(before) == [c]  # live ones only
+
+    later = utcnow() + timedelta(milliseconds=1)
+    await asyncio.sleep(0.01)  # the writer's clock moves on: the next writes are after `later`
+    assert await store.set_hidden(["a", "b", "c"], False) == 1  # only a hidden one is shown again
+    await store.upsert_resources([b])  # a removed id comes back as a new resource
+    assert await store.list_resources() == [a2, b, c]
+    assert sorted(r.id for r in await store.resources_since(later)) == ["a", "b"]
+    assert await store.withdrawn_since(later) == []
+    assert await store.resource_states(["a", "b", "c"]) == {"a": "live", "b": "live", "c": "live"}
+
+
+async def test_removal_deletes_the_stored_vectors_of_its_texts_and_hiding_keeps_them(store: Store) -> None:
+    kept, hidden, gone = (Resource(id=i, title=f"Text of {i}") for i in ("kept", "hidden", "gone"))
+    await store.upsert_resources([kept, hidden, gone])
+    vectors = {text_hash(r.text): np.full(4, n, dtype=np.float32) for n, r in enumerate((kept, hidden, gone))}
+    await store.put_vectors("model-a", vectors)
+    await store.put_vectors("model-b", {text_hash(gone.text): np.ones(4, dtype=np.float32)})
+    await store.set_hidden(["hidden"], True)
+    assert await store.remove_resources(["gone"]) == 1
+    assert sorted(await store.get_vectors("model-a", list(vectors))) == sorted(
+        [text_hash(kept.text), text_hash(hidden.text)])
+    assert await store.count_vectors("model-b") == 0
 
 
 async def test_inferences_add_get_count(store: Store) -> None:
@@ -454,3 +505,65 @@ async def test_sqlite_file_from_before_experiments_gains_their_columns(tmp_path:
         assert await store.experiment_feedback("exp-a") == []
     finally:
         await store.close()
+
+
+def make_interaction(n: int = 0, **fields: Any) -> Interaction:
+    values: dict[str, Any] = {"interaction_id": f"in-{n}", "inference_id": "inf-1", "resource_id": f"res-{n}",
+                              "rank": n + 1, "model_version": "v0001", "session_id": "s-1",
+                              "created_at": at(n), "updated_at": at(n)}
+    return Interaction(**(values | fields))
+
+
+async def test_interactions_an_open_then_its_dwell_with_their_events(store: Store) -> None:
+    opened, again, back, shorter, longer = await store.record_interactions([
+        make_interaction(0, request_id="o-1"), make_interaction(0, interaction_id="in-x"),
+        make_interaction(0, dwell_s=12.0, updated_at=at(5)),
+        make_interaction(0, dwell_s=3.0, updated_at=at(6)),
+        make_interaction(0, dwell_s=40.0, updated_at=at(7), request_id="r-2")])
+    assert (opened.status, again.status, back.status, shorter.status, longer.status) == (
+        "created", "duplicate", "updated", "duplicate", "updated")
+    assert (back.previous_dwell_s, longer.previous_dwell_s, longer.interaction.dwell_s) == (None, 12.0, 40.0)
+    retried = (await store.record_interactions([make_interaction(0, dwell_s=99.0, request_id="o-1")]))[0]
+    assert retried.status == "duplicate" and retried.interaction.dwell_s == 40.0  # a retry changes nothing
+    other_person = (await store.record_interactions([make_interaction(1, resource_id="res-0",
+                                                                      session_id="s-2")]))[0]
+    assert other_person.status == "created"
+    stored = await store.list_interactions()
+    assert sorted((i.session_id, i.dwell_s) for i in stored) == [("s-1", 40.0), ("s-2", None)]
+    events = [decode(e.topic, e.payload.encode()) for e in await store.pending_outbox()]
+    mine = [e for e in events if isinstance(e, InteractionEvent)]
+    assert [(e.opened, e.dwell_s, e.previous_dwell_s) for e in mine] == [
+        (True, None, None), (False, 12.0, None), (False, 40.0, 12.0), (True, None, None)]
+    assert all(e.topic == INTERACTION_TOPIC for e in await store.pending_outbox())
+    snapshot = await store.feedback_snapshot(events_since=at(0))
+    assert len(snapshot.interactions) == 2 and len(snapshot.event_ids) == 4
+    pending, oldest = await store.outbox_backlog()
+    assert pending == 4 and oldest is not None
+    await store.mark_published([e.event_id for e in mine])
+    assert await store.pending_outbox() == [] and (await store.outbox_backlog())[0] == 0
+    published = await store.published_event_ids(at(-10), utcnow() + timedelta(seconds=10))
+    assert sorted(i for i, _ in published) == sorted(e.event_id for e in mine)
+
+
+async def test_the_outbox_reads_feedback_and_interactions_together(store: Store) -> None:
+    await store.record_feedback(make_feedback(0))
+    await store.record_interactions([make_interaction(1)])
+    pending = await store.pending_outbox()
+    assert sorted(e.topic for e in pending) == sorted([FEEDBACK_TOPIC, INTERACTION_TOPIC])
+    assert len(await store.outbox_events([e.event_id for e in pending])) == 2
+    await store.mark_published([e.event_id for e in pending])
+    page = await store.published_events(at(-10), utcnow() + timedelta(seconds=10), limit=1)
+    rest = await store.published_events(page[0].published_at, utcnow() + timedelta(seconds=10), limit=5,
+                                        after_id=page[0].event_id)
+    assert len(page) == 1 and len(rest) == 1 and {page[0].topic, rest[0].topic} == {FEEDBACK_TOPIC,
+                                                                                     INTERACTION_TOPIC}
+
+
+async def test_recent_inferences_newest_first_and_interactions_by_experiment(store: Store) -> None:
+    await store.add_inferences([Inference(inference_id=f"i{n}", query="q", model_version="v0",
+                                          use_reranker=True, results=[], latency_ms=1.0, created_at=at(n))
+                                for n in range(5)])
+    assert [i.inference_id for i in await store.recent_inferences(3)] == ["i4", "i3", "i2"]
+    tag = Interleaved(experiment_id="exp-1", team="challenger", query_key="k", share=0.7)
+    await store.record_interactions([make_interaction(0, interleaved=tag), make_interaction(1)])
+    assert [i.interaction_id for i in await store.experiment_interactions("exp-1")] == ["in-0"]

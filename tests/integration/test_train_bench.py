@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 def test_quick_training_benchmark_writes_the_expected_keys(tmp_path: Path) -> None:
     out = tmp_path / "train.json"
-    done = subprocess.run([sys.executable, "bench/train.py", "--quick", "--out", str(out)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "bench.train", "--quick", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     results = json.loads(out.read_text())

@@ -23,12 +23,13 @@ import httpx
 import pytest
 
 from shared.events import MODEL_READY_TOPIC, TRAINING_REQUESTED_TOPIC, ModelReadyEvent, TrainingRequestedEvent
-from shared.events import utcnow as now
-from shared.kafka import make_broadcast_consumer, make_producer, parse, publish
 from shared.ml.registry import Registry
-from shared.ml.report import moved
-from shared.store import Feedback, Inference, Resource, ShownResult, open_store
+from shared.ml.training.report import moved
+from shared.records import Feedback, Inference, Resource, ShownResult
+from shared.records import utcnow as now
+from shared.store import open_store
 from tests.conftest import tiny_env
+from tests.integration.bus import TopicReader, send
 from tools.localstack import LocalStack, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -103,21 +104,14 @@ class ReadyListener:
     """Reads `model.ready` from the end of the topic, like a reranker replica."""
 
     def __init__(self, stack: LocalStack) -> None:
-        self.consumer = make_broadcast_consumer(stack.settings, MODEL_READY_TOPIC)
+        self.reader = TopicReader(stack.settings, MODEL_READY_TOPIC)
 
     def wait(self, match, timeout_s: float = 180) -> ModelReadyEvent:  # noqa: ANN001
-        def poll() -> ModelReadyEvent | None:
-            for records in self.consumer.poll(timeout_ms=500).values():
-                for record in records:
-                    event = parse(MODEL_READY_TOPIC, record.value)
-                    if isinstance(event, ModelReadyEvent) and match(event):
-                        return event
-            return None
-
         try:
-            return wait_for(poll, timeout_s, 0.0, "a model.ready event")
+            return self.reader.wait(lambda e: isinstance(e, ModelReadyEvent) and match(e), timeout_s,
+                                    "a model.ready event")  # type: ignore[return-value]
         finally:
-            self.consumer.close()
+            self.reader.close()
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +140,7 @@ def registry(stack: LocalStack) -> Registry:
 def request(stack: LocalStack, **hyperparameters: object) -> TrainingRequestedEvent:
     """What the aggregator sends when its thresholds are crossed."""
     event = TrainingRequestedEvent(reason="threshold", hyperparameters=hyperparameters)
-    producer = make_producer(stack.settings)
-    try:
-        publish(producer, TRAINING_REQUESTED_TOPIC, event, key="training")
-    finally:
-        producer.close(5)
+    send(stack.settings, TRAINING_REQUESTED_TOPIC, event, key="training")
     return event
 
 
@@ -194,8 +184,10 @@ def test_below_the_minimum_the_run_is_skipped_and_nothing_changes(stack: LocalSt
 def test_a_request_trains_records_reports_and_announces_a_version(stack: LocalStack,
                                                                   feedbacks: Feedbacks) -> None:
     feedbacks.give("algebra", ["algebra-7"])
-    for topic in TOPICS[1:]:
-        feedbacks.give(topic, [f"{topic}-{j}" for j in range(PER_QUERY)])
+    feedbacks.give("algebra", [f"algebra-{j}" for j in range(PER_QUERY)], user="tutor")
+    for topic in TOPICS[1:]:  # two people agree on each: what one person alone says is not remembered
+        for user in ("student", "tutor"):
+            feedbacks.give(topic, [f"{topic}-{j}" for j in range(PER_QUERY)], user=user)
     # Test feedback saying the opposite: counted in the metadata, never trained on.
     feedbacks.give("physics", [f"physics-{j}" for j in range(PER_QUERY)], flip=True, user="qa", is_test=True)
     listener = ReadyListener(stack)
@@ -219,7 +211,7 @@ def test_a_request_trains_records_reports_and_announces_a_version(stack: LocalSt
     assert meta["run_id"] == run.run_id and meta["decision"] == "promoted"
     dataset = meta["dataset"]
     assert dataset["pairs"] == 96 and dataset["likes"] == 48  # the flipped test feedback is not in
-    assert meta["feedback"] == {"used": 96, "test_feedback": 8, "test_feedback_included": False}
+    assert meta["feedback"] == {"used": 192, "test_feedback": 8, "test_feedback_included": False}
     train, val = set(dataset["train_queries"]), set(dataset["validation_queries"])
     assert train and val and not train & val and len(train | val) == len(TOPICS)
     assert dataset["split"]["seed"] == 42 and dataset["train"] + dataset["validation"] == 96
@@ -247,7 +239,8 @@ def test_a_candidate_trained_on_flipped_labels_is_rejected_and_the_champion_keep
     assert first is not None
     for query in first["dataset"]["train_queries"]:
         topic = query.split()[0]
-        feedbacks.give(topic, [f"{topic}-{j}" for j in range(PER_QUERY)], flip=True)
+        for user in ("student", "tutor"):
+            feedbacks.give(topic, [f"{topic}-{j}" for j in range(PER_QUERY)], flip=True, user=user)
 
     # Every epoch on the flipped labels, the last one kept: early stopping on the (true) validation
     # labels would pick an epoch half-way, still right on the validation queries. Starting from the

@@ -18,20 +18,22 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.reranker.app import create_app
-from shared.broker import EmbeddedBroker, free_port
-from shared.kafka import ensure_topics
-from shared.ml.dataset import Pair
-from shared.ml.embedder import load_encoder
-from shared.ml.model import cpu_has_fast_bf16, embed, embedder_identity, load_embedder
-from shared.ml.pipeline import RankingModel, version_zero
-from shared.ml.training_run import index_for_pairs
-from shared.ml.vectors import EmbeddingCache, StoredVectors
+from shared.messaging.admin import ensure_topics
+from shared.messaging.broker import EmbeddedBroker, free_port
+from shared.ml.ranking.pipeline import RankingModel, version_zero
+from shared.ml.runtime.device import cpu_has_fast_bf16
+from shared.ml.runtime.embedder import load_encoder
+from shared.ml.runtime.loading import embed, embedder_identity, load_embedder
+from shared.ml.runtime.vectors import EmbeddingCache, StoredVectors
+from shared.ml.training.dataset import Pair
+from shared.ml.training.run import index_for_pairs
 from shared.settings import Settings
 from shared.store.sqlite import SQLiteStore
-from tests.conftest import SAMPLE_CATALOGUE, build_tiny_bert
+from tests.conftest import SAMPLE_CATALOGUE
 from tests.integration.served import Served
 from tools.catalogue import load_catalogue, read_catalogue
 from tools.localstack import wait_for
+from tools.tiny_model import build_tiny_bert
 
 SEARCH = "/api/reranking/search-with-reranking"
 INFO = "/api/reranking/info-modele"
@@ -82,7 +84,7 @@ def test_onnx_encoder_gives_torchs_vectors_in_fp32_and_stores_int8_and_bf16_apar
 
     # A model the graph would not reproduce (CLS pooling) embeds with torch, and says why.
     embedder[1].pooling_mode = "cls"
-    caplog.set_level(logging.WARNING, logger="shared.ml.embedder")
+    caplog.set_level(logging.WARNING, logger="shared.ml.runtime.embedder")
     fallback = load_encoder(embedder, "onnx", tmp_path / "cls")
     assert fallback.backend == "torch" and "pooling" in fallback.reason
     assert any("event=embedder_onnx_unavailable" in m for m in caplog.messages)
@@ -90,7 +92,7 @@ def test_onnx_encoder_gives_torchs_vectors_in_fp32_and_stores_int8_and_bf16_apar
 
 async def test_cache_reads_stored_vectors_and_embeds_only_what_is_missing(
         tiny_model: Path, other_model: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="shared.ml.vectors")
+    caplog.set_level(logging.INFO, logger="shared.ml.runtime.vectors")
     store = SQLiteStore(tmp_path / "store.db")
     await store.init()
     stored = StoredVectors(store, asyncio.get_running_loop())

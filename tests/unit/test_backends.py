@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.reranker.routes import MAX_QUERY_CHARS, query_as_read
-from shared.ml.backends import calibration_sets, pick_backend, same_top_k
-from shared.ml.retrieval import CatalogueIndex
-from shared.store import Resource
+from services.reranker.routes.search import MAX_QUERY_CHARS, query_as_read
+from shared.ml.ranking.backends import calibration_sets, pick_backend, same_top_k
+from shared.ml.ranking.retrieval import CatalogueIndex
+from shared.records import Resource
 
 
 def test_same_top_k_accepts_identical_and_near_tied_swaps_only() -> None:

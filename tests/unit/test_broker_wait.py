@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from shared.broker import BROKER_ADVICE, BrokerOutage
 from shared.logging import QuietConnectionRetries
+from shared.messaging.broker import BROKER_ADVICE, BrokerOutage
 from shared.settings import Settings
 
 # What kafka-python 3 and aiokafka log for every attempt while nothing listens on the port.
@@ -51,7 +51,7 @@ def test_other_client_errors_still_reach_the_log() -> None:
 def test_a_broker_away_for_less_than_the_grace_is_waited_for_quietly(
         caplog: pytest.LogCaptureFixture) -> None:
     outage = BrokerOutage(Settings(kafka_unreachable_after_s=3600), "test-consumer")
-    with caplog.at_level(logging.DEBUG, logger="shared.broker"):
+    with caplog.at_level(logging.DEBUG, logger="shared.messaging.broker"):
         for _ in range(5):
             outage.failed("KafkaConnectionError: 111 ECONNREFUSED")
         outage.ok()
@@ -62,7 +62,7 @@ def test_a_broker_that_stays_away_is_one_error_that_says_what_to_do(
         caplog: pytest.LogCaptureFixture) -> None:
     settings = Settings(kafka_unreachable_after_s=0, kafka_bootstrap="127.0.0.1:1")
     outage = BrokerOutage(settings, "test-consumer")
-    with caplog.at_level(logging.DEBUG, logger="shared.broker"):
+    with caplog.at_level(logging.DEBUG, logger="shared.messaging.broker"):
         for _ in range(4):
             outage.failed("KafkaConnectionError: 111 ECONNREFUSED")
         outage.ok()

@@ -32,6 +32,19 @@ def test_jsonl_csv_and_beir_layouts_read_the_same_resources(tmp_path: Path) -> N
     assert len(list(read_catalogue(SAMPLE_CATALOGUE))) == 350
 
 
+def test_a_catalogues_own_columns_are_kept_in_fields(tmp_path: Path) -> None:
+    jsonl = tmp_path / "catalogue.jsonl"
+    row = {"id": "a", "title": "Fractions", "grade": 3, "licence": "CC-BY", "free": True, "tags": ["maths"],
+           "note": None, "fields": {"series": "Numbers"}}
+    jsonl.write_text(json.dumps(row) + "\n")
+    csv = tmp_path / "catalogue.csv"
+    csv.write_text("id,title,grade,language\na,Fractions,3,fr\nb,Halves,,\n")
+    assert next(read_catalogue(jsonl)).fields == {"grade": "3", "licence": "CC-BY", "free": "true",
+                                                  "series": "Numbers"}
+    first, second = read_catalogue(csv)
+    assert (first.fields, first.language, second.fields, second.language) == ({"grade": "3"}, "fr", {}, "")
+
+
 @pytest.mark.parametrize(("name", "content", "says"), [
     ("broken.jsonl", b'{"id": "a", "title": "x"}\n\n{not json\n', "broken.jsonl:3: not valid JSON"),
     ("array.jsonl", b'{"id": "a", "title": "x"}\n[1]\n', "array.jsonl:2: expected a JSON object, got list"),
@@ -42,6 +55,11 @@ def test_jsonl_csv_and_beir_layouts_read_the_same_resources(tmp_path: Path) -> N
     ("short.csv", b"id,title\na,x\nb\n", "short.csv:3: title: Field required"),
     ("huge.csv", b"id,title\na,x\nb,\"" + b"y" * 200_000 + b"\"\n", "huge.csv:3: not valid CSV"),
     ("corpus.jsonl", b'{"_id": "1", "text": 5}\n', "corpus.jsonl:1: description"),
+    ("nul.jsonl", b'{"id": "a", "title": "x"}\n{"id": "b\\u0000", "title": "y"}\n',
+     "nul.jsonl:2: id: Value error, an id must be printable text: U\\+0000 at position 1 is a control"),
+    ("escape.csv", b"id,title\n\x1b[31mred,x\n",
+     "escape.csv:2: id: Value error, an id must be printable text"),
+    ("beir.jsonl", b'{"_id": "d\\u2028", "text": "t"}\n', "beir.jsonl:1: id: .* is a line separator"),
 ])
 def test_a_bad_line_is_named_and_nothing_is_read(tmp_path: Path, name: str, content: bytes,
                                                  says: str) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from shared.events import FeedbackEvent, Label
-from shared.store.base import Feedback, plan_feedback
+from shared.events import FeedbackEvent
+from shared.records import Feedback
+from shared.store.action_plan import plan_feedback
+from shared.vocab import Label
 
 
 def feedback(n: int, resource: str = "res-1", label: Label = "like",

@@ -7,8 +7,8 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from shared.http import is_json, json_problem, printable
-from shared.ml.hyperparameters import Hyperparameters
+from shared.ml.training.hyperparameters import Hyperparameters
+from shared.web.http import is_json, json_problem, printable
 
 
 @pytest.mark.parametrize(("body", "says"), [

@@ -8,18 +8,9 @@ from collections import Counter
 
 import pytest
 
-from shared.interleaving import (
-    Rated,
-    Tally,
-    add_credit,
-    interleave,
-    net,
-    outcome,
-    query_key,
-    recount,
-    share_of,
-    takes_part,
-)
+from shared.evidence.outcomes import rating_value
+from shared.online.credit import Rated, Tally, add_credit, net, outcome, recount, share_of
+from shared.online.interleaving import interleave, query_key, takes_part
 
 A = [f"a{i}" for i in range(20)]
 B = [f"b{i}" for i in range(20)]
@@ -162,7 +153,7 @@ def test_recounting_stored_labels_gives_what_the_stream_counted() -> None:
         before = credits.get(inference)
         credits[inference] = add_credit(before or (0.0, 0.0), share, label, previous)
         tally = tally.moved(before, credits[inference], query_key(inference[:2]))
-    stored = [Rated(inference, share, label, query_key(inference[:2]))
+    stored = [Rated(inference, share, rating_value(label), query_key(inference[:2]))
               for (inference, _), (share, label) in latest.items()]
     recounted, recounted_credits = recount(stored)
     assert recounted_credits == credits  # rounded: the same in any order

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.ml.evaluate import surest_gain
-from shared.ml.pipeline import FeedbackMemory, PipelineSpec, fuse
+from shared.ml.ranking.pipeline import FeedbackMemory, PipelineSpec, fuse
+from shared.ml.training.evaluate import surest_gain
 
 
 def unit(*values: float) -> np.ndarray:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.ml.train import TrainConfig
+from shared.ml.training.hyperparameters import TrainConfig
+from shared.records import Feedback, Inference, Resource, ShownResult
 from shared.settings import Settings
-from shared.store import Feedback, Inference, Resource, ShownResult
 from tests.conftest import ROOT
 from tools.local_settings import LOCAL_WORKDIR, local_settings
 from tools.notebook import NotebookGate, StoreData, quality_checks, training_plan

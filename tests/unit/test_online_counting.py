@@ -11,11 +11,11 @@ import pytest
 from services.aggregator.experiment import Tracker, credit, recounted
 from services.aggregator.policy import Policy, Timing, evaluate
 from services.aggregator.table import State
-from shared.events import Counts, FeedbackEvent, Interleaved
+from shared.events import FeedbackEvent
 from shared.feedback_counts import apply_feedback
-from shared.interleaving import Live
-from shared.ml.gate import Gate
-from shared.store import Experiment, Feedback
+from shared.ml.training.gate import Gate
+from shared.online.credit import Live
+from shared.records import Counts, Experiment, Feedback, Interleaved
 from tests.unit.test_policy import LoggedTable, restore
 
 EXPERIMENT = Experiment(experiment_id="exp1", kind="challenge", champion="v0", challenger="v0001", share=1.0,
@@ -125,9 +125,13 @@ def test_training_waits_until_an_experiment_has_its_minimum_impressions() -> Non
     challenge = EXPERIMENT.model_copy(update={"min_impressions": 200})
     held = evaluate(ready, Timing(), Policy(), 0.0, challenge, impressions=199)
     assert held.reason is None
-    assert "comparing v0001 with v0 online: 199 of 200 impressions" in (held.blocked_by or "")
-    # Past the minimum and still undecided: a candidate trained on more feedback may replace it.
-    assert evaluate(ready, Timing(), Policy(), 0.0, challenge, impressions=200).reason == "threshold"
+    assert "comparing v0001 with v0 online: 199 of 500 impressions" in (held.blocked_by or "")
+    # A challenge gets its supersede minimum (500 by default) however low its decision floor;
+    # past it and still undecided, a candidate trained on more evidence may replace it.
+    assert evaluate(ready, Timing(), Policy(), 0.0, challenge, impressions=499).reason is None
+    assert evaluate(ready, Timing(), Policy(), 0.0, challenge, impressions=500).reason == "threshold"
+    quick = Policy(supersede_impressions=1)
+    assert evaluate(ready, Timing(), quick, 0.0, challenge, impressions=200).reason == "threshold"
     watch = challenge.model_copy(update={"kind": "watch", "champion": "v0001", "challenger": "v0"})
     early = evaluate(ready, Timing(), Policy(), 0.0, watch, impressions=199)
     assert early.reason is None

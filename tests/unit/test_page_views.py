@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from services.reranker.page import progress_view, run_view
+from services.reranker.routes.page import progress_view, run_view
 from shared.ml.registry import Registry
 
 

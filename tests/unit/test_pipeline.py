@@ -11,13 +11,13 @@ import pytest
 import torch
 from sentence_transformers import CrossEncoder
 
-from shared.ml.dataset import Pair
-from shared.ml.evaluate import evaluate_pairs
-from shared.ml.model import embed
-from shared.ml.pipeline import RankingModel, fuse, version_zero
-from shared.ml.retrieval import CatalogueIndex
+from shared.ml.ranking.pipeline import RankingModel, fuse, version_zero
+from shared.ml.ranking.retrieval import CatalogueIndex
+from shared.ml.runtime.loading import embed
+from shared.ml.training.dataset import Pair
+from shared.ml.training.evaluate import evaluate_pairs
+from shared.records import Resource
 from shared.settings import Settings
-from shared.store import Resource
 from tools.notebook import score_difference
 
 T = TypeVar("T", bound=torch.nn.Module)

@@ -9,7 +9,6 @@ import pytest
 
 from services.aggregator.policy import Policy, Timing, decide, evaluate
 from services.aggregator.table import GROUP_SIZE, State
-from shared.events import Counts
 from shared.feedback_counts import (
     apply_feedback,
     apply_fresh,
@@ -18,8 +17,8 @@ from shared.feedback_counts import (
     describe,
     last_training,
 )
+from shared.records import Counts, Feedback, TrainingRun
 from shared.settings import Settings
-from shared.store import Feedback, TrainingRun
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -292,3 +291,31 @@ def test_seen_ids_expire_after_the_window() -> None:
     assert state.expire_seen(older_than=3.0) == 2
     assert [state.seen(f"ev-{n}") for n in range(1, 6)] == [False, False, True, True, True]
     assert state.seen_entries() == 3
+
+
+def test_new_opens_ask_for_training_as_new_ratings_do() -> None:
+    policy = Policy(min_total=10, min_new=100, min_new_interactions=500, min_per_class=5, max_imbalance=0.8,
+                    cooldown_s=0, schedule_s=0, pending_timeout_s=7200)
+    timing = Timing(last_training_at=NOW - DAY)
+    few_ratings = Counts(total=3, like=2, dislike=1, new_since_training=3)
+    opened = few_ratings.model_copy(update={"opens": 700, "satisfied": 200, "quick": 150,
+                                            "new_interactions": 499})
+    assert evaluate(opened, timing, policy, NOW).blocked_by == (
+        "3 new feedback and 499 new opens since the last training, fewer than 100 and 500")
+    assert decide(opened.model_copy(update={"new_interactions": 500}), timing, policy, NOW) == "threshold"
+    lopsided = opened.model_copy(update={"quick": 2, "new_interactions": 600})
+    assert evaluate(lopsided, timing, policy, NOW).blocked_by == (
+        "202 likes or satisfied opens and 3 dislikes or quick returns: each side needs 5")
+
+
+def test_opens_are_counted_by_their_latest_outcome_once_each() -> None:
+    from shared.feedback_counts import apply_fresh_interaction, apply_interaction
+
+    c = apply_interaction(Counts(), True, None, None)  # opened
+    c = apply_interaction(c, False, 3.0, None)  # came back at once
+    c = apply_interaction(c, False, 45.0, 3.0)  # a longer stay reported later
+    assert (c.opens, c.satisfied, c.quick) == (1, 1, 0)
+    c, entry = apply_fresh_interaction(c, None, 10.0)
+    c, again = apply_fresh_interaction(c, entry, 20.0)
+    assert c.new_interactions == 1 and again == ("open", 20.0)
+    assert apply_fresh_interaction(c, again, 15.0) == (c, None)  # an older event changes nothing

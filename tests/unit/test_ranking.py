@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.reranker.indexes import Challenger, ServingState
 from services.reranker.ranking import rank
-from services.reranker.serving import Challenger, ServingState
-from shared.interleaving import CHALLENGER_PREFIX, TAU, takes_part
-from shared.ml.backends import BackendChoice
-from shared.ml.model import embed
-from shared.ml.pipeline import FeedbackMemory, RankingModel, version_zero
-from shared.ml.retrieval import CatalogueIndex
+from shared.ml.ranking.backends import BackendChoice
+from shared.ml.ranking.pipeline import FeedbackMemory, RankingModel, version_zero
+from shared.ml.ranking.retrieval import CatalogueIndex
+from shared.ml.runtime.loading import embed
+from shared.online.interleaving import CHALLENGER_PREFIX, TAU, takes_part
+from shared.records import Experiment, Resource
 from shared.settings import Settings
-from shared.store import Experiment, Resource
 from tests.conftest import SAMPLE_CATALOGUE
 
 QUERY = "linear algebra for beginners"
@@ -89,3 +89,69 @@ def test_a_search_outside_the_share_or_without_reranking_is_the_champions_alone(
         assert ranked.order == rank(champion_alone, QUERY, True, 50, 10, inference_id).order
     inside = inference_ids(inside=True, n=1)[0]
     assert rank(state, QUERY, False, 50, 10, inside).interleaving is None
+
+
+def page_ids(state: ServingState, use_reranker: bool, ranking_id: str, offsets: range, top_k: int = 5,
+             **narrowing: object) -> list[str]:
+    ids: list[str] = []
+    for offset in offsets:
+        ranked = rank(state, QUERY, use_reranker, 10, top_k, ranking_id, offset=offset, **narrowing)  # type: ignore[arg-type]
+        ids += [state.index.resources[ranked.positions[i]].id for i in ranked.order]
+    return ids
+
+
+def test_pages_continue_one_ranking_reranked_candidates_then_bm25(state: ServingState) -> None:
+    champion_alone = ServingState(model=state.model, index=state.index, backend=state.backend)
+    bm25 = page_ids(champion_alone, False, "r", range(0, 40, 5))
+    assert bm25 == page_ids(champion_alone, False, "r", range(0, 40, 40), top_k=40)  # BM25 order alone
+    reranked = page_ids(champion_alone, True, "r", range(0, 40, 5))
+    assert len(reranked) == len(set(reranked)) == 40
+    assert set(reranked[:10]) == set(bm25[:10]) and reranked[:10] != bm25[:10]
+    assert reranked[10:] == bm25[10:]
+    beyond = rank(champion_alone, QUERY, True, 10, 5, "r", offset=20)
+    assert beyond.reranked == 0 and beyond.rerank_score(0) is None and set(beyond.scores) == {"bm25"}
+    straddling = rank(champion_alone, QUERY, True, 10, 5, "r", offset=8)
+    assert straddling.rerank_score(1) is not None and straddling.rerank_score(2) is None
+
+
+def test_a_later_page_continues_the_interleaved_list_of_its_ranking_id(state: ServingState) -> None:
+    inside = inference_ids(inside=True, n=1)[0]
+    whole = rank(state, QUERY, True, 10, 10, inside)
+    assert whole.interleaving is not None
+    first, second = (rank(state, QUERY, True, 10, 5, inside, offset=offset) for offset in (0, 5))
+    assert page_ids(state, True, inside, range(0, 10, 5)) == [
+        state.index.resources[whole.positions[i]].id for i in whole.order]
+    assert [*first.teams, *second.teams] == whole.teams  # type: ignore[misc]
+    assert second.interleaving is not None and second.interleaving.champion_ranking[:5] == (
+        whole.interleaving.champion_ranking[:5])
+
+
+def test_a_filtered_ranking_reranks_the_best_matching_resources(state: ServingState) -> None:
+    narrowing = {"filters": {"level": ["beginner"]}, "facets": ["level", "type"]}
+    ranked = rank(state, QUERY, True, 10, 10, "r", **narrowing)  # type: ignore[arg-type]
+    shown = [state.index.resources[ranked.positions[i]] for i in ranked.order]
+    assert len(shown) == 10 and all(r.level == "beginner" for r in shown)
+    assert ranked.reranked == 10 and ranked.total == ranked.facets["level"]["beginner"]
+    assert set(ranked.facets["level"]) > {"beginner"}
+
+
+def test_under_a_filter_both_sides_rank_the_same_filtered_candidates_and_remember_the_query(
+        state: ServingState) -> None:
+    inside = inference_ids(inside=True, n=1)[0]
+    levels = {r.id: r.level for r in state.index.resources}
+    narrowed = rank(state, QUERY, True, 50, 10, inside, filters={"level": ["beginner"]})
+    plain = rank(state, QUERY, True, 50, 10, inside)
+    record = narrowed.interleaving
+    assert record is not None and set(record.champion_ranking) <= {r for r, level in levels.items()
+                                                                   if level == "beginner"}
+    assert {levels[r] for r in record.challenger_ranking} == {"beginner"}
+    # The memory answers for the query alone: a remembered resource scores the same with or without a filter.
+    memory = CHALLENGER_PREFIX + "memory"
+
+    def remembered(ranked: object) -> dict[str, float]:
+        return {state.index.resources[p].id: float(ranked.scores[memory][i])  # type: ignore[attr-defined]
+                for i, p in enumerate(ranked.positions[:ranked.reranked])}  # type: ignore[attr-defined]
+
+    both = remembered(narrowed).keys() & remembered(plain).keys()
+    assert any(remembered(plain)[r] != 0 for r in both)
+    assert all(remembered(narrowed)[r] == remembered(plain)[r] for r in both)

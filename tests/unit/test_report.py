@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.ml.evaluate import Evaluation
-from shared.ml.report import html_report, learned, text_report
-from shared.ml.training_run import why_no_cross_encoder
+from shared.ml.training.evaluate import Evaluation
+from shared.ml.training.report import html_report, learned, text_report
+from shared.ml.training.run import why_no_cross_encoder
 from shared.settings import OFFLINE_BASE_MODEL, Settings
 
 METRICS = {"ndcg@10": 0.61, "mrr@10": 0.7, "accuracy": 0.6, "precision": 0.55, "recall": 0.5, "f1": 0.52,

@@ -2,59 +2,76 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import ssl
 from pathlib import Path
 
 import certifi
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from fastapi import HTTPException
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient
 
-from shared.auth import KeyRing, KeysFileError, parse_keys_file
-from shared.kafka import faust_credentials, security_config, ssl_context
+from shared.messaging.config import kafka_connection
 from shared.settings import Settings
 from shared.store import make_store
 from shared.store.mongo import MongoStore
+from shared.web.auth import KeyRing, KeysFileError, parse_keys_file
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CA = Path(certifi.where())  # a real CA bundle: the TLS contexts below really load it
 
 
 def test_plaintext_is_the_default_and_adds_nothing() -> None:
-    assert security_config(Settings()) == {"security_protocol": "PLAINTEXT"}
-    assert faust_credentials(Settings()) is None
+    assert kafka_connection(Settings()).security() == {"security_protocol": "PLAINTEXT"}
+    assert kafka_connection(Settings()).faust_credentials() is None
 
 
-def test_sasl_scram_over_tls_reaches_kafka_python_and_faust() -> None:
+def test_sasl_scram_over_tls_reaches_aiokafka_faust_and_kafka_python() -> None:
     settings = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism="SCRAM-SHA-512",
                         kafka_sasl_username="svc", kafka_sasl_password="s3cret", kafka_ssl_cafile=CA)
-    config = security_config(settings)
+    connection = kafka_connection(settings)
+    config = connection.security()
     assert config["security_protocol"] == "SASL_SSL" and config["sasl_mechanism"] == "SCRAM-SHA-512"
     assert config["sasl_plain_username"] == "svc" and config["sasl_plain_password"] == "s3cret"
     assert config["ssl_cafile"] == str(CA) and config["ssl_check_hostname"] is True
-    # Every kafka-python client is built from `_common`, which carries these options.
+    # Every kafka-python client is built from `kafka_python()`, which carries these options.
     assert set(config) <= set(KafkaProducer.DEFAULT_CONFIG) & set(KafkaConsumer.DEFAULT_CONFIG) & set(
         KafkaAdminClient.DEFAULT_CONFIG)
-    credentials = faust_credentials(settings)
+    assert set(connection.kafka_python()) <= set(KafkaConsumer.DEFAULT_CONFIG) & set(
+        KafkaAdminClient.DEFAULT_CONFIG)
+    # Every aiokafka producer and consumer is built from `aiokafka()`: the same login, TLS as a context.
+    options = connection.aiokafka()
+    assert options["security_protocol"] == "SASL_SSL" and options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_username"] == "svc" and options["sasl_plain_password"] == "s3cret"
+    assert options["ssl_context"].verify_mode == ssl.CERT_REQUIRED and options["ssl_context"].check_hostname
+    accepted = set(inspect.signature(AIOKafkaProducer).parameters) & set(
+        inspect.signature(AIOKafkaConsumer).parameters)
+    assert set(options) <= accepted
+    assert set(connection.aiokafka_group()) <= set(inspect.signature(AIOKafkaConsumer).parameters)
+    credentials = connection.faust_credentials()
     assert credentials.username == "svc" and credentials.password == "s3cret"  # type: ignore[attr-defined]
     assert credentials.mechanism.value == "SCRAM-SHA-512"  # type: ignore[attr-defined]
     assert credentials.protocol.value == "SASL_SSL"  # type: ignore[attr-defined]
     assert "s3cret" not in repr(settings) and "s3cret" not in repr(credentials)
+    assert "s3cret" not in repr(connection)
 
 
 def test_sasl_without_a_user_says_what_to_set() -> None:
     with pytest.raises(ValueError, match="EDURANKER_KAFKA_SASL_USERNAME"):
-        security_config(Settings(kafka_security_protocol="SASL_PLAINTEXT"))
+        kafka_connection(Settings(kafka_security_protocol="SASL_PLAINTEXT"))
 
 
 def test_ssl_context_loads_the_ca_and_follows_the_hostname_setting() -> None:
-    context = ssl_context(Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=CA,
-                                   kafka_ssl_check_hostname=False))
+    tls_files = kafka_connection(Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=CA,
+                                          kafka_ssl_check_hostname=False)).tls
+    assert tls_files is not None
+    context = tls_files.context()
     assert context.verify_mode == ssl.CERT_REQUIRED and not context.check_hostname
     assert context.cert_store_stats()["x509_ca"] > 0
-    tls = faust_credentials(Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=CA))
+    tls = kafka_connection(Settings(kafka_security_protocol="SSL", kafka_ssl_cafile=CA)).faust_credentials()
     assert tls.protocol.value == "SSL"  # type: ignore[union-attr]
 
 

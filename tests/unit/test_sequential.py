@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.interleaving import Credit, Tally
-from shared.sequential import FRACTIONS, NO_STAKES, Limits, SequentialTest, bets, judge, moved
+from shared.online.betting import FRACTIONS, NO_STAKES, SequentialTest, bets, moved
+from shared.online.credit import Credit, Tally
+from shared.online.decision import Limits, judge
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CHALLENGE = Limits(kind="challenge", alpha=0.05, min_impressions=100, max_impressions=20_000,

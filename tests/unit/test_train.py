@@ -11,13 +11,14 @@ import torch
 from pydantic import ValidationError
 from transformers import TrainerControl, TrainerState
 
-import shared.ml.train as train_module
-from shared.ml.dataset import Pair
-from shared.ml.model import cpu_has_fast_bf16, cross_scores, load_cross_encoder
-from shared.ml.train import (
+import shared.ml.training.train as train_module
+from shared.ml.runtime.device import cpu_has_fast_bf16
+from shared.ml.runtime.loading import cross_scores, load_cross_encoder
+from shared.ml.training.dataset import Pair
+from shared.ml.training.hyperparameters import TrainConfig
+from shared.ml.training.train import (
     BestOnValidation,
     LengthGroupedBatchSampler,
-    TrainConfig,
     _dataset,
     fine_tune,
     positive_weight,
@@ -166,7 +167,7 @@ def test_out_of_gpu_memory_retries_from_the_same_weights_with_half_the_batch(
         return real_run(model, train, val, config, progress, show_bar)
 
     monkeypatch.setattr(train_module, "_run", run_once_out_of_memory)
-    with caplog.at_level(logging.WARNING, logger="shared.ml.train"):
+    with caplog.at_level(logging.WARNING, logger="shared.ml.training.train"):
         result = fine_tune(model, marker_pairs(TOPICS[:2]), [], TrainConfig(epochs=1, batch_size=16))
     assert seen == [(16, True), (8, True)]
     assert result.oom_retries == 1 and result.batch_size_used == 8 and result.config["oom_retries"] == 1

@@ -1,4 +1,5 @@
-// EduRanker search page: search, like/dislike, and a panel that follows the served model.
+// EduRanker search page: search, narrow by facets, page through, like/dislike, and a panel that
+// follows the served model.
 // Plain browser JavaScript, no build step. Data from the API is only ever set as text.
 (() => {
   "use strict";
@@ -15,8 +16,12 @@
   const searchStatus = $("search-status");
   const searchError = $("search-error");
   const announcer = $("announcer");
+  const facetsBox = $("facets");
+  const moreButton = $("more");
+  const languageSelect = $("language");
 
-  let lastSearch = null; // {query, useReranker, modelVersion}
+  let lastSearch = null; // {query, useReranker, modelVersion, rankingId, shown, total}
+  const filters = {}; // field -> Set of the values ticked (values OR, fields AND)
   let servedVersion = null;
   let lastDecision;  // undefined until the first status: a decision made before the page opened is not announced
   let seenRuns = null;
@@ -105,58 +110,116 @@
     searchError.hidden = !message;
   }
 
-  async function search() {
-    const query = input.value.trim();
+  function searchBody(query, useReranker, offset, rankingId) {
+    const body = { query_text: query, use_reranker: useReranker, top_k: config.topK, offset, facets: config.facets };
+    const chosen = Object.entries(filters).filter(([, values]) => values.size);
+    if (chosen.length) body.filters = Object.fromEntries(chosen.map(([field, values]) => [field, [...values]]));
+    if (languageSelect.value) body.language = languageSelect.value;
+    if (rankingId) body.ranking_id = rankingId;
+    const session = sessionId();  // one person's searches and what they do on them are one voice
+    if (session) body.session_id = session;
+    return body;
+  }
+
+  // `more`: the next page of the last search, appended; else a new search from the first page.
+  async function search(more = false) {
+    const query = more ? lastSearch.query : input.value.trim();
     showSearchError("");
     if (!query) {
       showSearchError("Type a few words to search.");
       input.focus();
       return;
     }
-    const useReranker = toggle.checked;
+    const useReranker = more ? lastSearch.useReranker : toggle.checked;
+    const payload = more
+      ? searchBody(query, useReranker, lastSearch.shown, lastSearch.rankingId)
+      : searchBody(query, useReranker, 0, null);
     resultsList.setAttribute("aria-busy", "true");
-    searchStatus.textContent = "Searching…";
+    moreButton.disabled = true;
+    searchStatus.textContent = more ? "Loading more results…" : "Searching…";
     let response;
     try {
-      response = await postJson(config.searchUrl, {
-        query_text: query, use_reranker: useReranker, top_k: config.topK,
-      });
+      response = await postJson(config.searchUrl, payload);
     } catch (e) {
       resultsList.setAttribute("aria-busy", "false");
+      moreButton.disabled = false;
       searchStatus.textContent = "";
       showSearchError("Could not reach the search service. Check that it is running, then try again.");
       return;
     }
     resultsList.setAttribute("aria-busy", "false");
+    moreButton.disabled = false;
     if (!response.ok) {
       searchStatus.textContent = "";
       showSearchError(`Search failed: ${await errorMessage(response)}`);
       return;
     }
     const body = await response.json();
-    lastSearch = { query, useReranker, modelVersion: body.model_version };
-    const params = new URLSearchParams({ q: query });
-    if (!useReranker) params.set("reranker", "off");
-    history.replaceState(null, "", `?${params}`);
-    $("new-model").hidden = true;
+    if (!more) {
+      lastSearch = { query, useReranker, modelVersion: body.model_version, rankingId: body.ranking_id, shown: 0 };
+      const params = new URLSearchParams({ q: query });
+      if (!useReranker) params.set("reranker", "off");
+      if (languageSelect.value) params.set("language", languageSelect.value);
+      history.replaceState(null, "", `?${params}`);
+      $("new-model").hidden = true;
+      resultsList.replaceChildren();
+    }
+    lastSearch.shown += body.results.length;
+    lastSearch.total = body.total;
     renderResults(body);
+    renderFacets(body.facets || {});
   }
 
   function renderResults(body) {
-    resultsList.replaceChildren();
     const how = body.use_reranker ? `ranked by ${body.model_version}` : "first stage only (BM25), reranker off";
-    searchStatus.textContent = body.results.length
-      ? `${body.results.length} results for “${body.query_text}”, ${how}, in ${Math.round(body.latency_ms)} ms.`
-      : `No results for “${body.query_text}”.`;
+    const narrowed = Object.values(filters).some((values) => values.size) ? " (filtered)" : "";
+    searchStatus.textContent = lastSearch.shown
+      ? `${lastSearch.shown} of ${body.total} results for “${body.query_text}”${narrowed}, ${how}, in ${Math.round(body.latency_ms)} ms.`
+      : `No results for “${body.query_text}”${narrowed}.`;
     for (const result of body.results) {
       resultsList.append(renderResult(body, result));
     }
+    moreButton.hidden = lastSearch.shown >= body.total || body.results.length === 0;
+  }
+
+  const capitalised = (text) => text.charAt(0).toUpperCase() + text.slice(1);
+
+  // One group of checkboxes per field, each value with its count over the whole match.
+  function renderFacets(facets) {
+    const groups = [];
+    config.facets.forEach((field, f) => {
+      const counts = facets[field] || {};
+      const ticked = filters[field] || new Set();
+      const values = [...Object.keys(counts), ...[...ticked].filter((v) => !(v in counts))];
+      if (!values.length) return;
+      const group = el("fieldset", { class: "facet" }, el("legend", {}, capitalised(field)));
+      values.forEach((value, v) => {
+        const id = `facet-${f}-${v}`;
+        const box = el("input", { type: "checkbox", id, checked: ticked.has(value) });
+        box.addEventListener("change", () => {
+          filters[field] = filters[field] || new Set();
+          if (box.checked) filters[field].add(value);
+          else filters[field].delete(value);
+          search();
+        });
+        group.append(el("div", { class: "facet-value" }, box, el("label", { for: id }, `${value} (${counts[value] || 0})`)));
+      });
+      groups.push(group);
+    });
+    facetsBox.replaceChildren(...groups);
+    facetsBox.hidden = groups.length === 0;
   }
 
   function renderResult(body, r) {
     const titleId = `result-${r.rank}-title`;
     const href = safeHref(r.url);
-    const title = href ? el("a", { href, rel: "noopener noreferrer" }, r.title) : r.title;
+    const title = href ? el("a", { href, rel: "noopener noreferrer", class: "result-link" }, r.title) : r.title;
+    if (href) {
+      // An open is recorded without touching the link (it still opens, copies, middle-clicks as a link).
+      const opened = () => recordOpen(body.inference_id, r.resource_id);
+      title.addEventListener("click", opened);
+      title.addEventListener("auxclick", (event) => { if (event.button === 1) opened(); });
+    }
     const meta = [r.subject, r.level, r.type].filter(Boolean).join(" · ");
     const score = body.use_reranker
       ? el("span", { class: "score" }, "Reranker score ", el("strong", { class: "rerank-score" }, fmt(r.rerank_score)))
@@ -178,6 +241,58 @@
             el("span", { class: "score" }, "BM25 ", el("strong", { class: "bm25-score" }, fmt(r.first_stage_score, 2)))),
           el("div", { class: "feedback", role: "group", "aria-label": `Feedback on ${r.title}` }, like, dislike, status))));
   }
+
+  // Opens and returns: a beacon when a result is opened, and its dwell when the person is back.
+
+  const OPENS_KEY = "eduranker.opens";
+
+  function pendingOpens() {
+    try {
+      return JSON.parse(sessionStorage.getItem(OPENS_KEY) || "[]");
+    } catch (e) {
+      return [];
+    }
+  }
+
+  function keepOpens(opens) {
+    try {
+      sessionStorage.setItem(OPENS_KEY, JSON.stringify(opens.slice(-20)));
+    } catch (e) {
+      // storage disabled: the open is still sent, only its dwell is not
+    }
+  }
+
+  function beacon(payload) {
+    const session = sessionId();
+    if (session) payload.session_id = session;
+    const body = JSON.stringify(payload);
+    // sendBeacon survives the page being left for the result; fetch with keepalive where it is missing.
+    if (navigator.sendBeacon && navigator.sendBeacon(config.interactionsUrl,
+      new Blob([body], { type: "application/json" }))) return;
+    fetch(config.interactionsUrl, { method: "POST", headers: { "Content-Type": "application/json" }, body, keepalive: true })
+      .catch(() => {});
+  }
+
+  function recordOpen(inferenceId, resourceId) {
+    beacon({ inference_id: inferenceId, resource_id: resourceId, request_id: newId() });
+    keepOpens([...pendingOpens(), { inference_id: inferenceId, resource_id: resourceId, at: Date.now() }]);
+  }
+
+  // Back on the list (tab shown again, or the page restored by "back"): each open's dwell.
+  function recordReturns() {
+    if (document.visibilityState !== "visible") return;
+    const opens = pendingOpens();
+    if (!opens.length) return;
+    keepOpens([]);
+    const now = Date.now();
+    for (const o of opens) {
+      beacon({ inference_id: o.inference_id, resource_id: o.resource_id, request_id: newId(),
+        dwell_s: Math.max(0, (now - o.at) / 1000) });
+    }
+  }
+
+  document.addEventListener("visibilitychange", recordReturns);
+  window.addEventListener("pageshow", recordReturns);
 
   // Feedback
 
@@ -234,6 +349,7 @@
     const rows = METRICS.filter((k) => typeof (model.metrics || {})[k] === "number").map((k) => [k, model.metrics[k]]);
     table.tBodies[0].replaceChildren(...rows.map(([k, v]) => el("tr", {}, el("th", { scope: "row" }, k), el("td", {}, fmt(v)))));
     table.hidden = rows.length === 0;
+    renderClickModel(model.click_model);
 
     if (servedVersion !== null && servedVersion !== model.version) {
       const text = `A new model is served: ${model.version} (was ${servedVersion}).`;
@@ -244,6 +360,18 @@
       }
     }
     servedVersion = model.version;
+  }
+
+  function renderClickModel(clicks) {
+    if (!clicks) return;
+    const rows = clicks.propensity.map((p, i) => el("tr", {},
+      el("th", { scope: "row" }, String(i + 1)), el("td", {}, fmt(p, 2)),
+      el("td", {}, clicks.source[i] === "estimated" ? `${fmt(clicks.low[i], 2)} to ${fmt(clicks.high[i], 2)}` : "—")));
+    $("click-model").tBodies[0].replaceChildren(...rows);
+    const estimated = clicks.source.filter((s) => s === "estimated").length;
+    setText("click-model-source", estimated > 1
+      ? `Estimated from ${clicks.searches} searches and ${clicks.opens} opens by the run that trained this version.`
+      : "Not estimated from traffic yet: 1/rank, as studies of search pages report.");
   }
 
   function renderSummary() {
@@ -378,6 +506,14 @@
   toggle.addEventListener("change", () => {
     if (input.value.trim()) search();
   });
+  languageSelect.addEventListener("change", () => {
+    if (input.value.trim()) search();
+  });
+  moreButton.addEventListener("click", () => search(true));
+  if (config.languages.length > 1) {
+    for (const language of config.languages) languageSelect.append(el("option", { value: language }, language));
+    $("language-choice").hidden = false;
+  }
   $("search-again").addEventListener("click", () => {
     search().then(() => $("results-section").focus());
   });
@@ -387,6 +523,9 @@
 
   const params = new URLSearchParams(window.location.search);
   if (params.get("reranker") === "off") toggle.checked = false;
+  if (params.get("language") && config.languages.includes(params.get("language"))) {
+    languageSelect.value = params.get("language");
+  }
   if (params.get("q")) {
     input.value = params.get("q");
     search();

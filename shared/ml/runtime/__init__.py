@@ -1,0 +1,1 @@
+"""Running models on this machine: loading, devices, ONNX Runtime twins, the embedder, stored vectors."""

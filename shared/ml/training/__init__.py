@@ -1,0 +1,1 @@
+"""Training a version from feedback: dataset, fine-tuning, evaluation, the gate, reports, a run."""

@@ -1,0 +1,1 @@
+"""What every FastAPI service shares: request bodies and errors (http), dependencies, API keys."""

@@ -1,0 +1,150 @@
+"""Evidence from what people do: the click model and the judgments, on traffic with a known truth."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from shared.evidence.clicks import Search, estimate, prior
+from shared.evidence.judgments import Action, Impression, judge, robust_net
+from shared.evidence.outcomes import ANONYMOUS, open_outcome, open_value, voice
+from shared.online.interleaving import interleave
+
+
+def traffic(searches: int, interleaved: float, seed: int = 1) -> list[Search]:
+    """Position-based people (examination 1/rank, opens 0.9 on a relevant result, 0.4 otherwise)
+    on two rankings per query, interleaved on a share of the searches as the product does."""
+    rng = random.Random(seed)
+    queries = 120
+    relevant = {q: {d for d in range(30) if rng.random() < 0.25} for q in range(queries)}
+
+    def ranking(q: int) -> list[str]:
+        return [str(d) for d in sorted(range(30), key=lambda d: -((d in relevant[q]) + rng.gauss(0, 1)))]
+
+    champion = {q: ranking(q) for q in range(queries)}
+    challenger = {q: ranking(q) for q in range(queries)}
+    weights = [1 / (i + 1) for i in range(queries)]
+    out = []
+    for n in range(searches):
+        q = rng.choices(range(queries), weights)[0]
+        if rng.random() < interleaved:
+            shown = [p.resource_id for p in interleave(champion[q][:20], challenger[q][:20], 10, str(n))]
+        else:
+            shown = champion[q][:10]
+        opened = frozenset(d for k, d in enumerate(shown, start=1)
+                           if rng.random() < 1 / k and rng.random() < (0.9 if int(d) in relevant[q] else 0.4))
+        out.append(Search(str(q), tuple(shown), opened))
+    return out
+
+
+def test_examination_by_rank_is_recovered_from_interleaved_traffic() -> None:
+    examination = estimate(traffic(4000, interleaved=0.5), bootstrap=20)
+    truth = prior()
+    assert examination.propensity[0] == 1.0
+    assert all(source == "estimated" for source in examination.source)
+    errors = [abs(p / t - 1) for p, t in zip(examination.propensity, truth, strict=True)]
+    assert max(errors) < 0.2, errors
+    covered = sum(lo <= t <= hi for lo, t, hi in zip(examination.low, truth, examination.high, strict=True))
+    assert covered >= 8, (examination.low, examination.high)
+    assert examination.searches == 4000 and examination.opens > 0 and examination.strata > 0
+
+
+def test_a_ranking_never_varied_says_it_cannot_estimate() -> None:
+    """One ranking, always the same list: no result is seen at two ranks, so nothing is estimated
+    (the prior stands, and says so) instead of a curve the data cannot support."""
+    examination = estimate(traffic(500, interleaved=0.0), bootstrap=5)
+    assert examination.source == ("estimated",) + ("prior",) * 9
+    assert examination.propensity == pytest.approx(tuple(prior()))
+
+
+def test_no_traffic_is_the_prior() -> None:
+    assert estimate([]).propensity == pytest.approx(tuple(prior()))
+
+
+def test_dwell_decides_an_opens_outcome() -> None:
+    assert [open_outcome(d) for d in (None, 3.0, 15.0, 30.0, 600.0)] == [
+        "unknown", "quick", "neutral", "satisfied", "satisfied"]
+    assert open_value(45.0) > open_value(15.0) > 0 > open_value(2.0)
+    assert voice("alice", "s1", "i1") == "u:alice" and voice(None, "s1", "i1") == "s:s1"
+    assert voice("", None, "i1") == f"{ANONYMOUS}i1"
+
+
+def impressions(query: str, shown: tuple[str, ...], voices: list[str], start: int = 0) -> list[Impression]:
+    return [Impression(f"i{start + n}", query, v, shown) for n, v in enumerate(voices)]
+
+
+def test_one_voice_repeating_itself_is_not_evidence() -> None:
+    """One person searching 200 times and opening and liking the same result each time, among 30
+    people who saw it and left it: one voice, and no single voice decides, so it gains nothing."""
+    shown = tuple("abcdefghij")
+    honest = impressions("q", shown, [f"u:p{n}" for n in range(30)])
+    mallory = impressions("q", shown, ["u:mallory"] * 200, start=100)
+    acts = [Action(i.inference_id, "h", "u:mallory", label="like", opened=True, dwell_s=120.0)
+            for i in mallory]
+    judged = judge(honest + mallory, acts)
+    assert judged[("q", "h")].voices == 31
+    assert judged[("q", "h")].value <= 0
+    assert robust_net([1.0]) == 0.0 and robust_net([0.5, 0.5, -0.2]) == pytest.approx(0.3)
+    assert robust_net([-1.0, 0.1]) == 0.0
+
+
+def test_colluders_do_not_outweigh_many_honest_people() -> None:
+    """Ten sessions open and like a wrong result every time; fifty people open the right one and
+    stay: the right one's value stays above the wrong one's."""
+    shown = ("right", "other", "wrong")
+    honest = impressions("q", shown, [f"u:p{n}" for n in range(50)])
+    colluders = impressions("q", shown, [f"s:bot{n}" for n in range(10)] * 20, start=1000)
+    acts = [Action(i.inference_id, "right", i.voice, opened=True, dwell_s=90.0) for i in honest]
+    acts += [Action(i.inference_id, "wrong", i.voice, label="like", opened=True, dwell_s=120.0)
+             for i in colluders]
+    judged = judge(honest + colluders, acts)
+    assert judged[("q", "right")].value > judged[("q", "wrong")].value
+    assert judged[("q", "wrong")].voices == 60
+
+
+def test_position_is_discounted_and_ratings_weigh_more_than_opens() -> None:
+    """A result left unopened at rank 1 by many sinks; the same at rank 10 barely moves (few saw it);
+    a like says more than a satisfied open."""
+    shown = tuple("abcdefghij")
+    seen = impressions("q", shown, [f"u:{n}" for n in range(40)])
+    acts = [Action(i.inference_id, "b", i.voice, opened=True, dwell_s=60.0) for i in seen[:20]]
+    acts += [Action(i.inference_id, "c", i.voice, label="like") for i in seen[:20]]
+    judged = judge(seen, acts)
+    assert judged[("q", "a")].value < judged[("q", "j")].value < 0
+    assert judged[("q", "c")].value > judged[("q", "b")].value > 0
+
+
+def test_anonymous_searches_together_weigh_at_most_a_few_voices() -> None:
+    """A search without user or session id is a voice of its own (the original guide's feedback
+    names no one), but all of them together count as at most ANONYMOUS_VOICES identified ones."""
+    shown = ("a", "b")
+    anonymous = [Impression(f"i{n}", "q", voice(None, None, f"i{n}"), shown) for n in range(100)]
+    named = [Impression(f"n{n}", "q", f"u:{n}", shown) for n in range(10)]
+    acts = [Action(i.inference_id, "b", i.voice, label="like") for i in anonymous]
+    acts += [Action(i.inference_id, "a", i.voice, label="like") for i in named]
+    judged = judge(anonymous + named, acts)
+    assert judged[("q", "a")].value > judged[("q", "b")].value
+    assert abs(judged[("q", "b")].net) <= 5  # a hundred anonymous likes: five voices' worth at most
+
+
+def test_training_labels_follow_the_net_and_count_each_voice_once() -> None:
+    shown = ("a", "b", "c")
+    seen = impressions("q", shown, ["u:1", "u:2", "u:1"])
+    acts = [Action("i0", "a", "u:1", label="like"), Action("i2", "a", "u:1", label="like"),
+            Action("i1", "b", "u:2", label="dislike"), Action("i0", "c", "u:1", opened=True, dwell_s=2.0)]
+    judged = judge(seen, acts)
+    assert (judged[("q", "a")].label, judged[("q", "a")].acted) == (1, 1)
+    assert judged[("q", "b")].label == 0 and judged[("q", "c")].label == 0
+    assert judged[("q", "a")].rank == 1.0
+
+
+def test_an_explored_search_swaps_one_pair_of_neighbours_and_replays() -> None:
+    from shared.evidence.clicks import explored, swapped
+
+    picks = [explored(f"inf-{n}", 0.1, 10) for n in range(2000)]
+    swaps = [p for p in picks if p is not None]
+    assert 150 < len(swaps) < 250 and set(swaps) <= set(range(1, 10))
+    assert explored("inf-1", 0.1, 10) == picks[1]  # the inference id decides: the log replays it
+    assert explored("inf-1", 0.0, 10) is None and explored("inf-1", 1.0, 1) is None
+    assert swapped(list("abcd"), 2) == list("acbd") and swapped(list("abcd"), None) == list("abcd")
