@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     aggregator_dedup_window_s: Seconds = 7 * 86400.0
     # Published events the broker has not delivered after this long are counted from the store.
     aggregator_recover_after_s: Seconds = 5.0
+    # A worker rebalancing (not restoring its table) this long with the broker up starts again in
+    # place (0: never); a rebalance takes seconds.
+    aggregator_stuck_after_s: Seconds = 45.0
     # Feedback events counted together (one table commit): at most this many, or what arrived within
     # the wait, which every count waits for at most.
     aggregator_batch_max: int = Field(default=500, ge=1)

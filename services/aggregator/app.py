@@ -7,6 +7,9 @@ one screen; what they do is `worker.Aggregator`'s.
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import time
 from typing import Any
 
 import faust
@@ -63,6 +66,37 @@ def shorten_fetch_wait() -> bool:
     return True
 
 
+class StuckWatch:
+    """Tells a Faust worker that stays rebalancing from one that is rebalancing.
+
+    A rebalance takes seconds. One can also never end: after a broker restarted empty, the
+    consumer's commit of an offset on a topic the new broker does not know is retried forever
+    (aiokafka treats UnknownTopicOrPartition as retriable), and the worker neither counts nor
+    lets the outbox check run. Restoring a table from its changelog (`recovering`) is not stuck:
+    a long changelog takes as long as it takes.
+    """
+
+    def __init__(self, after_s: float) -> None:
+        self.after_s = after_s
+        self.since: float | None = None
+
+    def stuck(self, rebalancing: bool, recovering: bool, broker_answers: bool, now: float) -> bool:
+        """True once the worker has been rebalancing, not restoring, with the broker answering,
+        for `after_s` in a row (0: never)."""
+        if not (rebalancing and not recovering and broker_answers) or self.after_s <= 0:
+            self.since = None
+            return False
+        self.since = now if self.since is None else self.since
+        return now - self.since >= self.after_s
+
+
+def restart_in_place() -> None:
+    """Starts the aggregator again in this process (same pid, ports, environment): its start drops a
+    changelog the broker cannot serve and rebuilds the counts from the store, whatever runs it."""
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, "-m", "services.aggregator"])
+
+
 def create_app(settings: Settings) -> faust.App:
     """The aggregator's Faust app; its `Aggregator` is `app.aggregator`."""
     shorten_fetch_wait()
@@ -101,6 +135,7 @@ def create_app(settings: Settings) -> faust.App:
     aggregator = Aggregator(settings, state, publish, settled)
     app.aggregator = aggregator  # type: ignore[attr-defined]
     outage = BrokerOutage(settings, "aggregator")  # aiokafka retries in silence (shared.logging)
+    watch = StuckWatch(settings.aggregator_stuck_after_s)
 
     @app.on_before_shutdown.connect
     async def close_store(app: Any, **kwargs: Any) -> None:
@@ -131,6 +166,9 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(interval=outage.probe_every_s)
     async def watch_broker() -> None:
         await outage.acheck()
+        if watch.stuck(bool(app.rebalancing), bool(app.in_recovery), outage.since is None, time.monotonic()):
+            log.error("event=worker_stuck rebalancing_for_s=%.0f action=restart_in_place", watch.after_s)
+            restart_in_place()
 
     @app.page("/stats")
     async def stats_view(web: Any, request: Any) -> Any:

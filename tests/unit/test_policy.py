@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from services.aggregator.app import StuckWatch
 from services.aggregator.policy import Policy, Timing, decide, evaluate
 from services.aggregator.table import GROUP_SIZE, State
 from shared.feedback_counts import (
@@ -319,3 +320,17 @@ def test_opens_are_counted_by_their_latest_outcome_once_each() -> None:
     c, again = apply_fresh_interaction(c, entry, 20.0)
     assert c.new_interactions == 1 and again == ("open", 20.0)
     assert apply_fresh_interaction(c, again, 15.0) == (c, None)  # an older event changes nothing
+
+
+def test_a_worker_is_stuck_only_when_it_stays_rebalancing_with_the_broker_up() -> None:
+    """A rebalance of seconds, a long table restore or a broker still away is not stuck; 45 s of
+    rebalancing with the broker answering is, and any break starts the count again."""
+    watch = StuckWatch(45.0)
+    assert not watch.stuck(True, False, True, 0.0)
+    assert not watch.stuck(True, False, True, 44.0)
+    assert watch.stuck(True, False, True, 45.0)
+    assert not watch.stuck(False, False, True, 46.0)  # settled: the count starts again
+    assert not watch.stuck(True, False, True, 50.0) and not watch.stuck(True, False, True, 94.0)
+    assert not watch.stuck(True, True, True, 200.0)  # restoring its table
+    assert not watch.stuck(True, False, False, 400.0)  # the broker is away: nothing to restart for
+    assert not StuckWatch(0.0).stuck(True, False, True, 1e9)
