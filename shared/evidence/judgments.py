@@ -14,10 +14,10 @@ seen often and never opened sinks and one opened and stayed on rises; anonymous 
 count as at most ANONYMOUS_VOICES (`outcomes.py`). The *net* is the sum of the contributions.
 
 - What moves the ranking (the feedback memory) is the *value*, in (-1, 1): robust / (|robust| +
-  SHRINK), where *robust* is the net without its largest contribution on its side (the strongest
-  supporter of a positive net, the strongest detractor of a negative one), 0 where that changes
-  its sign. No single voice decides: one person alone never moves a ranking however often they
-  act, a few people agreeing move it a little, many move it far.
+  SHRINK), where *robust* is the net without its strongest supporter and its strongest detractor.
+  No single voice decides, either way: one person alone never moves a ranking however often they
+  act, nor softens what everyone else passed over (a lone supporter left in lifted such a result
+  above its neighbours); a few people agreeing move it a little, many move it far.
 - What a training run fine-tunes on is one pair per (query, resource) someone acted on (opened or
   rated), labelled by the sign of the net, with as many votes as voices acted: one person's 400
   likes are one pair, as they were when feedback was the only evidence.
@@ -137,13 +137,11 @@ def baseline(table: dict[tuple[str, str], dict[str, Vote]]) -> float:
 
 
 def robust_net(contributions: list[float]) -> float:
-    """The sum without its largest same-signed term, 0 where that changes its sign."""
-    total = sum(contributions)
-    if total > 0:
-        return max(0.0, total - max(contributions))
-    if total < 0:
-        return min(0.0, total - min(contributions))
-    return 0.0
+    """The sum without its strongest supporter and its strongest detractor: what the others say,
+    so one voice has no say on either side, however strongly it acts."""
+    if not contributions:
+        return 0.0
+    return sum(contributions) - max(0.0, max(contributions)) - min(0.0, min(contributions))
 
 
 def contributions(voices: dict[str, Vote], base: float) -> list[float]:

@@ -85,8 +85,25 @@ def test_one_voice_repeating_itself_is_not_evidence() -> None:
     judged = judge(honest + mallory, acts)
     assert judged[("q", "h")].voices == 31
     assert judged[("q", "h")].value <= 0
-    assert robust_net([1.0]) == 0.0 and robust_net([0.5, 0.5, -0.2]) == pytest.approx(0.3)
-    assert robust_net([-1.0, 0.1]) == 0.0
+    assert robust_net([1.0]) == 0.0 and robust_net([0.5, 0.5, -0.2]) == pytest.approx(0.5)
+    assert robust_net([-1.0, 0.1]) == 0.0 and robust_net([-0.5, -0.5, 0.9]) == pytest.approx(-0.5)
+
+
+def test_one_voice_cannot_soften_what_everyone_else_passed_over() -> None:
+    """Thirty people pass over the results at ranks 8 and 9; one person likes the one at rank 8
+    200 times. Its value stays as low as its neighbour's: one voice has no say on either side
+    (left in, that voice lifted it above its neighbours)."""
+    shown = tuple("abcdefghij")
+    honest = impressions("q", shown, [f"u:p{n}" for n in range(30)])
+    opened = [Action(i.inference_id, "a", i.voice, opened=True, dwell_s=90.0) for i in honest]
+    mallory = impressions("q", shown, ["u:mallory"] * 200, start=100)
+    acts = [Action(i.inference_id, "h", "u:mallory", label="like", opened=True, dwell_s=120.0)
+            for i in mallory]
+    alone = judge(honest, opened)
+    judged = judge(honest + mallory, opened + acts)
+    assert judged[("q", "h")].net > alone[("q", "h")].net  # the training label still hears everyone
+    assert judged[("q", "h")].value == pytest.approx(alone[("q", "h")].value, abs=0.01)
+    assert judged[("q", "h")].value <= judged[("q", "i")].value + 0.01
 
 
 def test_colluders_do_not_outweigh_many_honest_people() -> None:
