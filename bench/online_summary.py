@@ -83,6 +83,15 @@ def false_promotions(all_pairs: list[dict], pairs: list[dict], loops: list[dict]
             "replays_with_the_worse_challenger": replays}
 
 
+def flipped_outcome(safety: dict) -> str:
+    """What became of one seed's challenger trained on flipped labels."""
+    verdict = safety.get("flipped_rejected_online")
+    if verdict is None:
+        return f"refused offline: {safety.get('flipped_run', {}).get('detail', '')}".rstrip(": ")
+    decision = safety.get("flipped_experiment", {}).get("decision")
+    return "retired by users" if verdict else f"not retired by users ({decision or 'undecided'})"
+
+
 def aggregate(pairs: list[dict], loops: list[dict]) -> dict:
     all_pairs = [p for run in pairs for p in run["pairs"]]
     measured = sensitivity(all_pairs)
@@ -99,7 +108,11 @@ def aggregate(pairs: list[dict], loops: list[dict]) -> dict:
         "false_promotions": wrong,
         "false_promotion_rate_resampled": (replays["false_promotions"] / replays["replays"]
                                            if replays["replays"] else 0.0),
-        "flipped_rejected_online": all(s["flipped_rejected_online"] for s in safety) if safety else None,
+        # Users never kept a challenger trained on flipped labels: each was retired by them, or
+        # refused by the offline checks before they saw it (None: no seed ran the check).
+        "flipped_rejected_online": (all(s["flipped_rejected_online"] is not False for s in safety)
+                                    if safety else None),
+        "flipped_outcomes": [flipped_outcome(s) for s in safety],
         "rollback_happened": all(s["rollback_happened"] for s in safety) if safety else None,
         "rollback_impressions": [s["rollback_impressions"] for s in safety],
     }

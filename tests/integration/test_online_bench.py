@@ -20,7 +20,7 @@ from tests.integration.test_quality import beir_collection
 
 KEYS = {"sensitivity", "impressions_to_decide_interleaving", "impressions_to_decide_ab",
         "false_promotion_rate", "experiments_judged", "false_promotions", "false_promotion_rate_resampled",
-        "flipped_rejected_online", "rollback_happened",
+        "flipped_rejected_online", "flipped_outcomes", "rollback_happened",
         "rollback_impressions", "ndcg10_traffic_v0", "ndcg10_traffic_final", "traffic_gain_by_seed",
         "ndcg10_held_out_v0", "ndcg10_held_out_final", "held_out_gain_by_seed", "held_out_paired_by_seed",
         "latency", "people", "traffic_gain", "propensity_max_rel_error", "ratings_only",
@@ -42,6 +42,9 @@ def test_online_harness_decides_replays_and_measures_the_traffic(tmp_path: Path,
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result.keys() >= KEYS
+    (outcome,) = result["flipped_outcomes"]  # one seed: refused offline, or what users decided
+    assert outcome.startswith(("refused offline", "retired by users", "not retired by users")), outcome
+    assert result["flipped_rejected_online"] == (not outcome.startswith("not retired"))
     assert "left out 1 blank queries" in done.stderr  # the collection's blank query, not searched
     (pairs,) = result["pairs"]
     assert [p["pair"] for p in pairs["pairs"]] == ["bm25", "no_prf", "prf"]
