@@ -2,8 +2,9 @@
 
 For each seed: a fresh stack (embedded broker, SQLite, the four services), the collection's
 corpus as catalogue, its queries split into feedback queries and held-out queries. Simulated
-users search the feedback queries over HTTP and like relevant / dislike non-relevant results
-according to the judgments, with position bias, noise and skips. Retraining happens when the
+users search the feedback queries over HTTP (`--passes` people each, three by default) and like
+relevant / dislike non-relevant results according to the judgments, with position bias, noise and
+skips. Retraining happens when the
 aggregator's policy fires; the harness never calls the trainer. After each new served version,
 held-out queries are measured (nDCG@10, MRR@10, Recall@50). A second run flips the users'
 labels: the gate must reject what they teach.
@@ -111,14 +112,15 @@ def run_one(collection: Collection, seed: int, flipped: bool, args: argparse.Nam
         log.info("seed=%d flipped=%s bm25=%.4f v0=%.4f", seed, flipped, bm25["ndcg@10"], v0["ndcg@10"])
         curve = [{"feedback": 0, **v0}]
         sent, served, next_check = 0, v0["version"], args.min_new
-        for _ in range(args.passes):
+        for person in range(args.passes):
             order = list(feedback_q)
             rng.shuffle(order)
             for qid in order:
                 body = refusals.search(client, qid, collection.queries[qid], use_reranker=True, top_k=10)
                 shown = [r["resource_id"] for r in body["results"]] if body else []
                 for position, label in users.rate(shown, collection.qrels[qid], rng):
-                    client.feedback(body["inference_id"], shown[position], label, user_id=f"user-{qid}")
+                    client.feedback(body["inference_id"], shown[position], label,
+                                    user_id=f"user-{qid}-{person}")
                     sent += 1
                 if sent >= next_check:
                     next_check += args.min_new
@@ -195,7 +197,9 @@ def main() -> int:
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--flipped-seeds", type=int, nargs="*", default=[1])
-    parser.add_argument("--passes", type=int, default=1, help="times users go through the feedback queries")
+    parser.add_argument("--passes", type=int, default=3,
+                        help="people per feedback query: each pass, another person asks every one (one "
+                             "person is one voice, and one voice alone never moves a ranking)")
     parser.add_argument("--min-new", type=int, default=100, help="EDURANKER_TRAIN_MIN_NEW_FEEDBACK")
     usual = People()
     parser.add_argument("--position-bias", type=float, default=usual.bias, help="examined: 1/rank^this")
