@@ -197,7 +197,14 @@ def test_both_search_modes(server: Server) -> None:
     assert reranked["candidates"] == 30
     results = reranked["results"]
     assert [r["rank"] for r in results] == [1, 2, 3, 4, 5]
-    assert all(a["rerank_score"] >= b["rerank_score"] for a, b in zip(results, results[1:], strict=False))
+    scores = [r["rerank_score"] for r in results]
+    # Outside experiments, EDURANKER_EXPLORE_SHARE of the searches (10 %) swap one pair of
+    # neighbours to learn where people look: the order is the scores' but for at most that pair.
+    out_of_order = [i for i in range(len(scores) - 1) if scores[i] < scores[i + 1]]
+    assert len(out_of_order) <= 1, scores
+    for i in out_of_order:
+        scores[i], scores[i + 1] = scores[i + 1], scores[i]
+    assert scores == sorted(scores, reverse=True), scores
     for result in results:
         assert {"resource_id", "title", "url", "rank", "first_stage_score", "rerank_score"} <= set(result)
         assert {"bm25", "dense", "fused"} <= set(result["scores"])
