@@ -36,6 +36,11 @@ RERANK_CANDIDATES = Histogram(
     "eduranker_rerank_candidates", "Candidates scored per request",
     buckets=(1, 5, 10, 20, 50, 100, 200),
 )
+CROSS_CACHE_LOOKUPS = Counter(
+    "eduranker_cross_cache_lookups_total",
+    "Cross-encoder scores looked up in the served version's score cache", ["outcome"],
+)
+CROSS_CACHE_ENTRIES = Gauge("eduranker_cross_cache_entries", "Scores held by the last cache written")
 SERVED_MODEL = Info("eduranker_served_model", "The model version being served")
 SERVED_MODEL_VERSION = Gauge(
     "eduranker_served_model_version_number", "Numeric part of the served version (0 = version 0)"
@@ -133,6 +138,7 @@ ALERTED_LABEL_VALUES: dict[Counter, tuple[str, ...]] = {
     EXPERIMENT_DECISIONS: ("promote", "retire", "rollback", "keep"),
     EXPERIMENT_IMPRESSIONS: ("challenge", "watch"),
     EMBEDDING_TEXTS: ("model", "store"),
+    CROSS_CACHE_LOOKUPS: ("hit", "miss"),
 }
 for _counter, _values in ALERTED_LABEL_VALUES.items():
     for _value in _values:

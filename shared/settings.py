@@ -77,9 +77,14 @@ class Settings(BaseSettings):
     # Fine-tune a cross-encoder in each run: auto = unless the base is the offline bi-encoder weights.
     train_cross_encoder: Literal["auto", "on", "off"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Cross-encoder runtime in the reranker; `auto` uses ONNX Runtime only where it is faster
-    # with the same top-10 order (checked on every load).
-    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
+    # Cross-encoder runtime in the reranker; `auto` leaves torch fp32 only for a runtime that is
+    # faster with the same top-10 order (timed and checked on every load).
+    backend: Literal["auto", "torch", "torch-bf16", "onnx", "onnx-int8"] = "auto"
+    # The cross-encoder scores this many of the best candidates by the other scorers (0: all of
+    # them); the rest follow in that order. Chosen by nDCG@10 against depth (docs/reranker.md).
+    rerank_depth: int = Field(default=10, ge=0)
+    # Cross-encoder scores kept per (query, resource text) by the served version (0: none).
+    cross_cache_entries: int = Field(default=100_000, ge=0)
     onnx_cache_dir: Path | None = None  # exported graphs; unset: <model_dir>/.cache/onnx
     torch_threads: int = 0  # 0: every core this process may use
     # Resource texts embedded, then written to the store, per round: the progress step, and the most

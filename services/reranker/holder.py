@@ -22,12 +22,14 @@ from typing import Any
 from services.reranker.indexes import Challenger, ServedIndexes, ServingState
 from shared import metrics
 from shared.evidence.clicks import Examination, prior_examination
-from shared.ml.ranking.backends import BackendChoice, choose_backend
+from shared.ml.ranking.backends import BackendChoice, calibration_sets, choose_backend
 from shared.ml.ranking.pipeline import SPEC_FILE, PipelineSpec, RankingModel, served_version, version_zero
 from shared.ml.ranking.retrieval import CatalogueIndex
 from shared.ml.registry import METADATA_FILE, Registry
 from shared.ml.runtime.device import pick_device
 from shared.ml.runtime.loading import cross_backend
+from shared.ml.runtime.pair_tokens import PairTokens
+from shared.ml.runtime.score_cache import ScoreCache
 from shared.ml.runtime.vectors import StoredVectors
 from shared.records import Experiment, Resource
 from shared.settings import Settings
@@ -54,6 +56,19 @@ def click_model_of(folder: Path | None) -> Examination:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("event=click_model_unreadable folder=%s error=%r", folder, exc)
         return prior_examination()
+
+
+def pair_tokens_for(model: RankingModel, index: CatalogueIndex, settings: Settings) -> PairTokens | None:
+    """The served cross-encoder's ids per resource text, if they build its own inputs on a few
+    catalogue queries (else its tokenizer runs on every pair, as before; logged)."""
+    assert model.cross is not None
+    tokens = PairTokens(model.cross.tokenizer, model.cross.max_length, settings.cross_cache_entries or 1)
+    pairs = [(query, index.resources[p].text) for query, top, _ in calibration_sets(index) for p in top]
+    if tokens.matches(model.cross.preprocess, pairs):
+        return tokens
+    log.warning("event=pair_tokens_unused version=%s reason=%r", model.version,
+                "no pairs to check" if not pairs else "its tokenizer builds pairs another way")
+    return None
 
 
 class ModelHolder:
@@ -110,6 +125,10 @@ class ModelHolder:
         index = self.indexes.index_for(model, base)
         model.warm_up(index)
         model, backend = choose_backend(model, index, self.settings)
+        if model.cross is not None:
+            model.depth = self.settings.rerank_depth
+            model.cross_cache = ScoreCache(self.settings.cross_cache_entries)
+            model.pair_tokens = pair_tokens_for(model, index, self.settings)
         model.warm_up(index)
         return model, index, backend
 
@@ -264,6 +283,9 @@ class ModelHolder:
             "backend_selection": dataclasses.asdict(state.backend) | {"setting": self.settings.backend},
             "weights": spec.weights,
             "max_length": spec.max_length,
+            # The cross-encoder's share of the work: how deep it reranks, what its cache saved.
+            "rerank_depth": state.model.depth if state.model.cross is not None else None,
+            "cross_cache": state.model.cross_cache.info() if state.model.cross_cache is not None else None,
             "loaded_at": state.model.loaded_at.isoformat(),
             "trained_at": spec.trained_at.isoformat() if spec.trained_at else None,
             "metrics": spec.metrics,

@@ -1,5 +1,6 @@
-"""Which runtime scores a version's cross-encoder: torch, or an ONNX Runtime twin where it is faster
-with the same top-10 order (checked on a few catalogue queries every time a version loads)."""
+"""Which runtime scores a version's cross-encoder: torch fp32, or a twin (torch in bf16 where the CPU
+multiplies bf16 natively, ONNX Runtime fp32 or int8) where it is faster with the same top-10 order
+(timed and checked on a few catalogue queries every time a version loads)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import numpy as np
 
 from shared.ml.ranking.pipeline import RankingModel
 from shared.ml.ranking.retrieval import CatalogueIndex
-from shared.ml.runtime.device import pick_device
-from shared.ml.runtime.loading import cross_scores
+from shared.ml.runtime.device import cpu_has_fast_bf16, pick_device
+from shared.ml.runtime.loading import bf16_twin, cross_scores
 from shared.ml.runtime.onnx import load_onnx_cross_encoder
 from shared.settings import Settings
 
@@ -83,16 +84,18 @@ def choose_backend(model: RankingModel, index: CatalogueIndex,
     if wanted == "auto" and not sets:
         return model, BackendChoice("torch", "empty catalogue: no queries to compare backends on")
     folder = model.folder / model.spec.cross_encoder
-    variants = [wanted] if wanted != "auto" else ["onnx", "onnx-int8"]
+    variants = [wanted] if wanted != "auto" else ["onnx", "onnx-int8", *(["torch-bf16"] if cpu_has_fast_bf16()
+                                                                         else [])]
     candidates = {"torch": model}
     for backend in variants:
         try:
-            onnx = load_onnx_cross_encoder(model.cross, folder, backend, onnx_cache(settings),
-                                           settings.torch_threads)
+            twin = (bf16_twin(model.cross) if backend == "torch-bf16" else
+                    load_onnx_cross_encoder(model.cross, folder, backend, onnx_cache(settings),
+                                            settings.torch_threads))
         except Exception as exc:  # an architecture the exporter cannot handle still serves with torch
-            log.error("event=onnx_unavailable backend=%s error=%r", backend, str(exc)[:300])
+            log.error("event=backend_unavailable backend=%s error=%r", backend, str(exc)[:300])
             continue
-        candidates[backend] = dataclasses.replace(model, cross=onnx)
+        candidates[backend] = dataclasses.replace(model, cross=twin)
     if wanted != "auto":
         chosen = candidates.get(wanted)
         if chosen is None:

@@ -27,6 +27,8 @@ from shared.ml.runtime.loading import (
     load_cross_encoder,
     load_embedder,
 )
+from shared.ml.runtime.pair_tokens import PairTokens
+from shared.ml.runtime.score_cache import ScoreCache
 from shared.records import normalise_query, utcnow
 from shared.settings import Settings
 
@@ -224,6 +226,13 @@ class RankingModel:
     loaded_at: datetime = field(default_factory=utcnow)
     encoder: Encoder | None = None
     """How the embedder runs (ONNX Runtime or torch); unset: torch."""
+    depth: int = 0
+    """The cross-encoder scores this many of the best candidates by the other scorers (0: all)."""
+    cross_cache: ScoreCache | None = None
+    """The cross-encoder's scores by (query, text) for this model on its runtime; unset: none kept."""
+    pair_tokens: PairTokens | None = None
+    """The cross-encoder's token ids per resource text, checked to build its own inputs; unset: the
+    tokenizer runs on every pair."""
     # Set while scoring a query that is itself in the memory (leave-one-query-out evaluation).
     memory_exclude: str | None = None
 
@@ -320,11 +329,42 @@ class RankingModel:
         if self.memory is not None:
             ids = [index.resources[p].id for p in positions]
             scores |= self.memory.scores(query, query_vector, ids, exclude=self.memory_exclude)
-        if self.cross is not None and (with_cross or self.spec.weights.get("cross")):
-            texts = [index.resources[p].text for p in positions]
-            scores["cross"] = cross_scores(self.cross, query, texts)
-        scores["fused"] = fuse(scores, self.spec.weights)
+        if self.cross is not None and weights.get("cross") and 0 < self.depth < positions.size:
+            return self.cascade(index, query, positions, scores)
+        if self.cross is not None and (with_cross or weights.get("cross")):
+            scores["cross"] = self.cross_scores(query, [index.resources[p].text for p in positions])
+        scores["fused"] = fuse(scores, weights)
         return scores
+
+    def cross_scores(self, query: str, texts: list[str]) -> np.ndarray:
+        if self.cross is None:
+            raise ValueError("this pipeline has no cross-encoder")
+        cross, tokens = self.cross, self.pair_tokens
+        if self.cross_cache is None:
+            return cross_scores(cross, query, texts, tokens=tokens)
+        return self.cross_cache.scores(query, texts,
+                                       lambda missing: cross_scores(cross, query, missing, tokens=tokens))
+
+    def cascade(self, index: CatalogueIndex, query: str, positions: np.ndarray,
+                scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The cross-encoder on the `depth` best candidates by the other scorers; the rest keep that
+        order below them (their `cross` is NaN: not scored).
+
+        The reranked ones are fused as at full depth, every other scorer normalised over all the
+        candidates, the cross-encoder over those it scored: only its scale can differ from a full
+        rerank's, so the top 10 stays that of full depth wherever the candidates past `depth` would
+        not have reached it."""
+        others = {name: w for name, w in self.spec.weights.items() if name != "cross" and name in scores}
+        first = fuse(scores, others) if any(others.values()) else scores["bm25"].astype(np.float32)
+        top = np.argsort(-first, kind="stable")[: self.depth]
+        cross = np.full(positions.size, np.nan, dtype=np.float32)
+        cross[top] = self.cross_scores(query, [index.resources[p].text for p in positions[top]])
+        rest = np.ones(positions.size, dtype=bool)
+        rest[top] = False
+        fused_top = fuse(scores | {"cross": cross}, self.spec.weights)[top]
+        fused = first - first[rest].max() + fused_top.min() - 1.0  # below the reranked, in order
+        fused[top] = fused_top
+        return scores | {"cross": cross, "fused": fused.astype(np.float32)}
 
     def pseudo_relevance(self, index: CatalogueIndex, query: str, query_vector: np.ndarray | None,
                          positions: np.ndarray, scores: dict[str, np.ndarray],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 from pathlib import Path
@@ -12,12 +13,14 @@ from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from shared.ml.runtime.device import pick_device
 from shared.ml.runtime.onnx import OnnxCrossEncoder
+from shared.ml.runtime.pair_tokens import PairTokens
 from shared.settings import OFFLINE_BASE_MODEL
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
-"""How a cross-encoder can run: PyTorch, or ONNX Runtime in fp32 or with int8 dynamic quantization."""
+BACKENDS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+"""How a cross-encoder can run: PyTorch in fp32 or bf16, or ONNX Runtime in fp32 or with int8
+dynamic quantization."""
 
 
 class ModelLoadError(RuntimeError):
@@ -113,26 +116,46 @@ def load_embedder(name_or_path: str, max_length: int = 128, device: str = "auto"
 def cross_backend(model: CrossEncoder | OnnxCrossEncoder) -> str:
     if isinstance(model, OnnxCrossEncoder):
         return model.backend
-    return "torch-fp16" if next(model.model.parameters()).dtype == torch.float16 else "torch"
+    dtype = next(model.model.parameters()).dtype
+    return {torch.float16: "torch-fp16", torch.bfloat16: "torch-bf16"}.get(dtype, "torch")
+
+
+def bf16_twin(cross: CrossEncoder) -> CrossEncoder:
+    """A bf16 copy of a cross-encoder: twice the speed where the CPU multiplies bf16 natively."""
+    twin = copy.deepcopy(cross)
+    twin.model.to(torch.bfloat16)
+    return twin
 
 
 def cross_scores(model: CrossEncoder | OnnxCrossEncoder, query: str, texts: list[str],
-                 batch_size: int = 32) -> np.ndarray:
-    """Raw logits (no sigmoid): fusion z-scores them, and logits keep the ordering resolution."""
+                 batch_size: int = 32, tokens: PairTokens | None = None) -> np.ndarray:
+    """Raw logits (no sigmoid): fusion z-scores them, and logits keep the ordering resolution.
+
+    `tokens`: the texts' ids kept by the served version (`PairTokens`), checked to give the model's
+    own inputs; unset, the model's tokenizer runs on every pair."""
     if not texts:
         return np.zeros(0, dtype=np.float32)
     order = np.argsort([len(t) for t in texts])  # similar lengths per batch: less padding
-    pairs = [(query, texts[i]) for i in order]
-    if isinstance(model, OnnxCrossEncoder):
-        scores = model.logits(pairs, batch_size)
-    else:
-        with torch.inference_mode():
-            scores = model.predict(
-                pairs, batch_size=batch_size, show_progress_bar=False,
-                activation_fn=torch.nn.Identity(), convert_to_numpy=True,
-            )
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     out = np.empty(len(texts), dtype=np.float32)
-    out[order] = np.asarray(scores, dtype=np.float32).reshape(-1)
+    for batch in batches:
+        chunk = [texts[i] for i in batch]
+        features = tokens.features(query, chunk) if tokens is not None else None
+        if isinstance(model, OnnxCrossEncoder):
+            scores = model.logits([(query, t) for t in chunk], batch_size, features)
+        elif features is not None:
+            if model.model.training:
+                model.model.eval()
+            with torch.inference_mode():
+                inputs = {name: torch.from_numpy(value).to(model.device) for name, value in features.items()}
+                scores = model.model(**inputs).logits.float().cpu().numpy()
+        else:
+            with torch.inference_mode():
+                scores = model.predict(
+                    [(query, t) for t in chunk], batch_size=batch_size, show_progress_bar=False,
+                    activation_fn=torch.nn.Identity(), convert_to_numpy=True,
+                )
+        out[batch] = np.asarray(scores, dtype=np.float32).reshape(-1)
     return out
 
 
