@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from bench.harness.results import VAR, add_output_arguments, load_average, write
 from shared.ml.ranking.pipeline import RankingModel, version_zero
 from shared.ml.ranking.retrieval import CatalogueIndex, VectorTable
 from shared.ml.runtime.device import configure_torch_threads, cpu_has_fast_bf16
-from shared.ml.runtime.embedder import load_encoder
+from shared.ml.runtime.embedder import auto_backend, load_encoder
 from shared.ml.runtime.loading import load_embedder
 from shared.settings import OFFLINE_BASE_MODEL, Settings
 
@@ -127,6 +128,10 @@ def main() -> int:
     result: dict = {"load_average_before": load_average()}
     result["throughput"] = throughput(texts, args.base_model, cache, ("onnx", "onnx-int8", "torch-bf16"))
     result["native_bf16"] = cpu_has_fast_bf16()
+    embedder = load_embedder(args.base_model, Settings().max_length, "cpu")
+    with tempfile.TemporaryDirectory(prefix="bench-embedding-auto-") as fresh:  # what a first start decides
+        backend, reason = auto_backend(embedder, Path(fresh))
+    result["auto"] = {"backend": backend, "reason": reason}
     print(json.dumps(result["throughput"]), flush=True)
     if args.dataset.exists():
         result["ranking"] = ranking(args.dataset, args.base_model, cache)

@@ -8,6 +8,7 @@ counted where the reranker counts it (`info-modele`'s `embedding`, the `/metrics
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from pathlib import Path
@@ -22,7 +23,7 @@ from shared.messaging.admin import ensure_topics
 from shared.messaging.broker import EmbeddedBroker, free_port
 from shared.ml.ranking.pipeline import RankingModel, version_zero
 from shared.ml.runtime.device import cpu_has_fast_bf16
-from shared.ml.runtime.embedder import load_encoder
+from shared.ml.runtime.embedder import AUTO_RECORD, load_encoder
 from shared.ml.runtime.loading import embed, embedder_identity, load_embedder
 from shared.ml.runtime.vectors import EmbeddingCache, StoredVectors
 from shared.ml.training.dataset import Pair
@@ -78,8 +79,16 @@ def test_onnx_encoder_gives_torchs_vectors_in_fp32_and_stores_int8_and_bf16_apar
     assert float((vectors * reference).sum(axis=1).min()) > 0.95
     assert bf16([]).shape == (0, reference.shape[1])
     assert np.allclose(bf16.query(texts), reference, atol=1e-5)  # queries in fp32 ONNX
-    auto = load_encoder(embedder, "auto", tmp_path).backend
-    assert auto == ("torch-bf16" if cpu_has_fast_bf16() else "onnx-int8")  # bf16 only where AMX runs it
+    # auto times the runtimes here, once per embedder: a later start keeps what it measured.
+    auto = load_encoder(embedder, "auto", tmp_path)
+    record = json.loads((tmp_path / embedder_identity(embedder) / AUTO_RECORD).read_text())
+    assert auto.backend == record["backend"] and "fastest measured here" in auto.reason
+    assert set(record["texts_per_s"]) == {"torch", "onnx", "onnx-int8"} | (
+        {"torch-bf16"} if cpu_has_fast_bf16() else set())  # bf16 only where the CPU runs it natively
+    speeds = record["texts_per_s"]
+    assert speeds[auto.backend] == max(speeds.values()) or auto.backend == "torch"
+    again = load_encoder(embedder, "auto", tmp_path)
+    assert again.backend == auto.backend and again.reason.startswith("auto: kept from")
     assert load_encoder(embedder, "torch", tmp_path).backend == "torch"
 
     # A model the graph would not reproduce (CLS pooling) embeds with torch, and says why.

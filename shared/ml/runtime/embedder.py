@@ -8,15 +8,21 @@ export cannot handle (another pooling, extra modules, no ONNX Runtime) embeds wi
 log says why.
 
 On a CPU with native bf16 (AMX or AVX512-BF16, as for training) bfloat16 matrix products run in
-hardware: torch in bf16 embeds about 3x faster than fp32 with AMX, and closer to its vectors than
-int8 (`torch-bf16`, its own identity too). Elsewhere bf16 is emulated and slower, so `auto` takes
-it only where the CPU has it.
+hardware: torch in bf16 embeds 3x faster than fp32 with AMX, 2x with AVX512-BF16 alone, and closer
+to its vectors than int8 (`torch-bf16`, its own identity too). Elsewhere bf16 is emulated and slower.
+
+Which is fastest depends on the CPU, so `auto` times the candidates on the machine it runs on, once
+per embedder identity, and keeps what it measured beside the exported graphs: every later start (the
+trainer's too, sharing the cache) takes the same runtime, so the stored vectors keep one identity.
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
+import json
 import logging
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +34,7 @@ from sentence_transformers import SentenceTransformer
 from shared.ml.runtime.device import cpu_has_fast_bf16
 from shared.ml.runtime.loading import embed, embedder_identity
 from shared.ml.runtime.onnx import ONNX_OPSET, atomic_file, onnx_session, quantize_onnx
+from shared.records import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -171,27 +178,87 @@ def bf16_encoder(model: SentenceTransformer, reason: str, cache_dir: Path, threa
     return Encoder(model, "torch-bf16", run, reason=reason, query=query)
 
 
+AUTO_RECORD = "auto.json"
+"""Beside an embedder's exported graphs: what `auto` measured there, and what it chose."""
+MIN_SPEEDUP = 1.1
+"""`auto` leaves fp32 torch only for a runtime at least this much faster, so timing noise cannot flip it."""
+_PARAGRAPH = ("the boundary layer of a wing in supersonic flow changes its drag and heat transfer while "
+              "students learn linear algebra probability and the history of science with worked examples")
+_WORDS = _PARAGRAPH.split(" ")
+TIMING_TEXTS = [" ".join(_WORDS[(i * 7 + j) % len(_WORDS)] for j in range(12 + 9 * (i % 12)))
+                for i in range(48)]
+"""What `auto` times: 48 texts of 12 to 111 words, catalogue-like lengths."""
+
+
+def timed_backends(model: SentenceTransformer, cache_dir: Path, threads: int = 0,
+                   texts: list[str] = TIMING_TEXTS) -> tuple[dict[str, Encoder], dict[str, float]]:
+    """Every runtime that can embed here (bf16 only where the CPU has it natively), and its texts/s:
+    best of two rounds, taken in turn so that load from other work hits each alike."""
+    candidates = {"torch": Encoder(model, "torch")}
+    if cpu_has_fast_bf16():
+        candidates["torch-bf16"] = bf16_encoder(model, "", cache_dir, threads)
+    for backend in ("onnx", "onnx-int8"):
+        try:
+            candidates[backend] = Encoder(model, backend, onnx_embedder(model, backend, cache_dir, threads))
+        except Exception as exc:  # an embedder the export cannot reproduce is timed on torch alone
+            log.warning("event=embedder_onnx_unavailable backend=%s error=%r", backend, str(exc)[:300])
+            break
+    best = dict.fromkeys(candidates, float("inf"))
+    for encoder in candidates.values():
+        encoder(texts[:2])  # lazy initialisation out of the timing
+    for _ in range(2):
+        for name, encoder in candidates.items():
+            started = time.perf_counter()
+            encoder(texts)
+            best[name] = min(best[name], time.perf_counter() - started)
+    return candidates, {name: round(len(texts) / seconds, 1) for name, seconds in best.items()}
+
+
+def auto_backend(model: SentenceTransformer, cache_dir: Path, threads: int = 0) -> tuple[str, str]:
+    """The runtime `auto` takes and why: kept from an earlier start with this embedder and cache,
+    else timed here (`timed_backends`): the fastest, if at least `MIN_SPEEDUP` times fp32 torch.
+    Each candidate keeps version 0's Cranfield nDCG@10 within 0.001 of fp32 (bench/results/embedding.json)."""
+    record = cache_dir / embedder_identity(model) / AUTO_RECORD
+    record.parent.mkdir(parents=True, exist_ok=True)
+    # One process times, the others sharing the cache (a reranker and the trainer starting together)
+    # wait for its record: they must embed alike to share the stored vectors.
+    with open(record.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            kept = json.loads(record.read_text())
+            return kept["backend"], f"auto: kept from {kept['measured_at']}: {kept['reason']}"
+        except (OSError, ValueError, KeyError):
+            pass
+        _, speeds = timed_backends(model, cache_dir, threads)
+        fastest = max(speeds, key=lambda name: speeds[name])
+        backend = fastest if speeds[fastest] >= speeds["torch"] * MIN_SPEEDUP else "torch"
+        reason = (f"fastest measured here, {speeds[backend] / speeds['torch']:.2f}x fp32 torch; texts/s "
+                  + ", ".join(f"{name} {value}" for name, value in speeds.items()))
+        measured = {"backend": backend, "reason": reason, "texts_per_s": speeds,
+                    "measured_at": utcnow().isoformat()}
+        atomic_file(record, lambda tmp: tmp.write_text(json.dumps(measured)))
+    log.info("event=embedder_backend_timed backend=%s texts_per_s=%s", backend, speeds)
+    return backend, f"auto: {reason}"
+
+
 def load_encoder(model: SentenceTransformer, backend: str, cache_dir: Path, threads: int = 0) -> Encoder:
-    """The embedder on `backend` (`auto` on a CPU: torch bf16 where it is native, else ONNX int8);
+    """The embedder on `backend` (`auto` on a CPU: the fastest measured here, see `auto_backend`);
     torch where ONNX cannot run, logged."""
     if backend not in EMBEDDING_BACKENDS:
         raise ValueError(f"unknown embedding backend {backend!r}; one of {EMBEDDING_BACKENDS}")
-    if backend == "torch":
-        return Encoder(model, "torch", reason="EDURANKER_EMBEDDING_BACKEND=torch")
-    if model.device.type != "cpu":
+    if model.device.type != "cpu" and backend != "torch":
         return Encoder(model, "torch", reason="GPU: torch")
-    if backend == "torch-bf16" or (backend == "auto" and cpu_has_fast_bf16()):
-        # Version 0's Cranfield nDCG@10 within 0.001 of fp32, ~3x plain encode with AMX
-        # (bench/results/embedding.json).
-        reason = "auto: native bf16" if backend == "auto" else f"EDURANKER_EMBEDDING_BACKEND={backend}"
+    reason = f"EDURANKER_EMBEDDING_BACKEND={backend}"
+    if backend == "auto":
+        backend, reason = auto_backend(model, cache_dir, threads)
+    if backend == "torch":
+        return Encoder(model, "torch", reason=reason)
+    if backend == "torch-bf16":
         return bf16_encoder(model, reason, cache_dir, threads)
-    # auto without native bf16: int8, whose vectors keep version 0's Cranfield nDCG@10 within 0.001
-    # of fp32 and embed faster than torch (bench/results/embedding.json).
-    wanted = "onnx-int8" if backend == "auto" else backend
     try:
-        onnx = onnx_embedder(model, wanted, cache_dir, threads)
+        onnx = onnx_embedder(model, backend, cache_dir, threads)
     except Exception as exc:  # an embedder the export cannot reproduce still embeds, with torch
-        log.warning("event=embedder_onnx_unavailable backend=%s error=%r", wanted, str(exc)[:300])
-        return Encoder(model, "torch", reason=f"{wanted} unavailable: {str(exc)[:200]}")
-    log.info("event=embedder_onnx_ready backend=%s path=%s", wanted, onnx.path)
-    return Encoder(model, wanted, onnx, reason=f"EDURANKER_EMBEDDING_BACKEND={backend}")
+        log.warning("event=embedder_onnx_unavailable backend=%s error=%r", backend, str(exc)[:300])
+        return Encoder(model, "torch", reason=f"{backend} unavailable: {str(exc)[:200]}")
+    log.info("event=embedder_onnx_ready backend=%s path=%s", backend, onnx.path)
+    return Encoder(model, backend, onnx, reason=reason)
