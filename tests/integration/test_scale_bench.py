@@ -42,6 +42,9 @@ def test_scale_benchmark_runs_end_to_end_on_tiny_sizes(tiny_model: Path, tmp_pat
             assert 0 < size["removal"][key]["p50"] < 60, key  # gone, not timed out
         assert size["after_updates"]["resources"] == size["resources"] + 2
     throughput = results["embedding_throughput"]["texts_per_s"]
-    assert throughput["plain_encode"] > 0 and len(throughput) == 2
+    # The served runtime against plain encode; auto may time torch fastest for the tiny model.
+    served = results["embedding_backend"]
+    assert throughput["plain_encode"] > 0 and set(throughput) == {"plain_encode"} | (
+        {served} if served != "torch" else set())
     launcher = results["launcher"]
     assert launcher["first_search_status"] == 200 and launcher["progress_lines"]
