@@ -166,7 +166,11 @@ def assert_nothing_lost_and_counted_once(stack: LocalStack, traffic: Traffic) ->
     assert mine == traffic.accepted, "the store holds exactly the feedback that was answered 200"
     expected = collector_feedback(stack)
     assert expected["total"] == len(stored)
-    wait_until_equal(lambda: aggregator_stats(stack)["feedback"], expected, 90, "the aggregator's counts")
+    try:
+        wait_until_equal(lambda: aggregator_stats(stack)["feedback"], expected, 90, "the aggregator's counts")
+    except AssertionError as exc:  # what the aggregator last said, for a failure seen only elsewhere
+        tail = stack.log("aggregator").read_text(errors="replace")[-3000:]
+        raise AssertionError(f"{exc}\naggregator log, last lines:\n{tail}") from None
 
 
 def test_each_service_killed_mid_traffic_resumes_without_loss_or_double_count(stack: LocalStack) -> None:

@@ -141,15 +141,25 @@ def metric(stack: LocalStack, service: str, name: str, client: httpx.Client | No
 
 
 def wait_until_equal(read: Callable[[], dict], expected: dict, timeout_s: float, what: str) -> dict:
-    """Polls `read` until it returns `expected`; on timeout, says what differs."""
+    """Polls `read` until it returns `expected`; on timeout, says what differs.
+
+    A service that does not answer is not yet there, not wrong: the aggregator restarts itself in
+    place when a restarted broker leaves it stuck, and its web server is down for those seconds.
+    """
     deadline = time.monotonic() + timeout_s
+    value: dict = {}
     while True:
-        value = read()
+        try:
+            value = read()
+        except httpx.TransportError as exc:
+            value = {"unreachable": repr(exc)}
         if value == expected:
             return value
         if time.monotonic() > deadline:
             diff = {k: (value.get(k), v) for k, v in expected.items() if value.get(k) != v}
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}: (got, expected) {diff}")
+            last = f"; last: {value['unreachable']}" if "unreachable" in value else ""
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}: "
+                                 f"(got, expected) {diff}{last}")
         time.sleep(0.3)
 
 
