@@ -130,7 +130,7 @@ def main() -> int:
     result["native_bf16"] = cpu_has_fast_bf16()
     embedder = load_embedder(args.base_model, Settings().max_length, "cpu")
     with tempfile.TemporaryDirectory(prefix="bench-embedding-auto-") as fresh:  # what a first start decides
-        backend, reason = auto_backend(embedder, Path(fresh))
+        backend, reason, _ = auto_backend(embedder, Path(fresh))
     result["auto"] = {"backend": backend, "reason": reason}
     print(json.dumps(result["throughput"]), flush=True)
     if args.dataset.exists():

@@ -22,6 +22,7 @@ from services.reranker.app import create_app
 from shared.messaging.admin import ensure_topics
 from shared.messaging.broker import EmbeddedBroker, free_port
 from shared.ml.ranking.pipeline import RankingModel, version_zero
+from shared.ml.runtime.choice import pick_backend
 from shared.ml.runtime.device import cpu_has_fast_bf16
 from shared.ml.runtime.embedder import AUTO_RECORD, load_encoder
 from shared.ml.runtime.loading import embed, embedder_identity, load_embedder
@@ -82,11 +83,11 @@ def test_onnx_encoder_gives_torchs_vectors_in_fp32_and_stores_int8_and_bf16_apar
     # auto times the runtimes here, once per embedder: a later start keeps what it measured.
     auto = load_encoder(embedder, "auto", tmp_path)
     record = json.loads((tmp_path / embedder_identity(embedder) / AUTO_RECORD).read_text())
-    assert auto.backend == record["backend"] and "fastest measured here" in auto.reason
+    assert auto.backend == record["backend"] and "timed here" in auto.reason
     assert set(record["texts_per_s"]) == {"torch", "onnx", "onnx-int8"} | (
         {"torch-bf16"} if cpu_has_fast_bf16() else set())  # bf16 only where the CPU runs it natively
     speeds = record["texts_per_s"]
-    assert speeds[auto.backend] == max(speeds.values()) or auto.backend == "torch"
+    assert auto.backend == pick_backend(speeds)[0]
     again = load_encoder(embedder, "auto", tmp_path)
     assert again.backend == auto.backend and again.reason.startswith("auto: kept from")
     assert load_encoder(embedder, "torch", tmp_path).backend == "torch"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from services.reranker.routes.search import MAX_QUERY_CHARS, query_as_read
-from shared.ml.ranking.backends import calibration_sets, pick_backend, same_top_k
+from shared.ml.ranking.backends import calibration_sets, same_top_k
 from shared.ml.ranking.retrieval import CatalogueIndex
+from shared.ml.runtime.choice import pick_backend
 from shared.records import Resource
 
 
@@ -37,6 +38,16 @@ def test_pick_backend_keeps_torch_unless_clearly_faster() -> None:
     assert backend == "torch" and "faster" in reason
     assert pick_backend({"torch": 100.0, "onnx": 111.0}, {"torch": True, "onnx": True})[0] == "onnx"
     assert pick_backend({"torch": 100.0}, {"torch": True})[0] == "torch"
+
+
+def test_pick_backend_breaks_a_near_tie_towards_fp32() -> None:
+    """Within 10 % of the fastest, timing noise decides: the choice must not flip between starts."""
+    for int8, bf16 in ((119.8, 121.5), (121.4, 112.0)):  # two starts on one machine
+        backend, reason = pick_backend({"torch": 60.0, "onnx": 61.0, "torch-bf16": bf16, "onnx-int8": int8})
+        assert backend == "torch-bf16" and ("closer to fp32" in reason) == (int8 > bf16)
+    assert pick_backend({"torch": 60.0, "torch-bf16": 100.0, "onnx-int8": 125.0})[0] == "onnx-int8"
+    # A runtime in the tie must still be clearly faster than torch itself.
+    assert pick_backend({"torch": 100.0, "onnx": 104.0, "onnx-int8": 112.0})[0] == "onnx-int8"
 
 
 def test_calibration_sets_use_catalogue_titles_and_their_bm25_candidates() -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from shared.ml.ranking.pipeline import RankingModel
 from shared.ml.ranking.retrieval import CatalogueIndex
+from shared.ml.runtime.choice import pick_backend
 from shared.ml.runtime.device import cpu_has_fast_bf16, pick_device
 from shared.ml.runtime.loading import bf16_twin, cross_scores
 from shared.ml.runtime.onnx import load_onnx_cross_encoder
@@ -24,8 +25,6 @@ log = logging.getLogger(__name__)
 ORDER_TOP_K = 10
 ORDER_TOLERANCE = 0.01
 """Fused-score (z-units) gap under which two results count as tied when comparing backends."""
-MIN_SPEEDUP = 1.1
-"""`auto` leaves torch only for a backend at least this much faster, so timing noise cannot flip it."""
 CALIBRATION_QUERIES = 3
 CALIBRATION_CANDIDATES = 20
 CalibrationSet = tuple[str, np.ndarray, np.ndarray]
@@ -42,19 +41,6 @@ def same_top_k(reference: np.ndarray, candidate: np.ndarray, k: int = ORDER_TOP_
     ref_top = np.argsort(-reference, kind="stable")[:k]
     cand_top = np.argsort(-candidate, kind="stable")[:k]
     return bool(np.all(np.abs(reference[cand_top] - reference[ref_top]) <= tolerance))
-
-
-def pick_backend(pairs_per_s: dict[str, float], agrees: dict[str, bool],
-                 min_speedup: float = MIN_SPEEDUP) -> tuple[str, str]:
-    """`auto`: the fastest backend that keeps torch's top-10 order and beats torch by `min_speedup`."""
-    torch_speed = pairs_per_s.get("torch", 0.0)
-    eligible = {b: s for b, s in pairs_per_s.items() if b != "torch" and agrees.get(b)}
-    if not eligible:
-        return "torch", "no other backend kept the top-10 order"
-    best = max(eligible, key=lambda b: eligible[b])
-    if eligible[best] < torch_speed * min_speedup:
-        return "torch", f"{best} was not {min_speedup}x faster than torch"
-    return best, f"{best}: {eligible[best] / max(torch_speed, 1e-9):.2f}x torch, same top-10 order"
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
+from shared.ml.runtime.choice import pick_backend
 from shared.ml.runtime.device import cpu_has_fast_bf16
 from shared.ml.runtime.loading import embed, embedder_identity
 from shared.ml.runtime.onnx import ONNX_OPSET, atomic_file, onnx_session, quantize_onnx
@@ -180,8 +181,6 @@ def bf16_encoder(model: SentenceTransformer, reason: str, cache_dir: Path, threa
 
 AUTO_RECORD = "auto.json"
 """Beside an embedder's exported graphs: what `auto` measured there, and what it chose."""
-MIN_SPEEDUP = 1.1
-"""`auto` leaves fp32 torch only for a runtime at least this much faster, so timing noise cannot flip it."""
 _PARAGRAPH = ("the boundary layer of a wing in supersonic flow changes its drag and heat transfer while "
               "students learn linear algebra probability and the history of science with worked examples")
 _WORDS = _PARAGRAPH.split(" ")
@@ -214,10 +213,12 @@ def timed_backends(model: SentenceTransformer, cache_dir: Path, threads: int = 0
     return candidates, {name: round(len(texts) / seconds, 1) for name, seconds in best.items()}
 
 
-def auto_backend(model: SentenceTransformer, cache_dir: Path, threads: int = 0) -> tuple[str, str]:
-    """The runtime `auto` takes and why: kept from an earlier start with this embedder and cache,
-    else timed here (`timed_backends`): the fastest, if at least `MIN_SPEEDUP` times fp32 torch.
-    Each candidate keeps version 0's Cranfield nDCG@10 within 0.001 of fp32 (bench/results/embedding.json)."""
+def auto_backend(model: SentenceTransformer, cache_dir: Path,
+                 threads: int = 0) -> tuple[str, str, Encoder | None]:
+    """The runtime `auto` takes, why, and its encoder when it was timed now (built once, not twice):
+    kept from an earlier start with this embedder and cache, else timed here (`timed_backends`) and
+    picked by the cross-encoder's rule (`pick_backend`). Each candidate keeps version 0's Cranfield
+    nDCG@10 within 0.001 of fp32 (bench/results/embedding.json)."""
     record = cache_dir / embedder_identity(model) / AUTO_RECORD
     record.parent.mkdir(parents=True, exist_ok=True)
     # One process times, the others sharing the cache (a reranker and the trainer starting together)
@@ -226,23 +227,21 @@ def auto_backend(model: SentenceTransformer, cache_dir: Path, threads: int = 0) 
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             kept = json.loads(record.read_text())
-            return kept["backend"], f"auto: kept from {kept['measured_at']}: {kept['reason']}"
+            return kept["backend"], f"auto: kept from {kept['measured_at']}: {kept['reason']}", None
         except (OSError, ValueError, KeyError):
             pass
-        _, speeds = timed_backends(model, cache_dir, threads)
-        fastest = max(speeds, key=lambda name: speeds[name])
-        backend = fastest if speeds[fastest] >= speeds["torch"] * MIN_SPEEDUP else "torch"
-        reason = (f"fastest measured here, {speeds[backend] / speeds['torch']:.2f}x fp32 torch; texts/s "
-                  + ", ".join(f"{name} {value}" for name, value in speeds.items()))
+        encoders, speeds = timed_backends(model, cache_dir, threads)
+        backend, why = pick_backend(speeds)
+        reason = f"timed here, {why}; texts/s " + ", ".join(f"{name} {v}" for name, v in speeds.items())
         measured = {"backend": backend, "reason": reason, "texts_per_s": speeds,
                     "measured_at": utcnow().isoformat()}
         atomic_file(record, lambda tmp: tmp.write_text(json.dumps(measured)))
     log.info("event=embedder_backend_timed backend=%s texts_per_s=%s", backend, speeds)
-    return backend, f"auto: {reason}"
+    return backend, f"auto: {reason}", encoders[backend]
 
 
 def load_encoder(model: SentenceTransformer, backend: str, cache_dir: Path, threads: int = 0) -> Encoder:
-    """The embedder on `backend` (`auto` on a CPU: the fastest measured here, see `auto_backend`);
+    """The embedder on `backend` (`auto` on a CPU: timed here, see `auto_backend`);
     torch where ONNX cannot run, logged."""
     if backend not in EMBEDDING_BACKENDS:
         raise ValueError(f"unknown embedding backend {backend!r}; one of {EMBEDDING_BACKENDS}")
@@ -250,7 +249,10 @@ def load_encoder(model: SentenceTransformer, backend: str, cache_dir: Path, thre
         return Encoder(model, "torch", reason="GPU: torch")
     reason = f"EDURANKER_EMBEDDING_BACKEND={backend}"
     if backend == "auto":
-        backend, reason = auto_backend(model, cache_dir, threads)
+        backend, reason, timed = auto_backend(model, cache_dir, threads)
+        if timed is not None:
+            timed.reason = reason
+            return timed
     if backend == "torch":
         return Encoder(model, "torch", reason=reason)
     if backend == "torch-bf16":
