@@ -27,6 +27,7 @@ class PairTokens:
         self.names = [n for n in tokenizer.model_input_names if n in INPUTS]
         self._ids: OrderedDict[str, list[int]] = OrderedDict()
         self._lock = threading.Lock()
+        self._last_query: tuple[str, list[int]] | None = None
         self.template = self._template()
 
     def _template(self) -> tuple[list[int], list[int], list[int], list[int]] | None:
@@ -69,6 +70,15 @@ class PairTokens:
                     self._ids.popitem(last=False)
         return [found[t] for t in texts]
 
+    def _query_ids(self, query: str) -> list[int]:
+        """A search's query is tokenized once for all its batches (one assignment: thread-safe)."""
+        last = self._last_query
+        if last is not None and last[0] == query:
+            return last[1]
+        ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]
+        self._last_query = (query, ids)
+        return ids
+
     def _truncated(self, query: list[int], text: list[int]) -> tuple[list[int], list[int]]:
         """The tokenizer's "longest first" (the Rust tokenizers' rule): the shorter keeps what it can."""
         assert self.template is not None
@@ -95,7 +105,7 @@ class PairTokens:
         if self.template is None:
             raise ValueError("this tokenizer's pairs are not assembled from cached ids")
         prefix, middle, suffix, (first, second) = self.template
-        query_ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]
+        query_ids = self._query_ids(query)
         if len(query_ids) >= self.max_length:
             return None
         rows, types = [], []
