@@ -351,6 +351,18 @@ def test_reload_under_search_traffic_fails_no_request(server: Server, workdir: P
         looked["misses"], looked["entries"])
     assert "cross" in first["results"][0]["scores"]
 
+    # Another version (another head) asked the same query starts with a cache of its own: every
+    # score it serves is its own model's, none the previous version's.
+    write_version(Registry(server.app.state.settings.model_dir), "v0011", Path(info["base_model"]))
+    announce(server.app.state.settings, "v0011")
+    wait_for(lambda: server.info()["version"] == "v0011", 120, 0.2, "v0011 served")
+    fresh = server.info()["cross_cache"]
+    second = server.search("python", top_k=10)
+    cached = {r["resource_id"]: r["scores"]["cross"] for r in first["results"] if "cross" in r["scores"]}
+    own = {r["resource_id"]: r["scores"]["cross"] for r in second["results"] if "cross" in r["scores"]}
+    assert own and all(own[k] != cached[k] for k in own.keys() & cached.keys())
+    assert server.info()["cross_cache"]["hits"] == fresh["hits"]
+
 
 def garbage_weights(folder: Path) -> None:
     (folder / "model.safetensors").write_bytes(os.urandom(4096))

@@ -14,9 +14,10 @@ import pytest
 import torch
 from sentence_transformers import CrossEncoder
 
-from shared.ml.ranking.backends import calibrate, calibration_sets, pick_backend
+from shared.ml.ranking.backends import calibrate, calibration_sets
 from shared.ml.ranking.pipeline import PipelineSpec, RankingModel, zscore
 from shared.ml.ranking.retrieval import CatalogueIndex
+from shared.ml.runtime.choice import pick_backend
 from shared.ml.runtime.loading import bf16_twin, cross_backend, cross_scores, embed, load_embedder
 from shared.ml.runtime.onnx import load_onnx_cross_encoder
 from shared.ml.runtime.pair_tokens import PairTokens
@@ -117,21 +118,6 @@ def test_the_cache_misses_an_edited_text_and_stays_within_its_bound() -> None:
     cache.scores("another query", ["a"], compute)  # a pair is the query and the text
     assert calls[-2:] == [["ccc"], ["a"]]
     assert ScoreCache(0).scores("q", ["a"], compute).tolist() == [1.0] and calls[-1] == ["a"]
-
-
-def test_a_cache_belongs_to_one_model_on_one_runtime(served: tuple[CatalogueIndex, RankingModel]) -> None:
-    """Two versions (another head) asked the same query: each is served its own scores."""
-    index, model = served
-    torch.manual_seed(1)
-    other_cross = CrossEncoder(str(model.cross.model.name_or_path), num_labels=1, max_length=64)
-    first = dataclasses.replace(model, cross_cache=ScoreCache(100))
-    second = dataclasses.replace(model, cross=other_cross, cross_cache=ScoreCache(100))
-    top, bm25 = candidates(index, QUERIES[0], 10)
-    mine = first.score(index, QUERIES[0], top, bm25)["cross"]
-    theirs = second.score(index, QUERIES[0], top, bm25)["cross"]
-    texts = [index.resources[p].text for p in top]
-    np.testing.assert_allclose(theirs, cross_scores(other_cross, QUERIES[0], texts), rtol=1e-6)
-    assert not np.allclose(mine, theirs)
 
 
 def test_auto_refuses_a_runtime_that_moves_the_order(served: tuple[CatalogueIndex, RankingModel]) -> None:
