@@ -114,8 +114,9 @@ class Feedback:
 
 def feedback(v0: RankingModel, index: CatalogueIndex, collection: Collection | None,
              sample_queries: list[str], quick: bool) -> Feedback:
-    """Version 0's top 10 of each asked query, labelled as people rate it: Cranfield's judgments
-    (half its queries asked, the other half held out), else BM25's top 3 as liked (a smoke run)."""
+    """Version 0's top 10 of each asked query, every shown result judged (Cranfield's judgments, not
+    simulated people: the head is a fixture for timing, not a claim about learning from users);
+    half the queries asked, the other half held out. Else BM25's top 3 as liked (a smoke run)."""
     pairs: list[Pair] = []
     if collection is not None:
         asked, held = collection.split(seed=1)
@@ -149,7 +150,7 @@ def train_version(settings: Settings, v0: RankingModel, index: CatalogueIndex, d
     """A cross-encoder head trained on the feedback, saved as a version fusing it with version 0.
 
     `trainer`: the trainer's own code (`fine_tune_cross_encoder`, pointwise, the guide's settings);
-    `distilled`: version 0 distilled listwise into it, raised or lowered where people rated
+    `distilled`: version 0 distilled listwise into it, raised or lowered where the judgments say
     (`bench.studies.distil`), which is what teaches a new head something on a CPU in minutes."""
     import torch
 
