@@ -18,7 +18,7 @@ from shared.ml.ranking.backends import calibrate, calibration_sets
 from shared.ml.ranking.pipeline import PipelineSpec, RankingModel, zscore
 from shared.ml.ranking.retrieval import CatalogueIndex
 from shared.ml.runtime.choice import pick_backend
-from shared.ml.runtime.loading import bf16_twin, cross_backend, cross_scores, embed, load_embedder
+from shared.ml.runtime.loading import Bf16Linear, bf16_twin, cross_backend, cross_scores, embed, load_embedder
 from shared.ml.runtime.onnx import load_onnx_cross_encoder
 from shared.ml.runtime.pair_tokens import PairTokens
 from shared.ml.runtime.score_cache import ScoreCache
@@ -134,6 +134,24 @@ def test_auto_refuses_a_runtime_that_moves_the_order(served: tuple[CatalogueInde
     speeds, agrees = calibrate({"torch": model, "torch-bf16": noisy}, index, sets)
     assert agrees == {"torch": True, "torch-bf16": False}
     assert pick_backend({**speeds, "torch-bf16": speeds["torch"] * 10}, agrees)[0] == "torch"
+
+
+def test_the_bf16_copy_multiplies_in_bf16_and_keeps_the_residual_stream_in_fp32(
+        served: tuple[CatalogueIndex, RankingModel]) -> None:
+    """Rounding the residual stream at every layer is what swapped fp32's near-ties; the products
+    are what bf16 speeds up."""
+    index, model = served
+    twin = bf16_twin(model.cross).model
+    linears = [(name, m) for name, m in twin.named_modules() if isinstance(m, (torch.nn.Linear, Bf16Linear))]
+    assert all(isinstance(m, Bf16Linear) == (".encoder." in name) for name, m in linears)
+    assert {m.out for _, m in linears if isinstance(m, Bf16Linear)} == {torch.float32, torch.bfloat16}
+    assert all(m.weight.dtype == torch.float32 for m in twin.modules() if isinstance(m, torch.nn.LayerNorm))
+    top, _ = candidates(index, QUERIES[1], 20)
+    texts = [index.resources[p].text for p in top]
+    fp32 = cross_scores(model.cross, QUERIES[1], texts)
+    bf16 = cross_scores(bf16_twin(model.cross), QUERIES[1], texts)
+    assert bf16.dtype == np.float32 and np.abs(bf16 - fp32).max() < 0.05 * (np.abs(fp32).max() + 1e-3)
+    assert not np.array_equal(bf16, fp32)  # it does compute in bf16
 
 
 def test_pairs_built_from_kept_ids_are_the_tokenizers_own(

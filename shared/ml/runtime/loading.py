@@ -116,14 +116,46 @@ def load_embedder(name_or_path: str, max_length: int = 128, device: str = "auto"
 def cross_backend(model: CrossEncoder | OnnxCrossEncoder) -> str:
     if isinstance(model, OnnxCrossEncoder):
         return model.backend
+    if any(isinstance(module, Bf16Linear) for module in model.model.modules()):
+        return "torch-bf16"
     dtype = next(model.model.parameters()).dtype
     return {torch.float16: "torch-fp16", torch.bfloat16: "torch-bf16"}.get(dtype, "torch")
 
 
+class Bf16Linear(torch.nn.Module):
+    """A linear layer that multiplies in bf16 and hands its output on as `out`."""
+
+    def __init__(self, linear: torch.nn.Linear, out: torch.dtype) -> None:
+        super().__init__()
+        self.out = out
+        self.weight = torch.nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
+        self.bias = (None if linear.bias is None else
+                     torch.nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x.to(torch.bfloat16), self.weight, self.bias).to(self.out)
+
+
 def bf16_twin(cross: CrossEncoder) -> CrossEncoder:
-    """A bf16 copy of a cross-encoder: twice the speed where the CPU multiplies bf16 natively."""
+    """A copy of a cross-encoder whose encoder multiplies in bf16: nearly twice the speed where the
+    CPU multiplies bf16 natively.
+
+    Only the products are bf16: the residual stream, layer norms, attention scores and the head
+    stay fp32, and only the feed-forward's wide intermediate (after its activation) travels in bf16.
+    The model cast whole to bf16 ran as fast here but rounded the residual stream at every layer:
+    with the benchmark's trained head it showed fp32's top 10 on 90 % of Cranfield's held-out
+    queries; this copy on 96.5 %. An architecture without such encoder layers is cast whole."""
     twin = copy.deepcopy(cross)
-    twin.model.to(torch.bfloat16)
+    replaced = 0
+    for name, module in list(twin.model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            path = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, torch.nn.Linear) and (path.startswith("encoder.") or ".encoder." in path):
+                out = torch.bfloat16 if path.endswith("intermediate.dense") else torch.float32
+                setattr(module, child_name, Bf16Linear(child, out))
+                replaced += 1
+    if not replaced:
+        twin.model.to(torch.bfloat16)
     return twin
 
 
