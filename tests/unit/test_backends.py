@@ -41,11 +41,11 @@ def test_pick_backend_keeps_torch_unless_clearly_faster() -> None:
 
 
 def test_pick_backend_breaks_a_near_tie_towards_fp32() -> None:
-    """Within 20 % of the fastest, timing noise decides: the choice must not flip between starts."""
-    for int8, bf16 in ((119.8, 121.5), (121.4, 112.0), (134.0, 115.7)):  # three starts on one machine
+    """Within 25 % of the fastest, timing noise decides: the choice must not flip between starts."""
+    for int8, bf16 in ((119.8, 121.5), (121.4, 112.0), (146.1, 125.0), (127.2, 105.6)):  # starts on one VM
         backend, reason = pick_backend({"torch": 60.0, "onnx": 61.0, "torch-bf16": bf16, "onnx-int8": int8})
         assert backend == "torch-bf16" and ("closer to fp32" in reason) == (int8 > bf16)
-    assert pick_backend({"torch": 60.0, "torch-bf16": 100.0, "onnx-int8": 130.0})[0] == "onnx-int8"
+    assert pick_backend({"torch": 60.0, "torch-bf16": 100.0, "onnx-int8": 140.0})[0] == "onnx-int8"
     # A runtime in the tie must still be clearly faster than torch itself.
     assert pick_backend({"torch": 100.0, "onnx": 104.0, "onnx-int8": 112.0})[0] == "onnx-int8"
 
