@@ -12,9 +12,11 @@ from shared.evidence.outcomes import ANONYMOUS, open_outcome, open_value, voice
 from shared.online.interleaving import interleave
 
 
-def traffic(searches: int, interleaved: float, seed: int = 1) -> list[Search]:
-    """Position-based people (examination 1/rank, opens 0.9 on a relevant result, 0.4 otherwise)
-    on two rankings per query, interleaved on a share of the searches as the product does."""
+def traffic(searches: int, interleaved: float, seed: int = 1,
+            examined: tuple[float, ...] = tuple(prior())) -> list[Search]:
+    """Position-based people (examination `examined` by rank, 1/rank unless said; opens 0.9 on a
+    relevant result, 0.4 otherwise) on two rankings per query, interleaved on a share of the
+    searches as the product does."""
     rng = random.Random(seed)
     queries = 120
     relevant = {q: {d for d in range(30) if rng.random() < 0.25} for q in range(queries)}
@@ -33,7 +35,8 @@ def traffic(searches: int, interleaved: float, seed: int = 1) -> list[Search]:
         else:
             shown = champion[q][:10]
         opened = frozenset(d for k, d in enumerate(shown, start=1)
-                           if rng.random() < 1 / k and rng.random() < (0.9 if int(d) in relevant[q] else 0.4))
+                           if rng.random() < examined[k - 1]
+                           and rng.random() < (0.9 if int(d) in relevant[q] else 0.4))
         out.append(Search(str(q), tuple(shown), opened))
     return out
 
@@ -44,10 +47,28 @@ def test_examination_by_rank_is_recovered_from_interleaved_traffic() -> None:
     assert examination.propensity[0] == 1.0
     assert all(source == "estimated" for source in examination.source)
     errors = [abs(p / t - 1) for p, t in zip(examination.propensity, truth, strict=True)]
-    assert max(errors) < 0.2, errors
+    assert max(errors) < 0.1, errors
     covered = sum(lo <= t <= hi for lo, t, hi in zip(examination.low, truth, examination.high, strict=True))
     assert covered >= 8, (examination.low, examination.high)
     assert examination.searches == 4000 and examination.opens > 0 and examination.strata > 0
+
+
+def test_examination_is_estimated_from_all_opens_at_once_not_rank_pair_by_pair() -> None:
+    """Little variation (a fifth of the searches interleaved): over eight such streams the worst rank
+    misses by 5.6 % on average; the Mantel-Haenszel ratios taken rank pair by pair missed by 12 %."""
+    worst = [max(abs(p * k - 1) for k, p in enumerate(estimate(traffic(4000, 0.2, seed), bootstrap=0)
+                                                      .propensity, start=1)) for seed in range(1, 9)]
+    assert sum(worst) / len(worst) < 0.08, worst
+
+
+def test_a_curve_that_is_no_power_law_is_followed_where_the_opens_say_so() -> None:
+    """The estimate leans on the power law only as far as the ranks' own evidence is noise: people
+    who drop off after rank 5 (a page fold) are seen as they are, which no power law fits."""
+    kinked = (1.0, 0.75, 0.55, 0.5, 0.45, 0.3, 0.28, 0.2, 0.19, 0.18)
+    examination = estimate(traffic(4000, interleaved=0.5, examined=kinked), bootstrap=20)
+    errors = [abs(p / t - 1) for p, t in zip(examination.propensity, kinked, strict=True)]
+    assert max(errors) < 0.15, errors
+    assert examination.propensity[4] / examination.propensity[5] > 1.3  # (6/5)^eta: 1.2 at eta 1
 
 
 def test_a_ranking_never_varied_says_it_cannot_estimate() -> None:
