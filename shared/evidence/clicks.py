@@ -195,7 +195,7 @@ def _conditional(shown: np.ndarray, clicks: np.ndarray, keep: np.ndarray,
         mass = counts * np.exp(beta - beta.max())
         share = mass / mass.sum(axis=1, keepdims=True)
         gradient = (observed - totals @ share)[1:]
-        information = (np.diag(totals @ share) - np.einsum("s,sk,sj->kj", totals, share, share))[1:, 1:]
+        information = (np.diag(totals @ share) - (share * totals[:, None]).T @ share)[1:, 1:]
         try:
             step = np.clip(np.linalg.solve(information, gradient), -2.0, 2.0)
         except np.linalg.LinAlgError:
