@@ -39,12 +39,14 @@ measured 1, 2 and 4)."""
 
 @dataclass(frozen=True)
 class Impression:
-    """One logged search: the normalised query, whose it was, what it showed (best first)."""
+    """One logged search: the normalised query, whose it was, what it showed (best first), and what
+    ranked it (the version, or the experiment interleaving two)."""
 
     inference_id: str
     query: str
     voice: str
     shown: tuple[str, ...]
+    ranker: str = ""
 
 
 @dataclass(frozen=True)

@@ -59,18 +59,25 @@ def impressions_and_actions(inferences: Iterable[Inference], feedback: Iterable[
         Impression(i.inference_id, normalise_query(i.query),
                    voice(i.user_id, i.session_id, i.inference_id) if (i.user_id or i.session_id)
                    else named.get(i.inference_id, voice(None, None, i.inference_id)),
-                   tuple(r.resource_id for r in sorted(i.results, key=lambda r: r.rank)))
+                   tuple(r.resource_id for r in sorted(i.results, key=lambda r: r.rank)),
+                   i.interleaving.experiment_id if i.interleaving else f"{i.model_version}:{i.use_reranker}")
         for i in inferences]
     return impressions, actions
 
 
 def estimate_examination(impressions: Iterable[Impression],
                          interactions: Iterable[Interaction]) -> Examination:
-    """Where people look, from the searches and the results opened on them."""
+    """Where people look, from the searches and the results opened on them.
+
+    A (query, resource) is compared with itself only under one ranker: a version trained on earlier
+    opens moves up what was opened low, so across versions the ranks follow the opens (impressions
+    at a deep rank end with the open that lifted it: deep ranks look examined more than they are).
+    Under one ranker the rank varies only by the search's own coin (an explored swap, an
+    interleaving draw), which the opens cannot have caused."""
     opened: dict[str, set[str]] = defaultdict(set)
     for item in interactions:
         opened[item.inference_id].add(item.resource_id)
-    return estimate([Search(i.query, i.shown, frozenset(opened.get(i.inference_id, ())))
+    return estimate([Search(f"{i.query}\n{i.ranker}", i.shown, frozenset(opened.get(i.inference_id, ())))
                      for i in impressions])
 
 
