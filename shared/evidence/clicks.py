@@ -75,6 +75,9 @@ class Search:
     query: str
     shown: tuple[str, ...]
     opened: frozenset[str]
+    ranker: str = ""
+    """What ordered the list (a version, or an experiment's interleaving): a (query, resource) is
+    compared with itself only under one ranker (`shared.ml.training.dataset.estimate_examination`)."""
 
 
 @dataclass(frozen=True)
@@ -115,12 +118,13 @@ def prior_examination(ranks: int = RANKS) -> Examination:
 
 
 def _counts(searches: Sequence[Search], ranks: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per search row: stratum id, rank index, opened; only the first `ranks` results."""
-    strata: dict[tuple[str, str], int] = {}
+    """Per search row: stratum id (query, ranker, resource), rank index, opened; only the first
+    `ranks` results."""
+    strata: dict[tuple[str, str, str], int] = {}
     ids, positions, opened = [], [], []
     for search in searches:
         for k, resource_id in enumerate(search.shown[:ranks]):
-            ids.append(strata.setdefault((search.query, resource_id), len(strata)))
+            ids.append(strata.setdefault((search.query, search.ranker, resource_id), len(strata)))
             positions.append(k)
             opened.append(resource_id in search.opened)
     return np.asarray(ids, dtype=np.int64), np.asarray(positions, dtype=np.int64), np.asarray(opened, float)
@@ -158,7 +162,7 @@ def _fit(ids: np.ndarray, positions: np.ndarray, opened: np.ndarray, ranks: int,
     log_p = np.log(prior(ranks))
     if rows and connected[1:].any():
         keep = np.flatnonzero(connected[1:]) + 1
-        fitted = _conditional(shown, clicks, keep)
+        fitted = _free(shown, clicks, keep)
         if fitted is None:  # the ratios' weighted least squares, and their variances
             root = np.sqrt(np.asarray(weights))
             weighted = np.asarray(rows)[:, keep] * root[:, None]
@@ -171,10 +175,11 @@ def _fit(ids: np.ndarray, positions: np.ndarray, opened: np.ndarray, ranks: int,
     return log_p, connected, used
 
 
-def _conditional(shown: np.ndarray, clicks: np.ndarray, keep: np.ndarray,
-                 iterations: int = 50) -> tuple[np.ndarray, np.ndarray] | None:
-    """Free log-propensities of the ranks in `keep` (rank 1 = 0) and their variances, from where each
-    (query, resource)'s opens fell among the ranks it was shown at, given how many there were.
+def _conditional(shown: np.ndarray, clicks: np.ndarray, columns: np.ndarray, design: np.ndarray,
+                 start: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, np.ndarray] | None:
+    """Parameters `theta` of log-examination `design @ theta` at the ranks in `columns`, and their
+    variances, from where each (query, resource)'s opens fell among the ranks it was shown at, given
+    how many there were.
 
     Opens taken as Poisson counts of mean alpha * theta_k: conditioned on each stratum's total,
     alpha drops out (no Neyman-Scott bias), and every stratum seen at two ranks or more informs
@@ -182,26 +187,26 @@ def _conditional(shown: np.ndarray, clicks: np.ndarray, keep: np.ndarray,
     (the inverse Fisher information) are a Poisson's, a little wider than opens of 0 or 1 have:
     the ratios' own understated theirs about twofold (on replayed traffic, ranks strayed from a
     true power law by 1.7 to 2.3 of their variances), which kept noise in the estimate. None where
-    the information is singular. Concave: Newton's method, steps capped."""
-    columns = np.concatenate(([0], keep))
+    the information is singular. Concave in theta: Newton's method, steps capped."""
     counts, opens = shown[:, columns], clicks[:, columns]
     informative = (counts > 0).sum(axis=1) >= 2
     counts, opens = counts[informative], opens[informative]
     totals, observed = opens.sum(axis=1), opens.sum(axis=0)
     if totals.sum() <= 0:
         return None
-    beta = -np.log(columns + 1.0)
+    theta = start.astype(float).copy()
     for _ in range(iterations):
+        beta = design @ theta
         mass = counts * np.exp(beta - beta.max())
         share = mass / mass.sum(axis=1, keepdims=True)
-        gradient = (observed - totals @ share)[1:]
-        information = (np.diag(totals @ share) - (share * totals[:, None]).T @ share)[1:, 1:]
+        gradient = design.T @ (observed - totals @ share)
+        information = design.T @ (np.diag(totals @ share) - (share * totals[:, None]).T @ share) @ design
         try:
             step = np.clip(np.linalg.solve(information, gradient), -2.0, 2.0)
         except np.linalg.LinAlgError:
             return None
-        beta[1:] += step
-        if not np.all(np.isfinite(beta)):
+        theta += step
+        if not np.all(np.isfinite(theta)):
             return None
         if np.abs(step).max() < 1e-9:
             break
@@ -211,33 +216,23 @@ def _conditional(shown: np.ndarray, clicks: np.ndarray, keep: np.ndarray,
         return None
     if not np.all(np.isfinite(variance)) or np.any(variance <= 0):
         return None
-    return beta[1:], variance
+    return theta, variance
 
 
-def _exponent(shown: np.ndarray, clicks: np.ndarray, iterations: int = 30) -> float | None:
-    """The power law's exponent eta from every open at once, by the same conditional likelihood as
-    `_conditional` with theta_k = (1/k)^eta: one parameter from all the strata. On replayed
-    position-based traffic (5,000 searches, 10 seeds) the law alone missed the worst rank by 3.2 %
-    on average, the ratios' estimate by 7.9 %. Convex in eta: Newton's method."""
-    totals = clicks.sum(axis=1)
-    if totals.sum() <= 0:
-        return None
-    log_rank = np.log(np.arange(1, shown.shape[1] + 1, dtype=float))
-    observed = float((clicks * log_rank).sum())
-    eta = 1.0
-    for _ in range(iterations):
-        weights = shown * np.exp(-eta * log_rank)
-        mass = np.maximum(weights.sum(axis=1), 1e-300)
-        mean = (weights * log_rank).sum(axis=1) / mass
-        spread = (weights * log_rank**2).sum(axis=1) / mass - mean**2
-        gradient, curvature = observed - float(totals @ mean), float(totals @ spread)
-        if curvature <= 1e-12:
-            return None
-        step = gradient / curvature
-        eta = min(max(eta - step, 0.05), 4.0)
-        if abs(step) < 1e-9:
-            break
-    return eta
+def _free(shown: np.ndarray, clicks: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each rank in `keep` its own log-examination (rank 1 = 0), by `_conditional`."""
+    columns = np.concatenate(([0], keep))
+    design = np.vstack((np.zeros(len(keep)), np.eye(len(keep))))
+    return _conditional(shown, clicks, columns, design, -np.log(keep + 1.0))
+
+
+def _exponent(shown: np.ndarray, clicks: np.ndarray) -> float | None:
+    """The power law's exponent eta, theta_k = (1/k)^eta, from every open at once by `_conditional`:
+    one parameter from all the strata. On replayed position-based traffic (5,000 searches, 10 seeds)
+    the law alone missed the worst rank by 3.2 % on average, the ratios' estimate by 7.9 %."""
+    ranks = np.arange(shown.shape[1])
+    fitted = _conditional(shown, clicks, ranks, -np.log(ranks + 1.0)[:, None], np.ones(1), iterations=30)
+    return None if fitted is None else float(np.clip(fitted[0][0], 0.05, 4.0))
 
 
 def _smoothed(free: np.ndarray, variance: np.ndarray, keep: np.ndarray, eta: float | None) -> np.ndarray:

@@ -77,7 +77,7 @@ def estimate_examination(impressions: Iterable[Impression],
     opened: dict[str, set[str]] = defaultdict(set)
     for item in interactions:
         opened[item.inference_id].add(item.resource_id)
-    return estimate([Search(f"{i.query}\n{i.ranker}", i.shown, frozenset(opened.get(i.inference_id, ())))
+    return estimate([Search(i.query, i.shown, frozenset(opened.get(i.inference_id, ())), i.ranker)
                      for i in impressions])
 
 
