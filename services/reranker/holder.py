@@ -22,7 +22,7 @@ from typing import Any
 from services.reranker.indexes import Challenger, ServedIndexes, ServingState
 from shared import metrics
 from shared.evidence.clicks import Examination, prior_examination
-from shared.ml.ranking.backends import BackendChoice, calibration_sets, choose_backend
+from shared.ml.ranking.backends import BackendChoice, CalibrationSet, calibration_sets, choose_backend
 from shared.ml.ranking.pipeline import SPEC_FILE, PipelineSpec, RankingModel, served_version, version_zero
 from shared.ml.ranking.retrieval import CatalogueIndex
 from shared.ml.registry import METADATA_FILE, Registry
@@ -58,12 +58,16 @@ def click_model_of(folder: Path | None) -> Examination:
         return prior_examination()
 
 
-def pair_tokens_for(model: RankingModel, index: CatalogueIndex, settings: Settings) -> PairTokens | None:
-    """The served cross-encoder's ids per resource text, if they build its own inputs on a few
-    catalogue queries (else its tokenizer runs on every pair, as before; logged)."""
+def pair_tokens_for(model: RankingModel, index: CatalogueIndex,
+                    sets: list[CalibrationSet]) -> PairTokens | None:
+    """The served cross-encoder's ids per resource text, if they build its own inputs on the
+    calibration queries `sets` (else its tokenizer runs on every pair, as before; logged).
+
+    Ids are kept for twice the catalogue's texts (room for those added or edited since the load):
+    as int32 they take about the texts' own memory, whatever the score cache's bound."""
     assert model.cross is not None
-    tokens = PairTokens(model.cross.tokenizer, model.cross.max_length, settings.cross_cache_entries or 1)
-    pairs = [(query, index.resources[p].text) for query, top, _ in calibration_sets(index) for p in top]
+    tokens = PairTokens(model.cross.tokenizer, model.cross.max_length, max(2 * len(index), 1_000))
+    pairs = [(query, index.resources[p].text) for query, top, _ in sets for p in top]
     if tokens.matches(model.cross.preprocess, pairs):
         return tokens
     log.warning("event=pair_tokens_unused version=%s reason=%r", model.version,
@@ -124,11 +128,12 @@ class ModelHolder:
         model = RankingModel.load(spec, folder, self.settings.device, embedder=reuse)
         index = self.indexes.index_for(model, base)
         model.warm_up(index)
-        model, backend = choose_backend(model, index, self.settings)
+        sets = calibration_sets(index)
+        model, backend = choose_backend(model, index, self.settings, sets)
         if model.cross is not None:
             model.depth = self.settings.rerank_depth
             model.cross_cache = ScoreCache(self.settings.cross_cache_entries)
-            model.pair_tokens = pair_tokens_for(model, index, self.settings)
+            model.pair_tokens = pair_tokens_for(model, index, sets)
         model.warm_up(index)
         return model, index, backend
 

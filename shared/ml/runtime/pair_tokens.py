@@ -2,7 +2,8 @@
 
 Tokenizing 20 Cranfield abstracts for one search takes about as long as a tenth of scoring them in
 bf16 on this 2-core CPU. The ids of a text do not depend on the query, so they are kept (cut at
-`max_length`, least recently used out first), and a pair is assembled the way the tokenizer itself
+`max_length`, as int32: about the size of the text itself; least recently used out first), and a
+pair is assembled the way the tokenizer itself
 does: its special tokens around the two sequences and its "longest first" truncation. Whether the
 assembly is exact is checked against the tokenizer on real pairs when a version loads
 (`PairTokens.matches`); where it is not (another template, left padding), the tokenizer runs.
@@ -25,9 +26,9 @@ class PairTokens:
     def __init__(self, tokenizer: Any, max_length: int, entries: int = 100_000) -> None:
         self.tokenizer, self.max_length, self.entries = tokenizer, max_length, entries
         self.names = [n for n in tokenizer.model_input_names if n in INPUTS]
-        self._ids: OrderedDict[str, list[int]] = OrderedDict()
+        self._ids: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
-        self._last_query: tuple[str, list[int]] | None = None
+        self._last_query: tuple[str, np.ndarray] | None = None
         self.template = self._template()
 
     def _template(self) -> tuple[list[int], list[int], list[int], list[int]] | None:
@@ -54,7 +55,7 @@ class PairTokens:
                     return prefix, middle, suffix, [first, second]
         return None
 
-    def _text_ids(self, texts: list[str]) -> list[list[int]]:
+    def _text_ids(self, texts: list[str]) -> list[np.ndarray]:
         with self._lock:
             found = {t: self._ids[t] for t in texts if t in self._ids}
             for text in found:
@@ -63,23 +64,24 @@ class PairTokens:
         if missing:
             fresh = self.tokenizer(missing, add_special_tokens=False, truncation=True,
                                    max_length=self.max_length)["input_ids"]
-            found |= dict(zip(missing, fresh, strict=True))
+            kept = {t: np.asarray(ids, dtype=np.int32) for t, ids in zip(missing, fresh, strict=True)}
+            found |= kept
             with self._lock:
-                self._ids.update(zip(missing, fresh, strict=True))
+                self._ids.update(kept)
                 while len(self._ids) > self.entries:
                     self._ids.popitem(last=False)
         return [found[t] for t in texts]
 
-    def _query_ids(self, query: str) -> list[int]:
+    def _query_ids(self, query: str) -> np.ndarray:
         """A search's query is tokenized once for all its batches (one assignment: thread-safe)."""
         last = self._last_query
         if last is not None and last[0] == query:
             return last[1]
-        ids = self.tokenizer(query, add_special_tokens=False)["input_ids"]
+        ids = np.asarray(self.tokenizer(query, add_special_tokens=False)["input_ids"], dtype=np.int32)
         self._last_query = (query, ids)
         return ids
 
-    def _truncated(self, query: list[int], text: list[int]) -> tuple[list[int], list[int]]:
+    def _truncated(self, query: np.ndarray, text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The tokenizer's "longest first" (the Rust tokenizers' rule): the shorter keeps what it can."""
         assert self.template is not None
         prefix, middle, suffix, _ = self.template
@@ -104,22 +106,21 @@ class PairTokens:
         tokenizer would share the room: it runs instead)."""
         if self.template is None:
             raise ValueError("this tokenizer's pairs are not assembled from cached ids")
-        prefix, middle, suffix, (first, second) = self.template
+        prefix, middle, suffix = (np.asarray(part, dtype=np.int64) for part in self.template[:3])
+        first, second = self.template[3]
         query_ids = self._query_ids(query)
         if len(query_ids) >= self.max_length:
             return None
-        rows, types = [], []
-        for text_ids in self._text_ids(texts):
-            q, t = self._truncated(query_ids, text_ids)
-            head = prefix + q + middle
-            rows.append(head + t + suffix)
-            types.append([first] * len(head) + [second] * (len(t) + len(suffix)))
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), self.tokenizer.pad_token_id or 0, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        token_types = np.zeros((len(rows), width), dtype=np.int64)
-        for i, (row, kinds) in enumerate(zip(rows, types, strict=True)):
-            ids[i, :len(row)], mask[i, :len(row)], token_types[i, :len(row)] = row, 1, kinds
+        pairs = [self._truncated(query_ids, text_ids) for text_ids in self._text_ids(texts)]
+        heads = [len(prefix) + len(q) + len(middle) for q, _ in pairs]
+        lengths = [head + len(t) + len(suffix) for head, (_, t) in zip(heads, pairs, strict=True)]
+        ids = np.full((len(pairs), max(lengths)), self.tokenizer.pad_token_id or 0, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        token_types = np.zeros_like(ids)
+        for i, ((q, t), head, length) in enumerate(zip(pairs, heads, lengths, strict=True)):
+            ids[i, :length] = np.concatenate((prefix, q, middle, t, suffix))
+            mask[i, :length] = 1
+            token_types[i, :head], token_types[i, head:length] = first, second
         out = {"input_ids": ids, "attention_mask": mask, "token_type_ids": token_types}
         return {name: out[name] for name in self.names}
 
