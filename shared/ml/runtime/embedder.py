@@ -159,9 +159,11 @@ def onnx_embedder(model: SentenceTransformer, backend: str, cache_dir: Path,
     return OnnxEmbedder(model, path, backend, threads)
 
 
-def bf16_encoder(model: SentenceTransformer, reason: str, cache_dir: Path, threads: int = 0) -> Encoder:
+def bf16_encoder(model: SentenceTransformer, reason: str,
+                 query: Callable[[list[str]], np.ndarray] | None) -> Encoder:
     """Resources embedded by a bf16 copy of the embedder (the fp32 one stays for training and the
-    identity); queries in fp32 ONNX, torch's own vectors, or in bf16 where the export fails."""
+    identity); queries by `query` (fp32 ONNX, `query_embedder`: torch's own vectors), or in bf16
+    where there is none."""
     half = copy.deepcopy(model).to(torch.bfloat16)
     dimension = model.get_embedding_dimension() or 1
 
@@ -171,12 +173,16 @@ def bf16_encoder(model: SentenceTransformer, reason: str, cache_dir: Path, threa
         vectors = embed(half, texts, batch_size=BATCH)  # normalised in bf16: again in fp32
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
+    return Encoder(model, "torch-bf16", run, reason=reason, query=query)
+
+
+def query_embedder(model: SentenceTransformer, cache_dir: Path, threads: int = 0) -> OnnxEmbedder | None:
+    """The fp32 ONNX embedder bf16 embeds queries with; None (logged) where the export fails."""
     try:
-        query: Callable[[list[str]], np.ndarray] | None = onnx_embedder(model, "onnx", cache_dir, threads)
+        return onnx_embedder(model, "onnx", cache_dir, threads)
     except Exception as exc:
         log.warning("event=embedder_onnx_unavailable backend=onnx use=queries error=%r", str(exc)[:300])
-        query = None
-    return Encoder(model, "torch-bf16", run, reason=reason, query=query)
+        return None
 
 
 AUTO_RECORD = "auto.json"
@@ -193,15 +199,17 @@ def timed_backends(model: SentenceTransformer, cache_dir: Path, threads: int = 0
                    texts: list[str] = TIMING_TEXTS) -> tuple[dict[str, Encoder], dict[str, float]]:
     """Every runtime that can embed here (bf16 only where the CPU has it natively), and its texts/s:
     best of two rounds, taken in turn so that load from other work hits each alike."""
-    candidates = {"torch": Encoder(model, "torch")}
-    if cpu_has_fast_bf16():
-        candidates["torch-bf16"] = bf16_encoder(model, "", cache_dir, threads)
+    graphs: dict[str, OnnxEmbedder] = {}
     for backend in ("onnx", "onnx-int8"):
         try:
-            candidates[backend] = Encoder(model, backend, onnx_embedder(model, backend, cache_dir, threads))
+            graphs[backend] = onnx_embedder(model, backend, cache_dir, threads)
         except Exception as exc:  # an embedder the export cannot reproduce is timed on torch alone
             log.warning("event=embedder_onnx_unavailable backend=%s error=%r", backend, str(exc)[:300])
             break
+    candidates = {"torch": Encoder(model, "torch")}
+    if cpu_has_fast_bf16():  # its queries on the fp32 graph opened above: one session, not two
+        candidates["torch-bf16"] = bf16_encoder(model, "", graphs.get("onnx"))
+    candidates |= {backend: Encoder(model, backend, graph) for backend, graph in graphs.items()}
     best = dict.fromkeys(candidates, float("inf"))
     for encoder in candidates.values():
         encoder(texts[:2])  # lazy initialisation out of the timing
@@ -256,7 +264,7 @@ def load_encoder(model: SentenceTransformer, backend: str, cache_dir: Path, thre
     if backend == "torch":
         return Encoder(model, "torch", reason=reason)
     if backend == "torch-bf16":
-        return bf16_encoder(model, reason, cache_dir, threads)
+        return bf16_encoder(model, reason, query_embedder(model, cache_dir, threads))
     try:
         onnx = onnx_embedder(model, backend, cache_dir, threads)
     except Exception as exc:  # an embedder the export cannot reproduce still embeds, with torch
