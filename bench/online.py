@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from bench.harness.collection import DEFAULT_DATASET, Collection, start_harness
-from bench.harness.measures import ndcg10, nearest_rank, paired_gain
+from bench.harness.measures import examination_error, ndcg10, nearest_rank, paired_gain
 from bench.harness.results import add_output_arguments, fresh, write_json
 from bench.harness.stack import add_model_arguments, stack_env
 from bench.harness.traffic import Stream
@@ -436,11 +436,7 @@ def propensity_error(clicks: dict | None, people: Person) -> dict | None:
     only: a cascade's examination depends on what is above)."""
     if clicks is None or not isinstance(people, Searchers) or people.examination != "position":
         return None
-    true = [1.0 / rank**people.decay for rank in range(1, 11)]
-    errors = [abs(p / t - 1) for p, t in zip(clicks["propensity"], true, strict=True)]
-    covered = sum(lo <= t <= hi for lo, t, hi in zip(clicks["low"], true, clicks["high"], strict=True))
-    return {"max_rel_error": max(errors), "by_rank": [round(e, 4) for e in errors], "intervals_hold": covered,
-            "estimated_ranks": clicks["source"].count("estimated")}
+    return examination_error(clicks, [1.0 / rank**people.decay for rank in range(1, 11)])
 
 
 def main() -> int:

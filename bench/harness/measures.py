@@ -56,3 +56,14 @@ def paired_gain(before: dict[str, float], after: dict[str, float], resamples: in
             "standard_error": statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None,
             "ci95": [means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]],
             "worse": sum(d < -1e-9 for d in diffs), "better": sum(d > 1e-9 for d in diffs)}
+
+
+def examination_error(estimated: dict, truth: Sequence[float]) -> dict:
+    """An estimated examination curve (`Examination.as_dict()`) against the true one: each rank's
+    relative error, the largest, how many ranks' 95 % intervals hold the truth, and how many ranks
+    were estimated rather than left at the prior. Bounds are read to the 4 decimals `as_dict` keeps."""
+    errors = [abs(p / t - 1) for p, t in zip(estimated["propensity"], truth, strict=True)]
+    covered = sum(lo - 5e-5 <= t <= hi + 5e-5
+                  for lo, t, hi in zip(estimated["low"], truth, estimated["high"], strict=True))
+    return {"max_rel_error": max(errors), "by_rank": [round(e, 4) for e in errors], "intervals_hold": covered,
+            "estimated_ranks": estimated["source"].count("estimated")}

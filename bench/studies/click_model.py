@@ -36,6 +36,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from bench.harness.measures import examination_error
 from bench.harness.results import add_output_arguments, write_json
 from shared.evidence.clicks import RANKS, Examination, Search, estimate, explored, prior, swapped
 from shared.evidence.judgments import Impression
@@ -129,20 +130,21 @@ class OpenedResult:
 
 
 def errors(examination: Examination, truth: tuple[float, ...]) -> dict[str, Any]:
-    """Relative error by rank, the worst, and how many truths fall inside the interval."""
-    by_rank = [abs(p / t - 1) for p, t in zip(examination.propensity, truth, strict=True)]
-    inside = sum(lo - 1e-9 <= t <= hi + 1e-9
-                 for lo, t, hi in zip(examination.low, truth, examination.high, strict=True))
-    return {"worst": round(max(by_rank), 4), "by_rank": [round(e, 4) for e in by_rank], "inside": inside,
-            "estimated_ranks": sum(s == "estimated" for s in examination.source),
+    """`examination_error` (as `make online` measures it), with the estimate itself."""
+    return {**examination_error(dataclasses.asdict(examination), truth),
             "propensity": [round(p, 4) for p in examination.propensity]}
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    worst = [r["worst"] for r in rows]
+    worst = [r["max_rel_error"] for r in rows]
     return {"worst_mean": round(statistics.mean(worst), 4), "worst_max": round(max(worst), 4),
-            "inside_mean": round(statistics.mean(r["inside"] for r in rows), 2),
+            "intervals_hold_mean": round(statistics.mean(r["intervals_hold"] for r in rows), 2),
             "estimated_ranks_min": min(r["estimated_ranks"] for r in rows), "seeds": rows}
+
+
+def report(name: str, result: dict[str, Any]) -> None:
+    print(f"{name:36s} worst rank off {result['worst_mean']:.3f} on average (at most "
+          f"{result['worst_max']:.3f}), truth inside {result['intervals_hold_mean']}/10", flush=True)
 
 
 def main() -> int:
@@ -160,9 +162,7 @@ def main() -> int:
         rows = [errors(estimate(traffic.searches(args.searches, seed), bootstrap=args.bootstrap, seed=seed),
                        traffic.examined) for seed in args.seeds]
         results[name] = {"traffic": dataclasses.asdict(traffic), **summary(rows)}
-        print(f"{name:18s} worst rank off {results[name]['worst_mean']:.3f} on average "
-              f"(at most {results[name]['worst_max']:.3f}), truth inside {results[name]['inside_mean']}/10",
-              flush=True)
+        report(name, results[name])
     learning = Traffic(queries=80, resources=20, interleaved=0.0)
     for keyed in ("per ranker", "across versions"):
         rows = []
@@ -173,9 +173,7 @@ def main() -> int:
             rows.append(errors(estimate_examination(impressions, opens), learning.examined))
         name = f"versions that learn, {keyed}"
         results[name] = {"traffic": dataclasses.asdict(learning), "version_every": 400, **summary(rows)}
-        print(f"{name:18s} worst rank off {results[name]['worst_mean']:.3f} on average "
-              f"(at most {results[name]['worst_max']:.3f}), truth inside {results[name]['inside_mean']}/10",
-              flush=True)
+        report(name, results[name])
     write_json(args.out, {"settings": {k: str(v) for k, v in vars(args).items()}, "scenarios": results})
     return 0
 
