@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -64,7 +65,7 @@ from shared.online.betting import SequentialTest
 from shared.online.interleaving import CHALLENGER_PREFIX
 from shared.records import ModelVersion
 from shared.store import open_store
-from tools.client import Client
+from tools.client import Client, Refused
 from tools.localstack import LocalStack, wait_for
 from tools.people import EVIDENCE, PEOPLE, Searchers
 
@@ -150,6 +151,16 @@ class Site:
                 if found["status"] == "ended":
                     return found
         return next(e for e in self.experiments() if e["experiment_id"] == experiment_id)
+
+    def ended(self, experiment_id: str) -> dict:
+        """The experiment's record once it has ended: stopped here if users did not decide it within
+        the searches played (the services may also have just ended it: then their record stands)."""
+        found = next(e for e in self.experiments() if e["experiment_id"] == experiment_id)
+        if found["status"] == "running":
+            with contextlib.suppress(Refused):  # ended by the services meanwhile: none is running
+                self.admin("POST", "/experiments/stop")
+            found = next(e for e in self.experiments() if e["experiment_id"] == experiment_id)
+        return found
 
     def impressions(self, experiment_id: str) -> list[Impression]:
         """The experiment's interleaved searches, as the services logged them."""
@@ -295,9 +306,8 @@ def run_pairs(collection: Collection, seed: int, args: argparse.Namespace, workd
             experiment_id = site.admin("POST", f"/versions/{challenger}/challenge")["experiment_id"]
             site.wait_serving(champion, challenger)
             start = len(site.searches)
-            ended = site.until_decided(experiment_id, stream, args.pair_searches)
-            if ended["status"] != "ended":
-                site.admin("POST", "/experiments/stop")
+            site.until_decided(experiment_id, stream, args.pair_searches)
+            ended = site.ended(experiment_id)
             interleaved_ms += [s["ms"] for s in site.searches[start:start + args.latency_searches]]
             results.append(compare(site, name, ended, args, seed))
             log.info("seed=%d pair=%s decision=%s impressions=%s", seed, name, ended["decision"],
@@ -356,7 +366,7 @@ def safety_checks(site: Site, stream: Stream, args: argparse.Namespace, seed: in
                                      "impressions": ended["evidence"].get("impressions"),
                                      **truth(impressions, site.collection.qrels, site.people)}
         if ended["status"] != "ended":
-            site.admin("POST", "/experiments/stop")
+            site.ended(ended["experiment_id"])
         elif ended["decision"] == "promote":
             site.admin("POST", "/rollback")
         site.wait_serving("v0", None)
@@ -371,7 +381,7 @@ def safety_checks(site: Site, stream: Stream, args: argparse.Namespace, seed: in
     ended = site.until_decided(watch["experiment_id"], stream, args.pair_searches * 4)
     out["rollback_experiment"] = ended
     if ended["status"] != "ended":
-        site.admin("POST", "/experiments/stop")
+        site.ended(ended["experiment_id"])
     site.wait_serving("v0" if ended["decision"] == "rollback" else degraded.version, None)
     if ended["decision"] != "rollback":  # the pairs need version 0 as the champion
         site.admin("POST", "/rollback")

@@ -49,7 +49,7 @@ def test_online_harness_decides_replays_and_measures_the_traffic(tmp_path: Path,
     (pairs,) = result["pairs"]
     assert [p["pair"] for p in pairs["pairs"]] == ["bm25", "no_prf", "prf"]
     for pair in pairs["pairs"]:
-        # Decided (or stopped at the cap) by the services, then replayed from what they logged.
+        # Decided by users, or stopped once the pair's searches are played, then replayed from the log.
         assert pair["experiment"]["status"] == "ended", pair["experiment"]
         assert pair["logged_impressions"] >= 30
         assert pair["right_winner"] in ("champion", "challenger")
