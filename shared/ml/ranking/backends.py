@@ -56,9 +56,9 @@ def onnx_cache(settings: Settings) -> Path:
 
 
 def choose_backend(model: RankingModel, index: CatalogueIndex, settings: Settings,
-                   sets: list[CalibrationSet] | None = None) -> tuple[RankingModel, BackendChoice]:
+                   sets: list[CalibrationSet]) -> tuple[RankingModel, BackendChoice]:
     """Torch, an ONNX Runtime twin, or (`auto`) whichever is faster with the same top-10 on the
-    calibration queries `sets` (`calibration_sets(index)` when not given)."""
+    calibration queries `sets` (`calibration_sets(index)`)."""
     wanted = settings.backend
     if model.cross is None:
         return model, BackendChoice("torch", "no cross-encoder in this version")
@@ -67,7 +67,6 @@ def choose_backend(model: RankingModel, index: CatalogueIndex, settings: Setting
         return model, BackendChoice("torch-fp16", "GPU: torch in fp16")
     if wanted == "torch" or model.folder is None or model.spec.cross_encoder is None:
         return model, BackendChoice("torch", f"EDURANKER_BACKEND={wanted}")
-    sets = calibration_sets(index) if sets is None else sets
     if wanted == "auto" and not sets:
         return model, BackendChoice("torch", "empty catalogue: no queries to compare backends on")
     folder = model.folder / model.spec.cross_encoder
