@@ -143,24 +143,19 @@ class Site:
         raise RuntimeError(f"a challenger kept interleaving the champion's answers ({tries} tries)")
 
     def until_decided(self, experiment_id: str, stream: Stream, cap: int) -> dict:
-        """Plays the stream until users decide the experiment (or `cap` searches): its record."""
+        """Plays the stream until users decide the experiment, else stops it after `cap` searches:
+        its ended record (the services may end it as it is stopped: then theirs stands)."""
         for step in range(cap):
             self.play(stream.at(step))
-            if step % 25 == 24:
-                found = next(e for e in self.experiments() if e["experiment_id"] == experiment_id)
-                if found["status"] == "ended":
-                    return found
-        return next(e for e in self.experiments() if e["experiment_id"] == experiment_id)
-
-    def ended(self, experiment_id: str) -> dict:
-        """The experiment's record once it has ended: stopped here if users did not decide it within
-        the searches played (the services may also have just ended it: then their record stands)."""
-        found = next(e for e in self.experiments() if e["experiment_id"] == experiment_id)
-        if found["status"] == "running":
+            if step % 25 == 24 and self.experiment(experiment_id)["status"] == "ended":
+                return self.experiment(experiment_id)
+        if self.experiment(experiment_id)["status"] == "running":
             with contextlib.suppress(Refused):  # ended by the services meanwhile: none is running
                 self.admin("POST", "/experiments/stop")
-            found = next(e for e in self.experiments() if e["experiment_id"] == experiment_id)
-        return found
+        return self.experiment(experiment_id)
+
+    def experiment(self, experiment_id: str) -> dict:
+        return next(e for e in self.experiments() if e["experiment_id"] == experiment_id)
 
     def impressions(self, experiment_id: str) -> list[Impression]:
         """The experiment's interleaved searches, as the services logged them."""
@@ -306,8 +301,7 @@ def run_pairs(collection: Collection, seed: int, args: argparse.Namespace, workd
             experiment_id = site.admin("POST", f"/versions/{challenger}/challenge")["experiment_id"]
             site.wait_serving(champion, challenger)
             start = len(site.searches)
-            site.until_decided(experiment_id, stream, args.pair_searches)
-            ended = site.ended(experiment_id)
+            ended = site.until_decided(experiment_id, stream, args.pair_searches)
             interleaved_ms += [s["ms"] for s in site.searches[start:start + args.latency_searches]]
             results.append(compare(site, name, ended, args, seed))
             log.info("seed=%d pair=%s decision=%s impressions=%s", seed, name, ended["decision"],
@@ -365,9 +359,7 @@ def safety_checks(site: Site, stream: Stream, args: argparse.Namespace, seed: in
             out["flipped_judged"] = {"experiment_id": ended["experiment_id"], "decision": ended["decision"],
                                      "impressions": ended["evidence"].get("impressions"),
                                      **truth(impressions, site.collection.qrels, site.people)}
-        if ended["status"] != "ended":
-            site.ended(ended["experiment_id"])
-        elif ended["decision"] == "promote":
+        if ended["decision"] == "promote":
             site.admin("POST", "/rollback")
         site.wait_serving("v0", None)
     else:  # the offline safety checks already refused it: not what this harness tests
@@ -380,8 +372,6 @@ def safety_checks(site: Site, stream: Stream, args: argparse.Namespace, seed: in
     watch = site.experiments()[0]
     ended = site.until_decided(watch["experiment_id"], stream, args.pair_searches * 4)
     out["rollback_experiment"] = ended
-    if ended["status"] != "ended":
-        site.ended(ended["experiment_id"])
     site.wait_serving("v0" if ended["decision"] == "rollback" else degraded.version, None)
     if ended["decision"] != "rollback":  # the pairs need version 0 as the champion
         site.admin("POST", "/rollback")
