@@ -180,7 +180,8 @@ def main() -> int:
     parser.add_argument("--high", type=float, default=0.08, help="largest relative gap tried")
     parser.add_argument("--experiments", type=int, default=40, help="experiments per variant")
     parser.add_argument("--traffic", type=int, default=4000, help="searches drawn per experiment, resampled")
-    parser.add_argument("--draws", type=int, default=64, help="interleavings per query")
+    parser.add_argument("--draws", type=int, default=256,
+                        help="interleavings per query (a few make a pool whose shares are not even)")
     parser.add_argument("--cap", type=int, default=20_000, help="most impressions of one experiment")
     parser.add_argument("--floor", type=int, default=200, help="the product's minimum before any decision")
     parser.add_argument("--alpha", type=float, default=0.05)

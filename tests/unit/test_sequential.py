@@ -54,7 +54,7 @@ def play(outcomes: tuple[tuple[float, float | None], ...], limits: Limits, seed:
 
 def test_each_bettors_wealth_is_a_product_over_impressions() -> None:
     assert bets(0.0) == NO_STAKES and len(FRACTIONS) == 22
-    assert bets(1.0) == bets(7.5)  # clipped: one unit weighs at most one like
+    assert bets(2.0) == bets(7.5)  # clipped: one unit weighs at most two likes
     stakes = moved(moved(NO_STAKES, None, 1.0), None, -0.5)
     assert stakes == pytest.approx(moved(moved(NO_STAKES, None, -0.5), None, 1.0))  # any order
     assert moved(stakes, 1.0, 0.0) == pytest.approx(bets(-0.5))  # a changed credit moves its own term
@@ -82,7 +82,7 @@ def test_a_preferred_challenger_is_promoted_and_a_worse_one_retired() -> None:
 
 
 def test_small_credits_as_opens_give_are_decided_within_a_few_thousand_impressions() -> None:
-    """The bettors' fractions reach where such credits need them (0.9 at the clip of one like): the
+    """The bettors' fractions reach where such credits need them (up to 0.9 of the clip): the
     grid before, 1/2 to 1/2048 at two likes, took a median of 5,760 impressions on this traffic."""
     better = [play(OPENS_BETTER, CHALLENGE, seed, impressions=10_000) for seed in range(60)]
     assert sum(d == "promote" for d, _, _ in better) >= 57
