@@ -147,8 +147,8 @@ class Site:
         its ended record (the services may end it as it is stopped: then theirs stands)."""
         for step in range(cap):
             self.play(stream.at(step))
-            if step % 25 == 24 and self.experiment(experiment_id)["status"] == "ended":
-                return self.experiment(experiment_id)
+            if step % 25 == 24 and (found := self.experiment(experiment_id))["status"] == "ended":
+                return found
         if self.experiment(experiment_id)["status"] == "running":
             with contextlib.suppress(Refused):  # ended by the services meanwhile: none is running
                 self.admin("POST", "/experiments/stop")

@@ -24,35 +24,48 @@ weighs the queries): `by_gap` groups the experiments by it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import random
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from bench.harness.collection import DEFAULT_DATASET, start_harness
 from bench.harness.results import add_output_arguments, load_average, write_json
-from bench.online_replay import Impression, ab_run, interleaving_run, summary
+from bench.online_replay import Impression, Person, ab_run, interleaving_run, summary
 from bench.studies.interleaving import K, load_rankings, moved_down, zipf_weights
 from shared.online import betting
 from shared.online.betting import SequentialTest
 from shared.online.interleaving import interleave
-from tools.people import PEOPLE, People, Searchers
-
-Person = People | Searchers
+from tools.people import PEOPLE, Searchers
 
 RULES: dict[str, tuple[float, tuple[float, ...]]] = {
     "product": (betting.CLIP, betting.FRACTIONS),
     "before": (2.0, tuple(s * 0.5**j for s in (1.0, -1.0) for j in range(1, 12)))}
 """The sequential test's clip and bettors' fractions: today's, and the rule's until this study
-(clip at two likes, fractions 1/2 to 1/2048), which the study swaps into the product's module for
+(clip at two likes, fractions 1/2 to 1/2048), which `playing` swaps into the product's module for
 its experiments, so that both are played by the product's own tally on the same traffic."""
 INDIFFERENT = Searchers(name="indifferent", click=(0.4, 0.4), dwell_median_s=(20.0, 20.0), noise=0.5)
 """People who open, stay and rate alike whatever the result: nobody prefers either list."""
+
+
+@contextlib.contextmanager
+def playing(rule: str) -> Iterator[None]:
+    """The product's test with `rule`'s clip and fractions for the block, today's again after it."""
+    kept = betting.CLIP, betting.FRACTIONS
+    betting.CLIP, betting.FRACTIONS = RULES[rule]
+    try:
+        yield
+    finally:
+        betting.CLIP, betting.FRACTIONS = kept
+
+
 SHARES = (0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.1)
 BYS = (1, 2)
 
@@ -125,28 +138,34 @@ def experiment(pools: dict[int, dict[str, list[Impression]]], qids: list[str],
 
 def run_variant(name: str, worse_ranking: dict[str, list[str]], v0: dict[str, list[str]], qids: list[str],
                 qrels: dict[str, dict[str, int]], people: Person,
-                args: argparse.Namespace) -> tuple[dict, list[dict]]:
-    started = time.perf_counter()
+                args: argparse.Namespace) -> dict[str, tuple[dict, list[dict]]]:
+    """Each rule's experiments on this variant, the same traffic for all: its summary and its rows."""
     pools = {1: interleavings(worse_ranking, v0, qids, args.draws),
              -1: interleavings(v0, worse_ranking, qids, args.draws)}
     worse = credit_per_search(worse_ranking, qids, qrels, people)
     better = credit_per_search(v0, qids, qrels, people)
-    rows = [experiment(pools, qids, qrels, worse, better, people, args, i) for i in range(args.experiments)]
-    indifferent = [experiment(pools, qids, qrels, worse, better, INDIFFERENT, args, args.experiments + i)
-                   for i in range(args.no_preference)]
-    out: dict = {"relative_gap_uniform": float((better - worse).mean() / abs(worse.mean())),
-                 "relative_gap_experiments": {
-                     "median": statistics.median(abs(r["relative_gap"]) for r in rows),
-                     "min": min(abs(r["relative_gap"]) for r in rows),
-                     "max": max(abs(r["relative_gap"]) for r in rows)},
-                 "queries_changed": sum(worse_ranking[q][:K] != v0[q][:K] for q in qids),
-                 **{method: summarise(rows, method, args.cap) for method in METHODS},
-                 "no_preference": {m: {"experiments": len(indifferent),
-                                       "decided": sum(r[m].at_floor is not None for r in indifferent)}
-                                   for m in METHODS},
-                 "seconds": round(time.perf_counter() - started, 1)}
-    print(name, json.dumps(out), flush=True)
-    return out, rows + indifferent
+    done = {}
+    for rule in args.rules:
+        started = time.perf_counter()
+        with playing(rule):
+            rows = [experiment(pools, qids, qrels, worse, better, people, args, i)
+                    for i in range(args.experiments)]
+            indifferent = [experiment(pools, qids, qrels, worse, better, INDIFFERENT, args,
+                                      args.experiments + i) for i in range(args.no_preference)]
+        out: dict = {"relative_gap_uniform": float((better - worse).mean() / abs(worse.mean())),
+                     "relative_gap_experiments": {
+                         "median": statistics.median(abs(r["relative_gap"]) for r in rows),
+                         "min": min(abs(r["relative_gap"]) for r in rows),
+                         "max": max(abs(r["relative_gap"]) for r in rows)},
+                     "queries_changed": sum(worse_ranking[q][:K] != v0[q][:K] for q in qids),
+                     **{method: summarise(rows, method, args.cap) for method in METHODS},
+                     "no_preference": {m: {"experiments": len(indifferent),
+                                           "decided": sum(r[m].at_floor is not None for r in indifferent)}
+                                       for m in METHODS},
+                     "seconds": round(time.perf_counter() - started, 1)}
+        print(f"{rule}:{name}", json.dumps(out), flush=True)
+        done[rule] = out, rows + indifferent
+    return done
 
 
 METHODS = ("interleaving", "ab")
@@ -211,13 +230,10 @@ def main() -> int:
                         "best-placed relevant result moved down `by` places on `share` % of the queries "
                         "(downSHAREbyBY), each against version 0",
             "load_average": load_average()}}
+    played = {name: run_variant(name, ranking, v0, qids, collection.qrels, people, args)
+              for name, (ranking, _) in sorted(chosen.items(), key=lambda kv: kv[1][1])}
     for rule in args.rules:
-        betting.CLIP, betting.FRACTIONS = RULES[rule]
-        results, rows = {}, []
-        for name, (ranking, _) in sorted(chosen.items(), key=lambda kv: kv[1][1]):
-            results[name], mine = run_variant(f"{rule}:{name}", ranking, v0, qids, collection.qrels, people,
-                                              args)
-            rows += mine
+        rows = [r for by_rule in played.values() for r in by_rule[rule][1]]
         by_gap = {}
         for low, high in itertools.pairwise((0.0, 0.02, 0.05, 1.0)):
             group = [r for r in rows if r["right"] != "neither" and low <= abs(r["relative_gap"]) < high]
@@ -229,8 +245,7 @@ def main() -> int:
             "no_preference": {m: {"experiments": sum(r["right"] == "neither" for r in rows),
                                   "decided": sum(r["right"] == "neither" and r[m].at_floor is not None
                                                  for r in rows)} for m in METHODS},
-            "variants": results}
-    betting.CLIP, betting.FRACTIONS = RULES["product"]
+            "variants": {name: by_rule[rule][0] for name, by_rule in played.items()}}
     result["total_s"] = round(time.perf_counter() - started, 1)
     write_json(args.out, result)
     return 0

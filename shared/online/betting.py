@@ -6,12 +6,12 @@ challenger's share of the likes minus its share of the dislikes, less the champi
 position bias: the interleaving is built so that random clicks credit neither ranker. The
 evidence against H0 is the wealth of bettors who stake on X's sign: bettor j multiplies its
 wealth by 1 + f_j y for each impression, y = X clipped to ±CLIP and scaled to [-1, 1], with fixed
-fractions f_j = ±0.9, ±0.9/√2, ±0.9/2, ..., ±0.9/32 (both directions). Under H0 each bettor's wealth, and so
-their average W, is a non-negative martingale of mean 1, so by Ville's inequality the chance that
-W *ever* reaches 1/α is at most α (testing by betting: Shafer 2021; Waudby-Smith and Ramdas 2023;
-the always-valid p-values of Johari, Pekelis and Walsh 2017). The test may therefore be checked
-after every feedback and stopped at the first crossing without inflating its error; `1/W` is the
-always-valid p-value. The product over impressions does not depend on their order, so an
+fractions f_j = ±0.9, ±0.9/√2, ±0.9/2, ..., ±0.9/32 (both directions). Under H0 each bettor's
+wealth, and so their average W, is a non-negative martingale of mean 1, so by Ville's inequality
+the chance that W *ever* reaches 1/α is at most α (testing by betting: Shafer 2021; Waudby-Smith
+and Ramdas 2023; the always-valid p-values of Johari, Pekelis and Walsh 2017). The test may
+therefore be checked after every feedback and stopped at the first crossing without inflating its
+error; `1/W` is the always-valid p-value. The product over impressions does not depend on their order, so an
 impression whose credit changes (a user rates another result) moves its own term only.
 
 Why this rule: the rule before it, a mixture SPRT on which side won each impression, needs every
