@@ -1,8 +1,8 @@
 """One search's ranking: BM25 candidates, the served pipeline, and (in an experiment) interleaving.
 
 Outside experiments, a small share of reranked rankings (`EDURANKER_EXPLORE_SHARE`) swap two
-neighbours among their first ten, so that the click model sees results at more than one rank
-(shared/evidence/clicks.py).
+neighbours among their first ten (half of them the first two), so that the click model sees results
+at more than one rank (shared/evidence/clicks.py).
 
 Runs on the model thread. The first stage scores the whole catalogue, applies the search's filters,
 then picks the best `candidates`, so a filtered search reranks the best matching resources; its

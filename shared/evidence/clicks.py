@@ -37,18 +37,29 @@ RANKS = 10
 MIN_STRATA = 3
 """A pair of ranks informs the fit once this many (query, resource) pairs were seen at both."""
 BOOTSTRAP = 40
+TOP_PAIR_SHARE = 0.5
+"""Of the explored searches, the share that swap the first two results. Opens are most numerous
+at the top and ranks 1 and 2 are the curve's steepest step, so a swap there tells the most about
+where people look. Replaying `make online`'s searches (`bench/studies/exploration.py`), at a 10 %
+share the worst rank was within 10 % of the truth in 58 % of replays, against 46 % with uniform
+swaps; it costs people more on a ranker whose first result is the better (0.0005 nDCG@10 a search
+at worst, against 0.00015). The other half, uniform, keeps every rank linked to rank 1 where no
+experiment runs."""
 T = TypeVar("T")
 
 
-def explored(inference_id: str, share: float, shown: int) -> int | None:
+def explored(inference_id: str, share: float, shown: int, top: float = TOP_PAIR_SHARE) -> int | None:
     """Whether a search outside experiments swaps two neighbours, and which: the 1-based rank of
     the upper one (a hash of the inference id, so the log replays it). Swapping neighbours is the
-    cheapest intervention (Joachims et al. 2017): the list is the ranker's but for one pair."""
+    cheapest intervention (Joachims et al. 2017): the list is the ranker's but for one pair. A share
+    `top` of the swaps take the first two results, the others a pair drawn uniformly."""
     if share <= 0 or shown < 2:
         return None
     digest = hashlib.sha256(f"explore:{inference_id}".encode()).digest()
     if int.from_bytes(digest[:8], "big") / 2**64 >= share:
         return None
+    if int.from_bytes(digest[16:24], "big") / 2**64 < top:
+        return 1
     return 1 + int.from_bytes(digest[8:16], "big") % (min(shown, RANKS) - 1)
 
 

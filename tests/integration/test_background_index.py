@@ -52,7 +52,8 @@ def gate(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
 def settings_for(tmp_path: Path, model: Path, broker: EmbeddedBroker, **extra: object) -> Settings:
     return Settings(store_url=f"sqlite:///{tmp_path / 'eduranker.db'}", model_dir=tmp_path / "models",
                     kafka_bootstrap=broker.bootstrap, base_model=str(model), embedding_model=str(model),
-                    reranker_port=free_port(), watch_interval_s=0.5, embedding_chunk=100, **extra)
+                    reranker_port=free_port(), watch_interval_s=0.5, embedding_chunk=100,
+                    explore_share=0.0, **extra)  # the ranker's order, no explored swap
 
 
 def search(url: str, query: str) -> list[dict]:

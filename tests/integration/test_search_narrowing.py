@@ -48,7 +48,8 @@ def reranker(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path,
     path = tmp_path_factory.mktemp("narrowing")
     settings = Settings(store_url=f"sqlite:///{path / 'eduranker.db'}", model_dir=path / "models",
                         kafka_bootstrap=broker.bootstrap, base_model=str(tiny_model),
-                        embedding_model=str(tiny_model), reranker_port=free_port(), watch_interval_s=0.5)
+                        embedding_model=str(tiny_model), reranker_port=free_port(), watch_interval_s=0.5,
+                        explore_share=0.0)  # orders asserted are the ranker's: no explored swap
     ensure_topics(settings)
     asyncio.run(upsert(settings.store_url, CATALOGUE))
     with Served(create_app(settings), settings.reranker_port, "reranker") as served:

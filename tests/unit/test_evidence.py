@@ -184,9 +184,35 @@ def test_training_labels_follow_the_net_and_count_each_voice_once() -> None:
 def test_an_explored_search_swaps_one_pair_of_neighbours_and_replays() -> None:
     from shared.evidence.clicks import explored, swapped
 
-    picks = [explored(f"inf-{n}", 0.1, 10) for n in range(2000)]
+    picks = [explored(f"inf-{n}", 0.1, 10) for n in range(4000)]
     swaps = [p for p in picks if p is not None]
-    assert 150 < len(swaps) < 250 and set(swaps) <= set(range(1, 10))
+    assert 320 < len(swaps) < 480 and set(swaps) == set(range(1, 10))
+    # Half the swaps take the first two results (where a swap tells the most), the rest a pair drawn
+    # uniformly: about 5/9 at the top, 1/18 on each other pair.
+    assert 0.45 < swaps.count(1) / len(swaps) < 0.65
+    assert all(swaps.count(k) < swaps.count(1) / 4 for k in range(2, 10))
+    uniform = [p for n in range(4000) if (p := explored(f"inf-{n}", 0.1, 10, top=0.0)) is not None]
+    assert 0.05 < uniform.count(1) / len(uniform) < 0.2
+    assert explored("inf-7", 1.0, 10, top=1.0) == 1 and explored("inf-7", 1.0, 2, top=0.0) == 1
     assert explored("inf-1", 0.1, 10) == picks[1]  # the inference id decides: the log replays it
     assert explored("inf-1", 0.0, 10) is None and explored("inf-1", 1.0, 1) is None
     assert swapped(list("abcd"), 2) == list("acbd") and swapped(list("abcd"), None) == list("abcd")
+
+
+def test_the_exploration_study_prices_a_design_by_every_pair_it_may_swap() -> None:
+    from bench.harness.measures import ndcg10
+    from bench.studies.exploration import swap_cost
+    from shared.evidence.clicks import Search, swapped
+
+    plain = Search("q", ("a", "b", "c"), frozenset())
+    judged = {"q": {"a": 2, "c": 1}}
+    before = ndcg10(list("abc"), judged["q"])
+    swaps = [ndcg10(swapped(list("abc"), at), judged["q"]) - before for at in (1, 2)]
+    assert swaps[0] < 0 < swaps[1]  # the best result moved down; a relevant one moved up
+    # An interleaved search is never explored: it counts at 0 in the per-search mean.
+    searches = [(plain, False), (plain, True)]
+    assert swap_cost(searches, judged, 1.0, 1.0) == pytest.approx(swaps[0] / 2)
+    assert swap_cost(searches, judged, 0.5, 0.0) == pytest.approx(0.5 * (swaps[0] + swaps[1]) / 2 / 2)
+    half_on_top = 0.1 * (0.75 * swaps[0] + 0.25 * swaps[1]) / 2
+    assert swap_cost(searches, judged, 0.1, 0.5) == pytest.approx(half_on_top)
+    assert swap_cost(searches, judged, 0.0, 0.5) == 0.0
