@@ -254,12 +254,21 @@ def _smoothed(free: np.ndarray, variance: np.ndarray, keep: np.ndarray, eta: flo
     The power law is the family studies of position bias fit (Joachims, Swaminathan and Schnabel
     2017); where the ranks stray from it by more than their noise (another curve) their own
     estimates stand, where not (or where they are uncertain: deep ranks, little traffic) the
-    estimate leans on the law, which all the opens fit at once."""
+    estimate leans on the law, which all the opens fit at once.
+
+    The spread is DerSimonian and Laird's (1986) estimate, each rank weighed by its precision: a
+    deep rank seen in few strata, far from the law and far from sure, says little about how far
+    the curve strays. Weighing the ranks alike let such a rank set the spread and keep its own
+    estimate (versions learning on swaps alone: rank 10 off by 394 % on one seed of 10, 37 % at
+    worst now, `bench/studies/click_model.py`)."""
     slope = -np.log(keep + 1.0)
     if eta is None:
         eta = float((slope / variance) @ free / max(float((slope / variance) @ slope), 1e-12))
     law = eta * slope
-    spread = max(0.0, float(np.mean((free - law) ** 2 - variance)))
+    weight = 1.0 / variance
+    stray = float(weight @ (free - law) ** 2)
+    scale = float(weight.sum() - (weight**2).sum() / weight.sum())
+    spread = max(0.0, (stray - (len(free) - 1)) / max(scale, 1e-12))
     return law + spread / (spread + variance) * (free - law)
 
 
