@@ -10,7 +10,8 @@ first two results, the others on a pair drawn uniformly). `make online`'s people
 with the Cranfield judgments as their truth, and the click model is estimated from the replayed
 searches as the trainer estimates it (`estimate`, keyed by ranker). Counted per design, over
 `--repeats` replays of each loop: the worst rank's relative error against the people's true
-curve (ranks 1-10) and how often it is within 10 %; what the swaps cost people, exactly (the
+curve (ranks 1-10) and how often it is within 10 %, rank 10's signed error (a bias would show in
+its mean); what the swaps cost people, exactly (the
 expected nDCG@10 of what was shown, against the champion's own lists, per search of the whole
 traffic, interleaved searches included at 0).
 
@@ -80,8 +81,9 @@ def swap_cost(searches: list[tuple[Search, bool]], judged: dict[str, dict[str, i
 
 
 def replay(searches: list[tuple[Search, bool]], relevant: dict[str, set[str]], share: float, top: float,
-           seed: str, people: str) -> float:
-    """The worst rank's relative error of the click model estimated from one replay."""
+           seed: str, people: str) -> tuple[float, float]:
+    """The worst rank's relative error of the click model estimated from one replay, and the
+    deepest rank's signed one (a bias would show in its mean)."""
     person, rng = PEOPLE[people], random.Random(seed)
     replayed = []
     for n, (search, interleaved) in enumerate(searches):
@@ -92,7 +94,9 @@ def replay(searches: list[tuple[Search, bool]], relevant: dict[str, set[str]], s
         replayed.append(Search(search.query, tuple(shown), frozenset(shown[a.position] for a in acts),
                                search.ranker))
     truth = [1.0 / (k + 1) ** person.decay for k in range(RANKS)]
-    return examination_error(estimate(replayed, bootstrap=0).as_dict(), truth)["max_rel_error"]
+    estimated = estimate(replayed, bootstrap=0)
+    return (examination_error(estimated.as_dict(), truth)["max_rel_error"],
+            estimated.propensity[-1] / truth[-1] - 1)
 
 
 def main() -> int:
@@ -118,14 +122,17 @@ def main() -> int:
     for name, (share, top) in DESIGNS.items():
         errors = {loop: [replay(searches, relevant, share, top, f"{loop}:{r}", args.people)
                          for r in range(args.repeats)] for loop, searches in loops.items()}
-        every = [e for values in errors.values() for e in values]
+        every = [e for values in errors.values() for e, _ in values]
+        deepest = [d for values in errors.values() for _, d in values]
         costs = {loop: swap_cost(searches, collection.qrels, share, top) for loop, searches in loops.items()}
         results[name] = {
             "share": share, "top": top, "replays": len(every),
             "within_10pct": round(sum(e <= 0.1 for e in every) / len(every), 3),
             "max_rel_error_median": round(statistics.median(every), 4),
             "max_rel_error_mean": round(statistics.mean(every), 4),
-            "within_10pct_by_loop": {loop: round(sum(e <= 0.1 for e in values) / len(values), 3)
+            "rank10_signed_error_mean": round(statistics.mean(deepest), 4),
+            "rank10_signed_error_sd": round(statistics.stdev(deepest), 4) if len(deepest) > 1 else None,
+            "within_10pct_by_loop": {loop: round(sum(e <= 0.1 for e, _ in values) / len(values), 3)
                                      for loop, values in errors.items()},
             "ndcg10_cost_per_search": round(statistics.mean(costs.values()), 5),
             "ndcg10_cost_per_search_by_loop": {loop: round(c, 5) for loop, c in costs.items()}}
