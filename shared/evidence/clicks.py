@@ -40,11 +40,11 @@ BOOTSTRAP = 40
 TOP_PAIR_SHARE = 0.5
 """Of the explored searches, the share that swap the first two results. Opens are most numerous
 at the top and ranks 1 and 2 are the curve's steepest step, so a swap there tells the most about
-where people look. Replaying `make online`'s searches (`bench/studies/exploration.py`), at a 10 %
-share the worst rank was within 10 % of the truth in 58 % of replays, against 46 % with uniform
-swaps; it costs people more on a ranker whose first result is the better (0.0005 nDCG@10 a search
-at worst, against 0.00015). The other half, uniform, keeps every rank linked to rank 1 where no
-experiment runs."""
+where people look. Replaying the searches of two `make online` runs (`bench/studies/exploration.py`),
+at a 10 % share the worst rank was within 10 % of the truth in 53 and 58 % of replays, against 42
+and 46 % with uniform swaps; it costs people more on a ranker whose first result is the better
+(0.0004-0.0005 nDCG@10 a search at worst, against 0.00015). The other half, uniform, keeps every
+rank linked to rank 1 where no experiment runs."""
 T = TypeVar("T")
 
 
