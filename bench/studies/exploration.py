@@ -10,10 +10,10 @@ first two results, the others on a pair drawn uniformly). `make online`'s people
 with the Cranfield judgments as their truth, and the click model is estimated from the replayed
 searches as the trainer estimates it (`estimate`, keyed by ranker). Counted per design, over
 `--repeats` replays of each loop: the worst rank's relative error against the people's true
-curve (ranks 1-10) and how often it is within 10 %, rank 10's signed error (a bias would show in
-its mean); what the swaps cost people, exactly (the
-expected nDCG@10 of what was shown, against the champion's own lists, per search of the whole
-traffic, interleaved searches included at 0).
+curve (ranks 1-10) and how often it is within 10 %; rank 10's signed error (a bias would show in
+its mean); for the default design, how many ranks' 95 % intervals hold the truth; what the swaps
+cost people, exactly (the expected nDCG@10 of what was shown, against the champion's own lists,
+per search of the whole traffic, interleaved searches included at 0).
 
     .venv/bin/python -m bench.studies.exploration      # after make online; about 10 minutes
 """
@@ -30,7 +30,7 @@ from typing import Any
 from bench.harness.collection import DEFAULT_DATASET, Collection
 from bench.harness.measures import examination_error, ndcg10
 from bench.harness.results import VAR, add_output_arguments, write_json
-from shared.evidence.clicks import RANKS, TOP_PAIR_SHARE, Search, estimate, explored, swapped
+from shared.evidence.clicks import BOOTSTRAP, RANKS, TOP_PAIR_SHARE, Search, estimate, explored, swapped
 from shared.ml.training.dataset import impressions_and_actions
 from shared.settings import Settings
 from shared.store import open_store
@@ -81,9 +81,10 @@ def swap_cost(searches: list[tuple[Search, bool]], judged: dict[str, dict[str, i
 
 
 def replay(searches: list[tuple[Search, bool]], relevant: dict[str, set[str]], share: float, top: float,
-           seed: str, people: str) -> tuple[float, float]:
-    """The worst rank's relative error of the click model estimated from one replay, and the
-    deepest rank's signed one (a bias would show in its mean)."""
+           seed: str, people: str, bootstrap: int = 0) -> dict[str, float]:
+    """The click model estimated from one replay, against the people's true curve: the worst rank's
+    relative error, rank 10's signed one (a bias would show in its mean) and, with `bootstrap`
+    resamples as the trainer draws them, how many ranks' 95 % intervals hold the truth."""
     person, rng = PEOPLE[people], random.Random(seed)
     replayed = []
     for n, (search, interleaved) in enumerate(searches):
@@ -94,9 +95,13 @@ def replay(searches: list[tuple[Search, bool]], relevant: dict[str, set[str]], s
         replayed.append(Search(search.query, tuple(shown), frozenset(shown[a.position] for a in acts),
                                search.ranker))
     truth = [1.0 / (k + 1) ** person.decay for k in range(RANKS)]
-    estimated = estimate(replayed, bootstrap=0)
-    return (examination_error(estimated.as_dict(), truth)["max_rel_error"],
-            estimated.propensity[-1] / truth[-1] - 1)
+    estimated = estimate(replayed, bootstrap=bootstrap)
+    deepest = estimated.propensity[-1] / truth[-1] - 1
+    out = {"worst": examination_error(estimated.as_dict(), truth)["max_rel_error"], "deepest": deepest}
+    if bootstrap:
+        out["held"] = examination_error(estimated.as_dict(), truth)["intervals_hold"]
+        out["deepest_held"] = float(estimated.low[-1] - 5e-5 <= truth[-1] <= estimated.high[-1] + 5e-5)
+    return out
 
 
 def main() -> int:
@@ -120,22 +125,30 @@ def main() -> int:
     relevant = {q: set(judged) for q, judged in collection.qrels.items()}
     results: dict[str, Any] = {}
     for name, (share, top) in DESIGNS.items():
-        errors = {loop: [replay(searches, relevant, share, top, f"{loop}:{r}", args.people)
-                         for r in range(args.repeats)] for loop, searches in loops.items()}
-        every = [e for values in errors.values() for e, _ in values]
-        deepest = [d for values in errors.values() for _, d in values]
+        product = (share, top) == (Settings().explore_share, TOP_PAIR_SHARE)
+        runs = {loop: [replay(searches, relevant, share, top, f"{loop}:{r}", args.people,
+                              BOOTSTRAP if product else 0)
+                       for r in range(args.repeats)] for loop, searches in loops.items()}
+        every = [run for values in runs.values() for run in values]
+        worst = [run["worst"] for run in every]
+        deepest = [run["deepest"] for run in every]
         costs = {loop: swap_cost(searches, collection.qrels, share, top) for loop, searches in loops.items()}
         results[name] = {
             "share": share, "top": top, "replays": len(every),
-            "within_10pct": round(sum(e <= 0.1 for e in every) / len(every), 3),
-            "max_rel_error_median": round(statistics.median(every), 4),
-            "max_rel_error_mean": round(statistics.mean(every), 4),
+            "within_10pct": round(sum(e <= 0.1 for e in worst) / len(every), 3),
+            "max_rel_error_median": round(statistics.median(worst), 4),
+            "max_rel_error_mean": round(statistics.mean(worst), 4),
             "rank10_signed_error_mean": round(statistics.mean(deepest), 4),
             "rank10_signed_error_sd": round(statistics.stdev(deepest), 4) if len(deepest) > 1 else None,
-            "within_10pct_by_loop": {loop: round(sum(e <= 0.1 for e, _ in values) / len(values), 3)
-                                     for loop, values in errors.items()},
+            "within_10pct_by_loop": {loop: round(sum(run["worst"] <= 0.1 for run in values) / len(values), 3)
+                                     for loop, values in runs.items()},
             "ndcg10_cost_per_search": round(statistics.mean(costs.values()), 5),
             "ndcg10_cost_per_search_by_loop": {loop: round(c, 5) for loop, c in costs.items()}}
+        if product:  # the intervals as the trainer draws them (the bootstrap is slow: this design only)
+            held = [run["held"] for run in every]
+            deepest_held = [run["deepest_held"] for run in every]
+            results[name] |= {"bootstrap": BOOTSTRAP, "intervals_hold_mean": round(statistics.mean(held), 2),
+                              "rank10_interval_holds": round(statistics.mean(deepest_held), 3)}
         print(f"{name:28s} within 10 % in {results[name]['within_10pct']:.0%} of {len(every)} replays, "
               f"median worst error {results[name]['max_rel_error_median']:.3f}, nDCG@10 per search "
               f"{results[name]['ndcg10_cost_per_search']:+.5f}", flush=True)
