@@ -30,7 +30,16 @@ from typing import Any
 from bench.harness.collection import DEFAULT_DATASET, Collection
 from bench.harness.measures import examination_error, ndcg10
 from bench.harness.results import VAR, add_output_arguments, write_json
-from shared.evidence.clicks import BOOTSTRAP, RANKS, TOP_PAIR_SHARE, Search, estimate, explored, swapped
+from shared.evidence.clicks import (
+    BOOTSTRAP,
+    RANKS,
+    TOP_PAIR_SHARE,
+    Search,
+    estimate,
+    explored,
+    swap_chances,
+    swapped,
+)
 from shared.ml.training.dataset import impressions_and_actions
 from shared.settings import Settings
 from shared.store import open_store
@@ -70,13 +79,10 @@ def swap_cost(searches: list[tuple[Search, bool]], judged: dict[str, dict[str, i
     for search, interleaved in searches:
         if interleaved:
             continue
-        pairs = min(len(search.shown), RANKS) - 1
-        if pairs < 1:
-            continue
-        before = ndcg10(list(search.shown), judged.get(search.query, {}))
-        for at in range(1, pairs + 1):
-            chance = share * (top * (at == 1) + (1 - top) / pairs)
-            total += chance * (ndcg10(swapped(list(search.shown), at), judged.get(search.query, {})) - before)
+        shown, grades = list(search.shown), judged.get(search.query, {})
+        before = ndcg10(shown, grades)
+        total += sum(chance * (ndcg10(swapped(shown, at), grades) - before)
+                     for at, chance in swap_chances(share, len(shown), top).items())
     return total / len(searches)
 
 
@@ -96,10 +102,10 @@ def replay(searches: list[tuple[Search, bool]], relevant: dict[str, set[str]], s
                                search.ranker))
     truth = [1.0 / (k + 1) ** person.decay for k in range(RANKS)]
     estimated = estimate(replayed, bootstrap=bootstrap)
-    deepest = estimated.propensity[-1] / truth[-1] - 1
-    out = {"worst": examination_error(estimated.as_dict(), truth)["max_rel_error"], "deepest": deepest}
+    measured = examination_error(estimated.as_dict(), truth)
+    out = {"worst": measured["max_rel_error"], "deepest": estimated.propensity[-1] / truth[-1] - 1}
     if bootstrap:
-        out["held"] = examination_error(estimated.as_dict(), truth)["intervals_hold"]
+        out["held"] = measured["intervals_hold"]
         out["deepest_held"] = float(estimated.low[-1] - 5e-5 <= truth[-1] <= estimated.high[-1] + 5e-5)
     return out
 

@@ -63,6 +63,15 @@ def explored(inference_id: str, share: float, shown: int, top: float = TOP_PAIR_
     return 1 + int.from_bytes(digest[8:16], "big") % (min(shown, RANKS) - 1)
 
 
+def swap_chances(share: float, shown: int, top: float = TOP_PAIR_SHARE) -> dict[int, float]:
+    """The chance that `explored` swaps each pair (the upper one's 1-based rank) of a list of
+    `shown` results: what a swap costs people on average is each pair's cost weighed by these."""
+    pairs = min(shown, RANKS) - 1
+    if share <= 0 or pairs < 1:
+        return {}
+    return {at: share * (top * (at == 1) + (1 - top) / pairs) for at in range(1, pairs + 1)}
+
+
 def swapped(order: list[T], at: int | None) -> list[T]:
     """`order` with ranks `at` and `at + 1` swapped (None: as it is)."""
     if at is None:

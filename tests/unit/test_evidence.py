@@ -193,7 +193,7 @@ def test_training_labels_follow_the_net_and_count_each_voice_once() -> None:
 
 
 def test_an_explored_search_swaps_one_pair_of_neighbours_and_replays() -> None:
-    from shared.evidence.clicks import explored, swapped
+    from shared.evidence.clicks import explored, swap_chances, swapped
 
     picks = [explored(f"inf-{n}", 0.1, 10) for n in range(4000)]
     swaps = [p for p in picks if p is not None]
@@ -202,6 +202,9 @@ def test_an_explored_search_swaps_one_pair_of_neighbours_and_replays() -> None:
     # uniformly: about 5/9 at the top, 1/18 on each other pair.
     assert 0.45 < swaps.count(1) / len(swaps) < 0.65
     assert all(swaps.count(k) < swaps.count(1) / 4 for k in range(2, 10))
+    chances = swap_chances(0.1, 10)  # what the exploration study prices a design by
+    assert sum(chances.values()) == pytest.approx(0.1)
+    assert all(abs(swaps.count(k) / len(picks) - chance) < 0.012 for k, chance in chances.items())
     uniform = [p for n in range(4000) if (p := explored(f"inf-{n}", 0.1, 10, top=0.0)) is not None]
     assert 0.05 < uniform.count(1) / len(uniform) < 0.2
     assert explored("inf-7", 1.0, 10, top=1.0) == 1 and explored("inf-7", 1.0, 2, top=0.0) == 1
