@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.collector.intake import (
     FeedbackError,
@@ -62,10 +62,14 @@ class BatchItemResult(BaseModel):
 
 
 class FeedbackBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     items: list[FeedbackRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class InteractionBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     items: list[InteractionRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 

@@ -122,6 +122,7 @@ HOSTILE: list[tuple[bytes, str, int | None, str | None]] = [
     (b'{"query_text": true, "documents": [{"id": 1e308, "text": -1e308}], "items": [{}]}', JSON, None, None),
     (b'{"epochs": -9223372036854775809, "learning_rate": 1e-400, "seed": 1e18}', JSON, None, None),
     (b'{"seed": 4294967296}', JSON, None, None),  # accepted, it failed the run later (numpy's limit)
+    (b'{"a_misspelt_field": 1}', JSON, 422, "a_misspelt_field"),  # refused by name, never ignored
 ]
 # Bodies sent with other headers: (body, headers, status, what the detail must say)
 HOSTILE_HEADERS: list[tuple[bytes, dict[str, str], int, str]] = [

@@ -7,7 +7,7 @@ seconds (services/reranker/catalogue_follower.py).
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.reranker.deps import CatalogueDep
 from shared.records import Identifier, Resource
@@ -19,6 +19,8 @@ router = APIRouter()
 
 
 class ResourceBatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     resources: list[Resource] = Field(min_length=1, max_length=1000)
 
 

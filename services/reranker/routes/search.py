@@ -9,7 +9,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.reranker.deps import HolderDep, InferenceLogDep
 from services.reranker.ranking import rank
@@ -46,6 +46,8 @@ FilterValue = Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     query_text: str = Field(min_length=1, examples=["machine learning tutorial"], description=(
         f"Any length up to the body limit; the rankers read the first {MAX_QUERY_CHARS} characters "
         "(cut at a word break), and the answer's `query_text` is what they read."))
@@ -188,12 +190,16 @@ async def search(body: SearchRequest, holder: HolderDep, settings: SettingsDep,
 
 
 class RerankDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     id: Identifier
     text: str = Field(min_length=1, max_length=MAX_DOCUMENT_CHARS,
                       description=f"At most {MAX_DOCUMENT_CHARS} characters; longer texts are refused.")
 
 
 class RerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     query: str = Field(min_length=1, description=(
         f"Any length up to the body limit; the rankers read the first {MAX_QUERY_CHARS} characters."))
     documents: list[RerankDocument] = Field(
