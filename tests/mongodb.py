@@ -86,8 +86,8 @@ class SecantusDB:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{BINARY} exited with code {self.process.returncode}; "
                                    f"see {self.log_path}")
-            if answers(self.url, timeout_s=0.5):
-                return self
+            if answers(self.url, timeout_s=0.5) and self.process.poll() is None:
+                return self  # its own answer: a restart whose port another process took fails above
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"{BINARY} did not answer on {self.url} within {timeout_s}s; see {self.log_path}")

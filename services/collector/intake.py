@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,7 +35,7 @@ from shared.records import (
     new_id,
 )
 from shared.store import Store, StoreUnavailableError
-from shared.store.batch_writer import BatchWriter
+from shared.store.batch_writer import BatchWriter, being_cancelled
 from shared.vocab import Label, ResourceState, WriteStatus
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 # within milliseconds may arrive first, so an unknown inference is looked up again briefly.
 INFERENCE_GRACE_S = (0.05, 0.2, 0.5, 1.0)
 
+
+STORE_WAIT_S = 20.0
+"""How long a request waits on the store (its inferences looked up, its action confirmed): past it, a
+503 (safe to send again), before the 30 s at which HTTP clients commonly give up."""
 
 MAX_DWELL_S = 86_400.0
 """A day: a dwell longer than that is a tab left open, not reading (and a typo's bound)."""
@@ -123,7 +127,15 @@ class InferenceCache:
                 self._loading[inference_id] = waits[inference_id] = lookup
             lookup.add_done_callback(lambda _: self._forget(missing))
         for inference_id, lookup in waits.items():
-            inference = (await asyncio.shield(lookup)).get(inference_id)
+            try:
+                loaded = await asyncio.wait_for(asyncio.shield(lookup), STORE_WAIT_S)
+            except TimeoutError:
+                raise StoreUnavailableError(f"the store has not answered within {STORE_WAIT_S:g}s") from None
+            except asyncio.CancelledError:
+                if being_cancelled():
+                    raise
+                raise StoreUnavailableError("the store's driver interrupted the lookup; retry") from None
+            inference = loaded.get(inference_id)
             if inference is not None:
                 found[inference_id] = self._items[inference_id] = inference
         while len(self._items) > self.size:
@@ -145,20 +157,18 @@ Request = tuple[list[A], asyncio.Future[list[Out]]]
 class ActionWriter(BatchWriter[Request], Generic[A, Out]):
     """Group commit: the requests queued when a transaction starts are written in it, in order.
 
-    One per kind of action, each with the store's method that writes a batch of it."""
+    One per kind of action, each with the store's method that writes a batch of it. A caller hears
+    within `timeout_s` (a 503 if the store has not confirmed by then: sent again with the same request
+    id, the action is stored once), whatever the store or its driver does."""
 
     def __init__(self, name: str, write_many: Callable[[list[A]], Awaitable[list[Out]]],
-                 max_batch: int = 256) -> None:
+                 max_batch: int = 256, timeout_s: float = STORE_WAIT_S) -> None:
         super().__init__(name, max_batch)  # items per transaction
         self.write_many = write_many
+        self.timeout_s = timeout_s
 
     def size(self, request: Request) -> int:
         return len(request[0])
-
-    async def close(self) -> None:
-        """Writes what is queued, then stops."""
-        await self.flushed()
-        await self.stop()
 
     async def record(self, item: A) -> Out:
         return (await self.record_many([item]))[0]
@@ -168,17 +178,25 @@ class ActionWriter(BatchWriter[Request], Generic[A, Out]):
         if not items:
             return []
         future: asyncio.Future[list[Out]] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieved)
         self.queue.put_nowait((items, future))
-        return await future
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+        except TimeoutError:
+            raise StoreUnavailableError(_unconfirmed(self.timeout_s)) from None
 
     async def write(self, batch: list[Request]) -> None:
         try:
-            await self._commit(batch)
-        except Exception as exc:  # noqa: BLE001 - the callers get it; the writer goes on
-            log.warning("event=action_write_failed writer=%s size=%d error=%r", self.name,
-                        sum(map(self.size, batch)), exc)
-            for _, future in batch:
-                _settle(future, exc=exc)
+            await asyncio.wait_for(self._commit(batch), self.timeout_s)
+        except TimeoutError:
+            raise StoreUnavailableError(_unconfirmed(self.timeout_s)) from None
+
+    def failed(self, batch: list[Request], exc: BaseException) -> None:
+        """Each caller hears why; an interrupted write is the store's failure (a 503), not the caller's."""
+        if not isinstance(exc, Exception):
+            exc = StoreUnavailableError(f"the store's write was interrupted ({exc!r}); send it again")
+        for _, future in batch:
+            _settle(future, exc=exc)
 
     async def _commit(self, requests: list[Request]) -> None:
         try:
@@ -199,6 +217,17 @@ class ActionWriter(BatchWriter[Request], Generic[A, Out]):
         for items, future in requests:
             _settle(future, outcomes[start:start + len(items)])
             start += len(items)
+
+
+def _unconfirmed(timeout_s: float) -> str:
+    return (f"the store has not confirmed the write within {timeout_s:g}s; send it again (with the same "
+            "request_id it is stored once)")
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Reads a settled future's exception, so that a caller who stopped waiting leaves no warning."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _settle(future: asyncio.Future[list[Out]], outcomes: list[Out] | None = None,

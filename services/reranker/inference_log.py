@@ -15,7 +15,7 @@ import logging
 from shared import metrics
 from shared.records import Inference
 from shared.store import Store, StoreUnavailableError
-from shared.store.batch_writer import BatchWriter
+from shared.store.batch_writer import BatchWriter, being_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -23,16 +23,18 @@ log = logging.getLogger(__name__)
 class InferenceLog(BatchWriter[Inference]):
     def __init__(self, store: Store, max_batch: int = 200, drain_timeout_s: float = 30.0,
                  max_backlog: int = 10_000) -> None:
-        super().__init__("inference-log", max_batch)
+        super().__init__("inference-log", max_batch, drain_timeout_s)
         self.store = store
         self.max_backlog = max_backlog
-        self.drain_timeout_s = drain_timeout_s
         self._writing = 0
+
+    def backlog(self) -> int:
+        return self.queue.qsize() + self._writing
 
     def check_room(self) -> None:
         """Refuses a search (503) whose record could not be kept: the store has been down so long
         that `max_backlog` records wait. Memory stays bounded and no answered search goes unlogged."""
-        waiting = self.queue.qsize() + self._writing
+        waiting = self.backlog()
         if waiting >= self.max_backlog:
             raise StoreUnavailableError(f"{waiting} search records wait to be written, searches resume "
                                         "once the store takes them")
@@ -41,14 +43,11 @@ class InferenceLog(BatchWriter[Inference]):
         self.queue.put_nowait(inference)
         metrics.INFERENCE_LOG_BACKLOG.set(self.queue.qsize())
 
-    async def close(self) -> None:
-        """Drain what is queued (bounded by `drain_timeout_s`), then stop the writer."""
-        try:
-            await asyncio.wait_for(self.flushed(), self.drain_timeout_s)
-        except TimeoutError:
-            log.error("event=inference_log_lost records=%d reason=store_unavailable_at_shutdown",
-                      self.queue.qsize() + self._writing)
-        await self.stop()
+    def failed(self, batch: list[Inference], exc: BaseException) -> None:
+        """Never lost: queued again (inserts are idempotent)."""
+        self._writing = 0
+        for inference in batch:
+            self.queue.put_nowait(inference)
 
     async def write(self, batch: list[Inference]) -> None:
         """Retries until written: inserts are idempotent (by inference id), so a retry is safe."""
@@ -64,7 +63,9 @@ class InferenceLog(BatchWriter[Inference]):
             try:
                 await self.store.add_inferences(batch)
                 return
-            except Exception as exc:  # any failure: keep the records, back off, retry
+            except (Exception, asyncio.CancelledError) as exc:  # any failure: keep them, back off, retry
+                if isinstance(exc, asyncio.CancelledError) and being_cancelled():
+                    raise
                 log.warning("event=inference_log_retry batch=%d error=%r", len(batch), str(exc)[:200])
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

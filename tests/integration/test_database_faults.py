@@ -59,6 +59,7 @@ class Users:
         self.url = stack.url("collector") + "/api/feedback"
         self.accepted: dict[tuple[int, int, str], str] = {}
         self.answers: Counter[int] = Counter()
+        self.last: dict[int, str] = {}  # each thread's last answer, said when a wait fails
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._rate, args=(n,), daemon=True) for n in range(count)]
@@ -75,7 +76,10 @@ class Users:
 
     def wait_accepted(self, more: int, timeout_s: float = 90) -> None:
         target = len(self.accepted) + more
-        wait_for(lambda: len(self.accepted) >= target, timeout_s, 0.05, f"{more} more accepted feedbacks")
+        try:
+            wait_for(lambda: len(self.accepted) >= target, timeout_s, 0.05, f"{more} more accepted feedbacks")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; answers {dict(self.answers)}; last {self.last}") from exc
 
     def _rate(self, n: int) -> None:
         rng, user = random.Random(n), f"user-{n}"
@@ -88,11 +92,13 @@ class Users:
                 deadline = time.monotonic() + 90
                 while time.monotonic() < deadline:
                     try:
-                        status = client.post(self.url, json=payload).status_code
-                    except httpx.TransportError:
-                        status = 0
+                        response = client.post(self.url, json=payload)
+                        status, said = response.status_code, response.text[:300]
+                    except httpx.TransportError as exc:
+                        status, said = 0, repr(exc)
                     with self._lock:
                         self.answers[status] += 1
+                        self.last[n] = f"{time.strftime('%X')} {payload['request_id'][:8]} {status} {said}"
                         if status == 200:
                             self.accepted[key] = label
                     if status == 200:

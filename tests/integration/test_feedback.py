@@ -21,7 +21,7 @@ import pytest
 
 from services.collector.intake import ActionWriter
 from shared.records import Inference, ShownResult, utcnow
-from shared.store import Store, open_store
+from shared.store import Store, StoreUnavailableError, open_store
 from tests.integration.test_store_contract import make_feedback, store  # noqa: F401 - the backends
 from tools.localstack import LocalStack, wait_for
 
@@ -470,6 +470,52 @@ async def test_a_faulty_item_fails_alone_and_the_writer_goes_on(store: Store) ->
         assert (await writer.record(make_feedback(4))).status == "created"
     finally:
         await writer.close()
+
+
+async def test_a_write_its_driver_cancels_answers_503_and_the_writer_goes_on(store: Store) -> None:  # noqa: F811
+    """An async driver may end its own work on a lost server with a `CancelledError`: the caller hears
+    503 (safe to send again), and the next action is stored. The writer used to die of it, leaving
+    every later caller waiting and the shutdown waiting on its queue."""
+    calls = 0
+
+    async def driver_cancels_once(items: list) -> list:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncio.CancelledError("the driver's own")
+        return await store.record_feedback_many(items)
+
+    writer = ActionWriter("feedback-writer", driver_cancels_once)
+    writer.start()
+    try:
+        with pytest.raises(StoreUnavailableError, match="interrupted"):
+            await asyncio.wait_for(writer.record(make_feedback(0)), 10)
+        assert (await asyncio.wait_for(writer.record(make_feedback(0)), 10)).status == "created"
+        assert [f.feedback_id for f in await store.list_feedback()] == ["fb-0"]
+    finally:
+        await asyncio.wait_for(writer.close(), 10)
+
+
+async def test_a_write_that_never_returns_answers_503_in_time(store: Store) -> None:  # noqa: F811
+    """A store that takes the connection and never answers holds no caller past the writer's
+    timeout, nor the writer itself, nor its shutdown."""
+    hang, calls = asyncio.Event(), 0
+
+    async def first_write_hangs(items: list) -> list:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await hang.wait()
+        return await store.record_feedback_many(items)
+
+    writer = ActionWriter("feedback-writer", first_write_hangs, timeout_s=0.5)
+    writer.start()
+    try:
+        with pytest.raises(StoreUnavailableError, match="not confirmed the write within 0.5s"):
+            await asyncio.wait_for(writer.record(make_feedback(0)), 10)
+        assert (await asyncio.wait_for(writer.record(make_feedback(1)), 10)).status == "created"
+    finally:
+        await asyncio.wait_for(writer.close(), 10)
 
 
 async def test_a_request_is_stored_all_or_none(store: Store) -> None:  # noqa: F811

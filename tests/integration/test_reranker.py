@@ -305,6 +305,30 @@ async def test_a_clean_shutdown_drains_the_inference_log(tmp_path: Path) -> None
     await store.close()
 
 
+async def test_the_inference_log_outlives_a_write_its_driver_cancels(tmp_path: Path) -> None:
+    """A `CancelledError` that is not the writer's own stop (an async driver ending its work on a lost
+    server) is retried like any failure: the record is written, and the writer still stops."""
+    store = await open_store(f"sqlite:///{tmp_path / 'log.db'}")
+    add, calls = store.add_inferences, 0
+
+    async def driver_cancels_once(batch: list[Inference]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise asyncio.CancelledError("the driver's own")
+        await add(batch)
+
+    store.add_inferences = driver_cancels_once  # type: ignore[method-assign]
+    log = InferenceLog(store)
+    log.start()
+    log.add(Inference(inference_id="after-a-cancel", query="q", model_version="v0", use_reranker=False,
+                      latency_ms=1.0, results=[ShownResult(resource_id="r", rank=1, first_stage_score=1.0)]))
+    await asyncio.wait_for(log.close(), 10)
+    assert calls == 2
+    assert list(await store.get_inferences(["after-a-cancel"])) == ["after-a-cancel"]
+    await store.close()
+
+
 def test_reload_under_search_traffic_fails_no_request(server: Server, workdir: Path) -> None:
     on_version_zero(server)
     successes = server.metric("eduranker_model_reloads_total", outcome="success")
