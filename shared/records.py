@@ -89,6 +89,27 @@ class Resource(BaseModel):
         return f"{self.title}. {self.description}".strip()
 
 
+def web_address(value: str | None) -> str | None:
+    """The catalogue's URL rule: an absolute http or https address, the only kind the search page
+    links and `/go` redirects to. Refused at the door, so that no client of the API is handed a
+    `javascript:` or `data:` link to render; blank is no address."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    scheme, _, rest = value.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.split("/", 1)[0]:
+        raise ValueError(f"must be an absolute http or https address, like https://example.org/page; "
+                         f"got {value[:80]!r}")
+    return value
+
+
+class NewResource(Resource):
+    """A resource as a catalogue file or `POST /api/resources` gives it, its URL checked
+    (`web_address`); what the store holds is read back as a `Resource`."""
+
+    url: Annotated[str | None, AfterValidator(web_address)] = None
+
+
 class ShownResult(BaseModel):
     resource_id: str
     rank: int

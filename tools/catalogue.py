@@ -9,13 +9,13 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from shared.records import DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS, Resource
+from shared.records import DESCRIPTION_MAX_CHARS, TITLE_MAX_CHARS, NewResource, Resource
 from shared.store import open_store
 from tools.collection import json_object
 
@@ -39,7 +39,7 @@ def read_catalogue(path: Path) -> Iterator[Resource]:
     except OSError as exc:
         raise CatalogueError(f"{path}: cannot read the catalogue ({exc.strerror})") from exc
     with handle:
-        number, cut = 0, Counter[str]()
+        number, cut, first, again = 0, Counter[str](), dict[str, int](), dict[str, int]()
         try:
             if path.suffix.lower() == ".csv":
                 header = handle.readline()
@@ -49,20 +49,34 @@ def read_catalogue(path: Path) -> Iterator[Resource]:
                                         delimiter=delimiter)
                 for row in reader:
                     number = reader.line_num + 1
-                    yield _resource(path, number, row, cut)
+                    yield _once(number, _resource(path, number, row, cut), first, again)
             else:
                 for number, line in enumerate(handle, start=1):
                     if line.strip():
-                        yield _resource(path, number, _row(path, number, line), cut)
+                        resource = _resource(path, number, _row(path, number, line), cut)
+                        yield _once(number, resource, first, again)
         except UnicodeDecodeError as exc:
             where = f", somewhere after line {number}" if number else ""
             raise CatalogueError(f"{path}: not UTF-8 text ({exc.reason}{where}); "
                                  "save the catalogue as UTF-8") from exc
         except csv.Error as exc:
             raise CatalogueError(f"{path}:{number + 1}: not valid CSV ({exc})") from exc
+        if again:
+            one = next(iter(again))
+            log.warning("event=catalogue_ids_repeated path=%s ids=%d e.g. id=%r lines=%d,%d: the last line "
+                        "wins", path, len(again), one, first[one], again[one])
         for field, count in cut.items():
             log.warning("event=catalogue_field_cut path=%s field=%s resources=%d max_chars=%d", path, field,
                         count, LIMITS[field])
+
+
+def _once(number: int, resource: Resource, first: dict[str, int], again: dict[str, int]) -> Resource:
+    """Notes where each id first appears and appears again: a later line replaces the earlier one (the
+    last wins), said in one warning at the end, two resources under one id being as often a mistake
+    as an update."""
+    if first.setdefault(resource.id, number) != number:
+        again.setdefault(resource.id, number)
+    return resource
 
 
 def _row(path: Path, number: int, line: str) -> dict[str, Any]:
@@ -88,7 +102,7 @@ def _resource(path: Path, number: int, row: dict[str, Any], cut: Counter[str]) -
     extra = {**extra, **{k: v for k, v in row.items() if k not in FIELDS and k != "fields"}}
     kept = {str(k): _text(v) for k, v in extra.items() if _text(v)}
     try:
-        return Resource(**own, fields=kept)
+        return NewResource(**own, fields=kept)
     except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(part) for part in error["loc"]) or "resource"
@@ -104,6 +118,11 @@ def _text(value: Any) -> str:
     return ""
 
 
+def distinct(resources: Iterable[Resource]) -> list[Resource]:
+    """One resource per id, the last line's, in the order ids first appear."""
+    return list({r.id: r for r in resources}.values())
+
+
 class Loaded(NamedTuple):
     loaded: int
     removed: int
@@ -112,7 +131,7 @@ class Loaded(NamedTuple):
 async def load_catalogue(store_url: str, path: Path, batch: int = 500, replace: bool = False) -> Loaded:
     """Adds or updates the file's resources; with `replace`, also removes every resource the file
     does not have, so that the catalogue is exactly the file (hidden ones it has stay hidden)."""
-    resources = list(read_catalogue(path))
+    resources = distinct(read_catalogue(path))
     if replace and not resources:
         raise CatalogueError(f"{path}: no resource in it: --replace would remove the whole catalogue")
     store = await open_store(store_url)

@@ -113,6 +113,13 @@ def test_a_new_resource_is_found_at_once_from_the_delta_then_merged_in_the_backg
         assert catalogue["delta"] == 1 and catalogue["built_at"] == start["built_at"]
         assert catalogue["resources"] == 351
 
+        # A link no page should open is refused at the door, naming the field; nothing changes.
+        script = {**new, "title": "Zymurgy, clickable", "url": "javascript:alert(document.cookie)"}
+        refused = httpx.post(served.url + "/api/resources", json={"resources": [script]}, timeout=30)
+        assert refused.status_code == 422 and "absolute http or https" in refused.text
+        assert "url" in refused.json()["detail"][0]["loc"]
+        assert search(served.url, "zymurgy")[0]["title"] == new["title"]
+
         changed = {**new, "title": "Zymurgy and oenology for homebrewers"}
         assert httpx.post(served.url + "/api/resources", json={"resources": [changed]},
                           timeout=30).status_code == 200

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.catalogue import CatalogueError, read_catalogue
+from tools.catalogue import CatalogueError, distinct, read_catalogue
 from tools.cli import SAMPLE_CATALOGUE, main
 
 
@@ -60,6 +60,9 @@ def test_a_catalogues_own_columns_are_kept_in_fields(tmp_path: Path) -> None:
     ("escape.csv", b"id,title\n\x1b[31mred,x\n",
      "escape.csv:2: id: Value error, an id must be printable text"),
     ("beir.jsonl", b'{"_id": "d\\u2028", "text": "t"}\n', "beir.jsonl:1: id: .* is a line separator"),
+    ("script.csv", b"id,title,url\na,x,javascript:alert(1)\n", "script.csv:2: url: .*absolute http or https"),
+    ("relative.jsonl", b'{"id": "a", "title": "x", "url": "/courses/a"}\n',
+     "relative.jsonl:1: url: .*absolute http"),
 ])
 def test_a_bad_line_is_named_and_nothing_is_read(tmp_path: Path, name: str, content: bytes,
                                                  says: str) -> None:
@@ -82,6 +85,19 @@ def test_texts_longer_than_a_resource_holds_are_cut_and_said(tmp_path: Path,
     said = sorted(r.getMessage() for r in caplog.records)
     assert said == [f"event=catalogue_field_cut path={path} field=description resources=1 max_chars=20000",
                     f"event=catalogue_field_cut path={path} field=title resources=1 max_chars=500"]
+
+
+def test_an_id_on_two_lines_is_one_resource_the_last_line_and_said(tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A file may carry an update after the original, or two resources under one id by mistake: the
+    last line wins, the load stores and counts resources (not lines), a warning names a repeat."""
+    path = tmp_path / "catalogue.csv"
+    path.write_text("id,title\na,First\nb,Other\na,Second\n7,x\n7,y\n")
+    with caplog.at_level("WARNING", logger="tools.catalogue"):
+        resources = distinct(read_catalogue(path))
+    assert [(r.id, r.title) for r in resources] == [("a", "Second"), ("b", "Other"), ("7", "y")]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"event=catalogue_ids_repeated path={path} ids=2 e.g. id='a' lines=2,4: the last line wins"]
 
 
 def test_a_missing_file_or_a_folder_is_a_clear_error(tmp_path: Path) -> None:

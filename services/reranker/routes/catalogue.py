@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.reranker.deps import CatalogueDep
-from shared.records import Identifier, Resource
+from shared.records import Identifier, NewResource, Resource
 from shared.vocab import ResourceState
 from shared.web.auth import require_admin
 from shared.web.deps import StoreDep
@@ -21,7 +21,7 @@ router = APIRouter()
 class ResourceBatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    resources: list[Resource] = Field(min_length=1, max_length=1000)
+    resources: list[NewResource] = Field(min_length=1, max_length=1000)
 
 
 class StateChange(BaseModel):
