@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AliasChoices, BeforeValidator, Field, SecretStr
+from pydantic import AfterValidator, AliasChoices, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.store import checked_store_url
 
 DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 
@@ -52,7 +55,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDURANKER_", extra="ignore")
 
     # Infrastructure
-    store_url: str = "sqlite:///var/eduranker.db"
+    store_url: Annotated[str, AfterValidator(checked_store_url)] = "sqlite:///var/eduranker.db"
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_topic_partitions: int = 1
     kafka_timeout_s: float = 10.0
@@ -223,10 +226,45 @@ class Settings(BaseSettings):
         return self.model_dir.resolve()
 
 
+class SettingsError(ValueError):
+    """Settings that cannot be used: each problem names its environment variable."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def read_settings(**overrides: Any) -> Settings:
+    """The environment's settings (and `overrides`), or a `SettingsError` saying, variable by
+    variable, what is wrong: the value, unless it may hold a secret."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else ""
+            field_ = Settings.model_fields.get(name)
+            secret = field_ is None or field_.annotation is SecretStr or name == "store_url"
+            value = "" if secret else f"={str(error['input'])[:100]!r}"
+            problems.append(f"EDURANKER_{name.upper()}{value}: {error['msg']}")
+        raise SettingsError(problems) from None
+
+
+def settings_or_exit(program: str) -> Settings:
+    """A service's settings; where they cannot be used, what to change and exit code 2, before
+    anything starts (no traceback to read through)."""
+    try:
+        return get_settings()
+    except SettingsError as exc:
+        print(f"error: the {program} cannot start:\n- " + "\n- ".join(exc.problems), file=sys.stderr,
+              flush=True)
+        raise SystemExit(2) from None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Settings are read once per process; tests build their own `Settings`."""
-    return Settings()
+    return read_settings()
 
 
 Config = TypeVar("Config")

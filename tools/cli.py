@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from shared.logging import configure
+from shared.settings import SettingsError
 from tools.catalogue import CatalogueError
 from tools.client import Client, Refused
 from tools.collection import read_qrels, read_queries
@@ -277,11 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     traffic.add_argument("--mark-test", action="store_true", help="mark feedback as test (not trained on)")
     traffic.set_defaults(func=cmd_traffic)
     args = parser.parse_args(argv)
-    configure("cli")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
+        configure("cli")
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         return args.func(args)
-    except CatalogueError as exc:
+    except (CatalogueError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

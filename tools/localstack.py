@@ -23,7 +23,7 @@ import httpx
 
 from shared.messaging.admin import ensure_topics
 from shared.messaging.broker import EmbeddedBroker, free_port
-from shared.settings import OFFLINE_BASE_MODEL, Settings
+from shared.settings import OFFLINE_BASE_MODEL, Settings, read_settings
 from tools.catalogue import load_catalogue
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ class LocalStack:
     def settings(self) -> Settings:
         overrides = {k.removeprefix("EDURANKER_").lower(): v for k, v in self.env.items()
                      if k.startswith("EDURANKER_")}
-        return Settings(**overrides)
+        return read_settings(**overrides)
 
     @property
     def ports(self) -> dict[str, int]:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from shared.logging import configure
 from shared.messaging.admin import delete_topic, ensure_topics, unreadable_partitions
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, settings_or_exit
 from shared.web.exposure import refuse_unsafe_start
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def drop_unreadable_changelog(settings: Settings, changelog: "TopicT") -> None:
 
 
 if __name__ == "__main__":
-    settings = get_settings()
+    settings = settings_or_exit("aggregator")
     configure("aggregator", settings)
     refuse_unsafe_start(settings, "aggregator")  # its web pages only read: no writing role to check
     ensure_topics(settings)

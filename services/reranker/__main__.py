@@ -3,12 +3,12 @@
 import uvicorn
 
 from shared.logging import configure
-from shared.settings import get_settings
+from shared.settings import settings_or_exit
 from shared.web.exposure import refuse_unsafe_start
 
 if __name__ == "__main__":
-    configure("reranker")
-    settings = get_settings()
+    settings = settings_or_exit("reranker")
+    configure("reranker", settings)
     refuse_unsafe_start(settings, "reranker", writes=("admin",))
     from services.reranker.app import create_app  # after the check: a refused start loads nothing
     uvicorn.run(create_app(settings), host=settings.host, port=settings.reranker_port, log_level="warning",

@@ -11,20 +11,30 @@ from shared.store.interface import Store, StoreUnavailableError
 if TYPE_CHECKING:
     from shared.settings import Settings
 
-__all__ = ["Store", "StoreUnavailableError", "make_store", "open_store", "store_from"]
+__all__ = ["Store", "StoreUnavailableError", "checked_store_url", "make_store", "open_store", "store_from"]
+
+SCHEMES = ("sqlite:///", "mongodb://", "mongodb+srv://")
+
+
+def checked_store_url(url: str) -> str:
+    """`url` if a backend takes its scheme; else why not, without the rest of it (it may hold a
+    password)."""
+    if not url.startswith(SCHEMES):
+        scheme = url.split("://", 1)[0] + "://" if "://" in url else url[:12]
+        raise ValueError(f"unsupported store URL (it starts {scheme!r}): use sqlite:///PATH or "
+                         "mongodb://HOST/DB")
+    return url
 
 
 def make_store(url: str, tls_ca_file: Path | None = None) -> Store:
     """The backend for `url`'s scheme, not opened yet; `tls_ca_file`: a private CA for MongoDB's TLS."""
-    if url.startswith("sqlite:///"):
+    if checked_store_url(url).startswith("sqlite:///"):
         from shared.store.sqlite import SQLiteStore
 
         return SQLiteStore.from_url(url)
-    if url.startswith(("mongodb://", "mongodb+srv://")):
-        from shared.store.mongo import MongoStore
+    from shared.store.mongo import MongoStore
 
-        return MongoStore(url, tls_ca_file=tls_ca_file)
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///PATH or mongodb://HOST/DB")
+    return MongoStore(url, tls_ca_file=tls_ca_file)
 
 
 async def open_store(url: str, tls_ca_file: Path | None = None) -> Store:

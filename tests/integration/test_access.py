@@ -221,6 +221,20 @@ def test_a_service_others_can_reach_refuses_to_start_with_writes_open_or_a_place
         assert cases[service][1] in err and "Traceback" not in err, (service, err[-2000:])
 
 
+def test_a_setting_it_cannot_use_stops_every_service_naming_the_variable_not_its_secret(
+        tmp_path: Path) -> None:
+    wrong = {"EDURANKER_EXPLORE_SHARE": "ten percent", "EDURANKER_STORE_URL": "postgres://u:s3cret@db/x"}
+    started = {service: start_command(service, tmp_path / service, **wrong)
+               for service in ("collector", "reranker", "trainer", "aggregator")}
+    for service, process in started.items():
+        _, err = process.communicate(timeout=180)
+        assert process.returncode == 2, (service, err[-2000:])
+        assert err.startswith(f"error: the {service} cannot start:\n- "), (service, err[-2000:])
+        assert "\n- EDURANKER_STORE_URL: Value error, unsupported store URL (it starts 'postgres://')" in err
+        assert "\n- EDURANKER_EXPLORE_SHARE='ten percent': Input should be a valid number" in err
+        assert "s3cret" not in err and "Traceback" not in err, (service, err[-2000:])
+
+
 def test_opened_on_purpose_the_service_starts_on_every_interface(tmp_path: Path,
                                                                  broker: EmbeddedBroker) -> None:
     port = free_port()

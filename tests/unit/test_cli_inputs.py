@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from shared.settings import get_settings
 from tools.catalogue import CatalogueError, distinct, read_catalogue
 from tools.cli import SAMPLE_CATALOGUE, main
 
@@ -107,12 +108,21 @@ def test_a_missing_file_or_a_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_the_command_line_says_what_is_wrong_without_a_traceback(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                                                 capsys: pytest.CaptureFixture[str],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "title": "x"}\n[1]\n')
     assert main(["load-catalogue", str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {bad}:2: expected a JSON object, got list") and "Traceback" not in err
+    monkeypatch.setenv("EDURANKER_CROSS_CACHE_ENTRIES", "-5")
+    get_settings.cache_clear()
+    try:
+        assert main(["load-catalogue", str(bad)]) == 2
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert err == "error: EDURANKER_CROSS_CACHE_ENTRIES='-5': Input should be greater than or equal to 0\n"
 
 
 @pytest.mark.parametrize(("args", "says"), [
