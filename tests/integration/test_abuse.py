@@ -78,7 +78,8 @@ class Site:
 
 def test_repeating_or_colluding_does_not_lift_a_wrong_result(stack: LocalStack) -> None:
     site = Site(stack)
-    target = site.search(TARGET)["results"][7]["resource_id"]  # a result people leave at rank 8
+    target_list = site.search(TARGET)["results"]
+    target, liked = target_list[7]["resource_id"], [r["resource_id"] for r in target_list[:3]]
     colluded_list = site.search(COLLUDED)["results"]
     colluded, preferred = colluded_list[7]["resource_id"], [r["resource_id"] for r in colluded_list[:3]]
     for query in QUERIES:  # every query gets honest traffic: a run needs queries to validate on
@@ -97,10 +98,12 @@ def test_repeating_or_colluding_does_not_lift_a_wrong_result(stack: LocalStack) 
     assert "memory" in served["results"][0]["scores"]
     learned = {r["resource_id"]: r["scores"]["memory"] for r in served["results"]}
     # What the honest people stayed on is remembered; the one person's 200 likes are not: the wrong
-    # result is where the thirty people who passed it over put it, below what it was.
+    # result keeps what the thirty people who passed it over said of it, and stays below the three
+    # they chose. (Not necessarily at rank 8: a pass at rank 8 is weaker evidence than one at rank 4,
+    # once corrected for where people look, so it may overtake a result passed over higher up.)
     assert any(value > 0 for value in learned.values()), learned
     assert learned.get(target, 0.0) <= 0.0
-    assert site.rank_of(TARGET, target) >= 8
+    assert site.rank_of(TARGET, target) > max(site.rank_of(TARGET, r) for r in liked)
     assert site.rank_of(COLLUDED, colluded) > max(site.rank_of(COLLUDED, r) for r in preferred)
 
 
