@@ -105,8 +105,10 @@ def web_address(value: str | None) -> str | None:
 
 class NewResource(Resource):
     """A resource as a catalogue file or `POST /api/resources` gives it, its URL checked
-    (`web_address`); what the store holds is read back as a `Resource`."""
+    (`web_address`) and no field it does not know (a catalogue's own go in `fields`); what the store
+    holds is read back as a `Resource`."""
 
+    model_config = ConfigDict(extra="forbid")
     url: Annotated[str | None, AfterValidator(web_address)] = None
 
 

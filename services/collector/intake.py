@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from services.collector.outbox import OutboxRelay
 from shared import metrics
@@ -37,6 +37,7 @@ from shared.records import (
 from shared.store import Store, StoreUnavailableError
 from shared.store.batch_writer import BatchWriter, being_cancelled
 from shared.vocab import Label, ResourceState, WriteStatus
+from shared.web.http import RequestBody
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,7 @@ MAX_DWELL_S = 86_400.0
 """A day: a dwell longer than that is a tab left open, not reading (and a typo's bound)."""
 
 
-class ActionRequest(ActionBase):
-    model_config = ConfigDict(extra="forbid")
-
+class ActionRequest(ActionBase, RequestBody):
     request_id: Identifier | None = Field(default=None,
                                           description="Client retry key: the same id twice is one action.")
     is_test: bool = Field(default=False, description="Generated traffic, excluded from training.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from services.collector.intake import (
     FeedbackError,
@@ -22,6 +22,7 @@ from shared.online.decision import describe as describe_experiment
 from shared.records import utcnow
 from shared.web.auth import require_feedback
 from shared.web.deps import StoreDep
+from shared.web.http import RequestBody
 
 router = APIRouter()
 MAX_BATCH = 500
@@ -61,15 +62,11 @@ class BatchItemResult(BaseModel):
     error: str | None = None
 
 
-class FeedbackBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class FeedbackBatch(RequestBody):
     items: list[FeedbackRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 
-class InteractionBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class InteractionBatch(RequestBody):
     items: list[InteractionRequest] = Field(min_length=1, max_length=MAX_BATCH)
 
 

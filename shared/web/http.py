@@ -13,10 +13,18 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared.metrics import instrument
 from shared.store import StoreUnavailableError
+
+
+class RequestBody(BaseModel):
+    """Every request body: a field it does not know (a misspelt `"topk"`) is a 422 naming it, never
+    silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 def is_json(content_type: str | None) -> bool:

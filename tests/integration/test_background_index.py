@@ -118,6 +118,9 @@ def test_a_new_resource_is_found_at_once_from_the_delta_then_merged_in_the_backg
         refused = httpx.post(served.url + "/api/resources", json={"resources": [script]}, timeout=30)
         assert refused.status_code == 422 and "absolute http or https" in refused.text
         assert "url" in refused.json()["detail"][0]["loc"]
+        misspelt = {**new, "descripton": "a field no resource has"}  # a catalogue's own go in `fields`
+        refused = httpx.post(served.url + "/api/resources", json={"resources": [misspelt]}, timeout=30)
+        assert refused.status_code == 422 and "descripton" in refused.json()["detail"][0]["loc"]
         assert search(served.url, "zymurgy")[0]["title"] == new["title"]
 
         changed = {**new, "title": "Zymurgy and oenology for homebrewers"}

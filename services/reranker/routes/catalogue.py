@@ -7,20 +7,19 @@ seconds (services/reranker/catalogue_follower.py).
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from services.reranker.deps import CatalogueDep
 from shared.records import Identifier, NewResource, Resource
 from shared.vocab import ResourceState
 from shared.web.auth import require_admin
 from shared.web.deps import StoreDep
+from shared.web.http import RequestBody
 
 router = APIRouter()
 
 
-class ResourceBatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ResourceBatch(RequestBody):
     resources: list[NewResource] = Field(min_length=1, max_length=1000)
 
 

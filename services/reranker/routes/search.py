@@ -9,7 +9,7 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from services.reranker.deps import HolderDep, InferenceLogDep
 from services.reranker.ranking import rank
@@ -19,6 +19,7 @@ from shared.records import Identifier, Inference, Resource, ShownResult, new_id
 from shared.settings import Settings
 from shared.web.auth import require_search
 from shared.web.deps import SettingsDep
+from shared.web.http import RequestBody
 
 router = APIRouter()
 
@@ -45,9 +46,7 @@ MAX_OFFSET = 10_000
 FilterValue = Annotated[str, Field(min_length=1, max_length=200)]
 
 
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class SearchRequest(RequestBody):
     query_text: str = Field(min_length=1, examples=["machine learning tutorial"], description=(
         f"Any length up to the body limit; the rankers read the first {MAX_QUERY_CHARS} characters "
         "(cut at a word break), and the answer's `query_text` is what they read."))
@@ -189,17 +188,13 @@ async def search(body: SearchRequest, holder: HolderDep, settings: SettingsDep,
                           latency_ms=round(latency_ms, 3), results=results)
 
 
-class RerankDocument(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RerankDocument(RequestBody):
     id: Identifier
     text: str = Field(min_length=1, max_length=MAX_DOCUMENT_CHARS,
                       description=f"At most {MAX_DOCUMENT_CHARS} characters; longer texts are refused.")
 
 
-class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class RerankRequest(RequestBody):
     query: str = Field(min_length=1, description=(
         f"Any length up to the body limit; the rankers read the first {MAX_QUERY_CHARS} characters."))
     documents: list[RerankDocument] = Field(
