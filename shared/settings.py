@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import field, fields
 from functools import lru_cache
 from pathlib import Path
@@ -248,17 +247,6 @@ def read_settings(**overrides: Any) -> Settings:
             value = "" if secret else f"={str(error['input'])[:100]!r}"
             problems.append(f"EDURANKER_{name.upper()}{value}: {error['msg']}")
         raise SettingsError(problems) from None
-
-
-def settings_or_exit(program: str) -> Settings:
-    """A service's settings; where they cannot be used, what to change and exit code 2, before
-    anything starts (no traceback to read through)."""
-    try:
-        return get_settings()
-    except SettingsError as exc:
-        print(f"error: the {program} cannot start:\n- " + "\n- ".join(exc.problems), file=sys.stderr,
-              flush=True)
-        raise SystemExit(2) from None
 
 
 @lru_cache(maxsize=1)

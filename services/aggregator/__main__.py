@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 from shared.logging import configure
 from shared.messaging.admin import delete_topic, ensure_topics, unreadable_partitions
-from shared.settings import Settings, settings_or_exit
-from shared.web.exposure import refuse_unsafe_start
+from shared.settings import Settings
+from shared.web.exposure import checked_start
 
 if TYPE_CHECKING:
     from faust.types import TopicT
@@ -35,9 +35,8 @@ def drop_unreadable_changelog(settings: Settings, changelog: "TopicT") -> None:
 
 
 if __name__ == "__main__":
-    settings = settings_or_exit("aggregator")
+    settings = checked_start("aggregator")  # its web pages only read: no writing role to check
     configure("aggregator", settings)
-    refuse_unsafe_start(settings, "aggregator")  # its web pages only read: no writing role to check
     ensure_topics(settings)
     from services.aggregator.app import TABLE, create_app
 

@@ -3,13 +3,11 @@
 import uvicorn
 
 from shared.logging import configure
-from shared.settings import settings_or_exit
-from shared.web.exposure import refuse_unsafe_start
+from shared.web.exposure import checked_start
 
 if __name__ == "__main__":
-    settings = settings_or_exit("collector")
+    settings = checked_start("collector", writes=("feedback",))
     configure("collector", settings)
-    refuse_unsafe_start(settings, "collector", writes=("feedback",))
     from services.collector.app import create_app  # after the check: a refused start loads nothing
     uvicorn.run(create_app(settings), host=settings.host, port=settings.collector_port, log_level="warning",
                 timeout_graceful_shutdown=10)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import sys
+from typing import NoReturn
 
-from shared.settings import Settings
+from shared.settings import Settings, SettingsError, get_settings
 from shared.web.auth import (
     NEW_KEY,
     KeyRing,
@@ -81,10 +82,25 @@ def start_problems(settings: Settings, writes: tuple[Role, ...]) -> list[str]:
     return placeholder_problems(settings) + open_write_problems(settings, writes)
 
 
+def refuse(headline: str, problems: list[str]) -> NoReturn:
+    """Exits with code 2, `headline` and one line a problem: what to change, no traceback."""
+    print(f"error: {headline}:\n- " + "\n- ".join(problems), file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def refuse_unsafe_start(settings: Settings, service: str, writes: tuple[Role, ...] = ()) -> None:
     """Exits with code 2 and what to set, before anything listens, when the start is unsafe."""
     problems = start_problems(settings, writes)
     if problems:
-        print(f"error: the {service} refuses to start (docs/security.md):\n- " + "\n- ".join(problems),
-              file=sys.stderr, flush=True)
-        raise SystemExit(2)
+        refuse(f"the {service} refuses to start (docs/security.md)", problems)
+
+
+def checked_start(service: str, writes: tuple[Role, ...] = ()) -> Settings:
+    """A service's settings, checked before anything loads or listens: a value a setting cannot take,
+    or an unsafe start, exits with code 2 and what to change."""
+    try:
+        settings = get_settings()
+    except SettingsError as exc:
+        refuse(f"the {service} cannot start", exc.problems)
+    refuse_unsafe_start(settings, service, writes)
+    return settings
