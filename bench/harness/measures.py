@@ -63,7 +63,8 @@ def examination_error(estimated: dict, truth: Sequence[float]) -> dict:
     relative error, the largest, how many ranks' 95 % intervals hold the truth, and how many ranks
     were estimated rather than left at the prior. Bounds are read to the 4 decimals `as_dict` keeps."""
     errors = [abs(p / t - 1) for p, t in zip(estimated["propensity"], truth, strict=True)]
-    covered = sum(lo - 5e-5 <= t <= hi + 5e-5
-                  for lo, t, hi in zip(estimated["low"], truth, estimated["high"], strict=True))
-    return {"max_rel_error": max(errors), "by_rank": [round(e, 4) for e in errors], "intervals_hold": covered,
+    held = [lo - 5e-5 <= t <= hi + 5e-5
+            for lo, t, hi in zip(estimated["low"], truth, estimated["high"], strict=True)]
+    return {"max_rel_error": max(errors), "by_rank": [round(e, 4) for e in errors],
+            "intervals_hold": sum(held), "held_by_rank": held,
             "estimated_ranks": estimated["source"].count("estimated")}
